@@ -1,0 +1,5 @@
+"""``python -m ocspd``."""
+
+from ocspd.cli import console
+
+console()

@@ -1,0 +1,162 @@
+"""The ``ocspd`` command line (SPEC §4).
+
+Every failure a user can cause is one line on stderr naming what is wrong,
+and a non-zero exit status (2 for configuration and usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from ocspd.config import Config, dump_config, load_config
+from ocspd.exceptions import ConfigError, OcspdError
+
+log = logging.getLogger("ocspd")
+
+EXIT_CONFIG = 2
+
+# Seconds that in-flight requests get to finish on SIGTERM.
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, not argparse's usage block: scripts and humans read the same.
+        self.exit(EXIT_CONFIG, f"ocspd: {message} (see 'ocspd --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="ocspd", description="OCSP responder daemon (RFC 6960 / RFC 9919)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    config_help = "configuration file (default $OCSPD_CONFIG, else /etc/ocspd/ocspd.toml)"
+
+    serve = sub.add_parser("serve", help="run the responder")
+    serve.add_argument("--config", type=Path, help=config_help)
+
+    demo = sub.add_parser("demo", help="make a throwaway PKI and serve it (no database needed)")
+    demo.add_argument(
+        "--dir", type=Path, default=Path("ocspd-demo"), help="where the demo PKI lives (default ./ocspd-demo)"
+    )
+    demo.add_argument("--port", type=int, default=8080, help="OCSP port on 127.0.0.1 (default 8080)")
+
+    check = sub.add_parser("check-config", help="validate and print the effective configuration")
+    check.add_argument("--config", type=Path, help=config_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ocspd`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        if args.command == "serve":
+            return _serve(load_config(args.config))
+        if args.command == "demo":
+            return _demo(args.dir, args.port)
+        if args.command == "check-config":
+            return _check_config(args.config)
+    except ConfigError as exc:
+        print(f"ocspd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OcspdError as exc:
+        print(f"ocspd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("OCSPD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    # aiohttp's access log would put a line per request on the hot path.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _check_config(path: Path | None) -> int:
+    config = load_config(path)
+    from ocspd.signer import load_signers
+
+    signers = load_signers(config)  # keys and certificates are part of the config
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(dump_config(config), end="")
+    for issuer_id, signer in signers.items():
+        delegated = "delegated responder" if signer.responder_cert is not None else "CA key"
+        print(f"# issuer {issuer_id}: {signer.key_type}, signed by the {delegated}", file=sys.stderr)
+    return 0
+
+
+def _serve(config: Config) -> int:
+    from ocspd.http import init_app
+
+    for warning in config.warnings:
+        log.warning("event=config_warning message=%r", warning)
+    app = init_app(config)  # loads keys: a bad key fails here, before listening
+    asyncio.run(_run(app, config))
+    return 0
+
+
+async def _run(app: web.Application, config: Config) -> None:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        for host, port in config.server.listen:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OcspdError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            log.info("event=listening address=%s:%d", host, port)
+        log.info(
+            "event=ready issuers=%s",
+            ",".join(issuer.id for issuer in config.issuers),
+        )
+        await stop.wait()
+        log.info("event=stopping")
+    finally:
+        await runner.cleanup()
+
+
+def _demo(directory: Path, port: int) -> int:
+    from ocspd.pki import make_demo, openssl_commands
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port {port} out of range 1..65535", key="--port")
+    demo = make_demo(directory.resolve(), port=port, admin_port=port + 1 if port < 65535 else port - 1)
+    url = f"http://127.0.0.1:{port}/"
+    print(f"ocspd demo PKI in {demo.directory} (config {demo.config})")
+    print("Try these from another terminal:\n")
+    for command in openssl_commands(demo, url):
+        print(f"  {command}\n")
+    print("Revoke a certificate: edit index.txt (change V to R and add a revocation time);")
+    print("the next answer says 'revoked' within about a second. Ctrl-C stops.\n", flush=True)
+    config = load_config(demo.config, environ={})
+    return _serve(config)
+
+
+def console() -> None:
+    """setuptools console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    console()

@@ -1,0 +1,189 @@
+"""From a parsed request to a signed response: issuer matching, the memory
+tier, singleflight, the status source, the unknown-serial policy and the
+signer, wired together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from ocspd.cache import Entry, Flight, MemoryTier, Singleflight
+from ocspd.config import Config, IssuerConfig
+from ocspd.exceptions import MalformedRequest, Overloaded, TryLater, Unauthorized
+from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
+from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
+from ocspd.sources import StatusSource
+from ocspd.status import CertStatus, Status
+
+log = logging.getLogger("ocspd.engine")
+
+# A production re-reads the status when an invalidation raced with it; past
+# this many rounds the status is changing too fast to answer now.
+MAX_PRODUCTION_ROUNDS = 3
+
+Key = tuple[str, str, int]  # (issuer id, CertID hash name, serial)
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An issuer this responder serves: its policy, signer and status source."""
+
+    config: IssuerConfig
+    signer: Signer
+    source: StatusSource
+
+
+class Engine:
+    """Answers parsed OCSP requests; owns the memory tier and singleflight."""
+
+    def __init__(
+        self,
+        config: Config,
+        signers: Mapping[str, Signer],
+        sources: Mapping[str, StatusSource],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.memory = MemoryTier(config.cache.max_entries, config.cache.max_bytes, clock)
+        self.flights: Singleflight[Entry] = Singleflight()
+        self.issuers = {
+            ic.id: Issuer(ic, signers[ic.id], sources[ic.id]) for ic in config.issuers
+        }
+        # (hash name, issuer name hash, issuer key hash) -> issuer, built once so
+        # that matching a request is one dict lookup (SPEC §7: precompute).
+        self._by_certid: dict[tuple[str, bytes, bytes], Issuer] = {}
+        for issuer in self.issuers.values():
+            for name, (name_hash, key_hash) in issuer.signer.certid_hashes.items():
+                self._by_certid[(name, name_hash, key_hash)] = issuer
+        self._validity = config.responses.validity
+        self._backdate = config.responses.backdate
+        self._echo_nonce = config.responses.nonce == "echo"
+        self._max_certids = config.responses.max_certids_per_request
+        self._max_signing = config.responses.max_inflight_signatures
+        self.signing = 0  # productions in progress (cache misses and live signatures)
+
+    def issuer_for(self, certid: CertId) -> Issuer:
+        """The issuer a CertID names; Unauthorized if we do not serve it."""
+        issuer = self._by_certid.get((certid.hash_name, certid.name_hash, certid.key_hash))
+        if issuer is None:
+            raise Unauthorized("issuer not served by this responder")
+        return issuer
+
+    async def respond(self, request: OcspRequest) -> Entry:
+        """The successful response for a request, from cache or freshly signed.
+
+        Raises MalformedRequest, Unauthorized or TryLater (and subclasses).
+        """
+        certids = request.certids
+        if len(certids) > self._max_certids:
+            raise MalformedRequest(f"{len(certids)} CertIDs in one request (limit {self._max_certids})")
+        nonce = request.nonce if self._echo_nonce else None
+        if len(certids) == 1 and nonce is None:
+            certid = certids[0]
+            issuer = self.issuer_for(certid)
+            key = (issuer.config.id, certid.hash_name, certid.serial)
+            entry = self.memory.get(key)
+            if entry is not None:
+                return entry
+            return await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
+        issuers = [self.issuer_for(c) for c in certids]
+        return await self._sign_live(issuers, certids, nonce)
+
+    async def _produce(self, key: Key, issuer: Issuer, certid: CertId, flight: Flight) -> Entry:
+        with self._signing_slot():
+            for _ in range(MAX_PRODUCTION_ROUNDS):
+                flight.stale = False
+                lookup = await issuer.source.fetch(key[0], certid.serial, certid.hash_name)
+                stored = lookup.stored
+                if stored is not None and self.clock() < stored.refresh_at:
+                    entry = stored
+                else:
+                    answer = self._answer(issuer, lookup.status)
+                    this_update, next_update = self._window()
+                    der = issuer.signer.sign((certid,), (answer,), this_update, next_update)
+                    entry = Entry(der, answer.status, this_update, next_update, lookup.status.version)
+                    if flight.stale:
+                        continue  # the status changed while we read/signed: read again
+                    await issuer.source.store(key[0], certid.serial, certid.hash_name, entry)
+                if flight.stale:
+                    continue
+                self.memory.put(key, entry)
+                return entry
+        raise TryLater("status changed during every attempt to answer")
+
+    async def _sign_live(self, issuers: list[Issuer], certids: tuple[CertId, ...], nonce: bytes | None) -> Entry:
+        """Sign a response that is not cached: it carries a nonce or several CertIDs."""
+        signer = issuers[0].signer
+        if any(i.signer is not signer for i in issuers):
+            # One response has one signature; CertIDs of issuers with different
+            # responders cannot be answered together.
+            raise Unauthorized("CertIDs of issuers with different responders in one request")
+        with self._signing_slot():
+            answers = []
+            version = 0
+            for issuer, certid in zip(issuers, certids, strict=True):
+                lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name)
+                answers.append(self._answer(issuer, lookup.status))
+                version = max(version, lookup.status.version)
+            this_update, next_update = self._window()
+            der = signer.sign(certids, answers, this_update, next_update, nonce)
+            status = answers[0].status if len(answers) == 1 else "mixed"
+            return Entry(der, status, this_update, next_update, version)
+
+    def _signing_slot(self) -> _Slot:
+        if self.signing >= self._max_signing:
+            raise Overloaded("too many signatures in flight")
+        return _Slot(self)
+
+    def _window(self) -> tuple[dt.datetime, dt.datetime]:
+        # Whole seconds: the DER holds whole seconds, and the HTTP headers
+        # (Last-Modified, Expires) must say the same as the DER.
+        now = int(self.clock())
+        this_update = dt.datetime.fromtimestamp(now, dt.UTC) - self._backdate
+        return this_update, this_update + self._validity
+
+    @staticmethod
+    def _answer(issuer: Issuer, status: CertStatus) -> Answer:
+        if status.status is Status.GOOD:
+            return Answer("good")
+        if status.status is Status.REVOKED:
+            return Answer("revoked", status.revoked_at, status.reason)
+        policy = issuer.config.unknown_serial
+        if policy == "revoked":
+            return Answer("revoked", EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, extended_revoke=True)
+        if policy == "unauthorized":
+            raise Unauthorized("serial not issued by this CA")
+        return Answer("unknown")
+
+    def invalidate(self, issuer_id: str, serials: Iterable[int]) -> int:
+        """Forget everything known about these serials; returns entries dropped."""
+        keys = [(issuer_id, name, serial) for serial in serials for name in HASH_NAMES]
+        self.flights.invalidate(keys)
+        return self.memory.drop(keys)
+
+    def invalidate_all(self) -> int:
+        """Forget every cached answer (e.g. when invalidations may have been missed)."""
+        self.flights.invalidate_all()
+        return self.memory.clear()
+
+
+class _Slot:
+    """Counts one production against max_inflight_signatures."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __enter__(self) -> None:
+        self._engine.signing += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._engine.signing -= 1

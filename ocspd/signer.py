@@ -1,0 +1,361 @@
+"""Responder keys and certificates, and the signing of OCSP responses.
+
+The only module that touches private keys. One ``Signer`` per configured
+issuer: either a delegated responder (a certificate with id-kp-OCSPSigning
+issued by the CA, included in every response) or the CA key itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asn1crypto import core as asn1_core
+from asn1crypto import ocsp as asn1_ocsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+from ocspd.config import Config, IssuerConfig
+from ocspd.exceptions import ConfigError
+from ocspd.protocol import HASH_NAMES, CertId
+
+log = logging.getLogger("ocspd.signer")
+
+EXTENDED_REVOKE_OID = ObjectIdentifier("1.3.6.1.5.5.7.48.1.9")
+# RFC 6960 §2.2: an "extended revoked" answer for a serial never issued.
+EXTENDED_REVOKE_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+_STATUS = {
+    "good": ocsp.OCSPCertStatus.GOOD,
+    "revoked": ocsp.OCSPCertStatus.REVOKED,
+    "unknown": ocsp.OCSPCertStatus.UNKNOWN,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What to say about one CertID, after the unknown-serial policy."""
+
+    status: str  # "good" | "revoked" | "unknown"
+    revoked_at: dt.datetime | None = None
+    reason: x509.ReasonFlags | None = None
+    extended_revoke: bool = False  # RFC 6960 §2.2 answer for an unissued serial
+
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class Signer:
+    """Signs OCSP responses for one issuer."""
+
+    def __init__(
+        self,
+        issuer_id: str,
+        ca_cert: x509.Certificate,
+        key: PrivateKey,
+        responder_cert: x509.Certificate | None,
+        responder_id: str = "key",
+    ) -> None:
+        self.issuer_id = issuer_id
+        self.ca_cert = ca_cert
+        self.responder_cert = responder_cert
+        self._key = key
+        self._signing_cert = responder_cert or ca_cert
+        self._encoding = (
+            ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
+        )
+        self._certs = [responder_cert] if responder_cert is not None else []
+        self._hash: hashes.HashAlgorithm | None
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            self._hash, self.key_type = None, "ed25519"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            self.key_type = f"ecdsa-{key.curve.name}"
+            self._hash = hashes.SHA384() if key.curve.key_size > 256 else hashes.SHA256()
+        else:
+            self._hash, self.key_type = hashes.SHA256(), f"rsa-{key.key_size}"
+        # CertID hashes of this issuer for every algorithm, computed once so
+        # the request path only compares bytes (RFC 6960 §4.1.1).
+        name_der = ca_cert.subject.public_bytes()
+        spki = asn1_x509.Certificate.load(ca_cert.public_bytes(serialization.Encoding.DER))
+        key_bits = spki.public_key["public_key"].contents[1:]  # drop the unused-bits octet
+        self.certid_hashes: dict[str, tuple[bytes, bytes]] = {
+            name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest())
+            for name in HASH_NAMES
+        }
+
+    def sign(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None = None,
+    ) -> bytes:
+        """Build and sign one successful OCSPResponse (DER) for these CertIDs.
+
+        Each CertID is echoed byte for byte, with the hash algorithm the
+        client used. The nonce, if given, goes to responseExtensions
+        (RFC 9654 §2.1).
+        """
+        if len(certids) != len(answers) or not certids:
+            raise ValueError("certids and answers must be non-empty and of equal length")
+        if len(certids) == 1:
+            return self._sign_one(certids[0], answers[0], this_update, next_update, nonce)
+        return self._sign_many(certids, answers, this_update, next_update, nonce)
+
+    def _sign_one(
+        self,
+        certid: CertId,
+        answer: Answer,
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None,
+    ) -> bytes:
+        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+            certid.name_hash,
+            certid.key_hash,
+            certid.serial,
+            _HASHES[certid.hash_name](),
+            _STATUS[answer.status],
+            this_update,
+            next_update,
+            answer.revoked_at,
+            answer.reason if answer.status == "revoked" else None,
+        )
+        builder = builder.responder_id(self._encoding, self._signing_cert)
+        if self._certs:
+            builder = builder.certificates(self._certs)
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+        if answer.extended_revoke:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(EXTENDED_REVOKE_OID, b"\x05\x00"), critical=False
+            )
+        response = builder.sign(self._key, self._hash)
+        return response.public_bytes(serialization.Encoding.DER)
+
+    def _sign_many(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None,
+    ) -> bytes:
+        # cryptography builds one SingleResponse only; asn1crypto builds the
+        # structure and cryptography signs it.
+        responses = [_single(c, a, this_update, next_update) for c, a in zip(certids, answers, strict=True)]
+        extensions: list[dict[str, Any]] = []
+        if nonce is not None:
+            extensions.append({"extn_id": "nonce", "critical": False, "extn_value": nonce})
+        if any(a.extended_revoke for a in answers):
+            extensions.append(
+                {"extn_id": EXTENDED_REVOKE_OID.dotted_string, "critical": False, "extn_value": asn1_core.Null()}
+            )
+        if self._encoding is ocsp.OCSPResponderEncoding.HASH:
+            spki = self._signing_cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            key_bits = asn1_x509.PublicKeyInfo.load(spki)["public_key"].contents[1:]
+            responder_id = asn1_ocsp.ResponderId(name="by_key", value=hashlib.sha1(key_bits).digest())
+        else:
+            responder_id = asn1_ocsp.ResponderId(
+                name="by_name", value=asn1_x509.Name.load(self._signing_cert.subject.public_bytes())
+            )
+        tbs: dict[str, Any] = {
+            "responder_id": responder_id,
+            "produced_at": dt.datetime.now(dt.UTC).replace(microsecond=0),
+            "responses": responses,
+        }
+        if extensions:
+            tbs["response_extensions"] = extensions
+        tbs_data = asn1_ocsp.ResponseData(tbs)
+        signature = self._raw_sign(tbs_data.dump())
+        basic: dict[str, Any] = {
+            "tbs_response_data": tbs_data,
+            "signature_algorithm": {"algorithm": self._signature_algorithm()},
+            "signature": signature,
+        }
+        if self._certs:
+            basic["certs"] = [
+                asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in self._certs
+            ]
+        response = asn1_ocsp.OCSPResponse(
+            {
+                "response_status": "successful",
+                "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
+            }
+        )
+        return bytes(response.dump())
+
+    def _raw_sign(self, data: bytes) -> bytes:
+        key = self._key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(data)
+        assert self._hash is not None
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(data, ec.ECDSA(self._hash))
+        return key.sign(data, padding.PKCS1v15(), self._hash)
+
+    def _signature_algorithm(self) -> str:
+        if self._hash is None:
+            return "ed25519"
+        family = "ecdsa" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "rsa"
+        return f"{self._hash.name}_{family}"
+
+
+def _single(certid: CertId, answer: Answer, this_update: dt.datetime, next_update: dt.datetime) -> dict[str, Any]:
+    status: Any
+    if answer.status == "good":
+        status = asn1_ocsp.CertStatus(name="good", value=asn1_core.Null())
+    elif answer.status == "unknown":
+        status = asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
+    else:
+        info: dict[str, Any] = {"revocation_time": answer.revoked_at}
+        if answer.reason is not None:
+            info["revocation_reason"] = _ASN1_REASONS[answer.reason]
+        status = asn1_ocsp.CertStatus(name="revoked", value=info)
+    return {
+        "cert_id": {
+            "hash_algorithm": {"algorithm": certid.hash_name},
+            "issuer_name_hash": certid.name_hash,
+            "issuer_key_hash": certid.key_hash,
+            "serial_number": certid.serial,
+        },
+        "cert_status": status,
+        "this_update": this_update,
+        "next_update": next_update,
+    }
+
+
+_ASN1_REASONS = {
+    x509.ReasonFlags.unspecified: "unspecified",
+    x509.ReasonFlags.key_compromise: "key_compromise",
+    x509.ReasonFlags.ca_compromise: "ca_compromise",
+    x509.ReasonFlags.affiliation_changed: "affiliation_changed",
+    x509.ReasonFlags.superseded: "superseded",
+    x509.ReasonFlags.cessation_of_operation: "cessation_of_operation",
+    x509.ReasonFlags.certificate_hold: "certificate_hold",
+    x509.ReasonFlags.remove_from_crl: "remove_from_crl",
+    x509.ReasonFlags.privilege_withdrawn: "privilege_withdrawn",
+    x509.ReasonFlags.aa_compromise: "aa_compromise",
+}
+
+
+def load_signers(config: Config) -> dict[str, Signer]:
+    """Load and check every issuer's keys; ConfigError names the bad key."""
+    return {
+        issuer.id: load_signer(issuer, f"issuers[{i}]", config.source) for i, issuer in enumerate(config.issuers)
+    }
+
+
+def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
+    """Load one issuer's CA certificate, responder certificate and key."""
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=f"{where}.{key}", file=source)
+
+    ca_cert = _load_cert(issuer.ca_cert, f"{where}.ca_cert", source)
+    responder_cert = (
+        _load_cert(issuer.responder_cert, f"{where}.responder_cert", source)
+        if issuer.responder_cert is not None
+        else None
+    )
+    passphrase: bytes | None = None
+    if issuer.key_passphrase_file is not None:
+        try:
+            passphrase = issuer.key_passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            raise fail("key_passphrase_file", f"cannot read {issuer.key_passphrase_file}: {exc.strerror}") from None
+    try:
+        data = issuer.responder_key.read_bytes()
+    except OSError as exc:
+        raise fail("responder_key", f"cannot read {issuer.responder_key}: {exc.strerror}") from None
+    try:
+        key: Any = (
+            serialization.load_pem_private_key(data, passphrase)
+            if b"-----BEGIN" in data
+            else serialization.load_der_private_key(data, passphrase)
+        )
+    except TypeError:
+        hint = "set key_passphrase_file" if passphrase is None else "remove key_passphrase_file"
+        raise fail("responder_key", f"{issuer.responder_key}: key encryption does not match ({hint})") from None
+    except ValueError:
+        raise fail(
+            "responder_key", f"{issuer.responder_key}: not a private key, or wrong passphrase"
+        ) from None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            raise fail("responder_key", f"unsupported curve {key.curve.name} (use P-256 or P-384)")
+    elif isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            raise fail("responder_key", f"RSA key of {key.key_size} bits is too small (use 2048 or more)")
+    elif not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise fail("responder_key", f"unsupported key type {type(key).__name__} (use RSA, P-256, P-384, Ed25519)")
+
+    signing_cert = responder_cert or ca_cert
+    signing_key_name = "responder_cert" if responder_cert is not None else "ca_cert"
+    if _spki(key.public_key()) != _spki(signing_cert.public_key()):
+        raise fail("responder_key", f"{issuer.responder_key} does not match {signing_key_name}")
+    if responder_cert is not None:
+        try:
+            responder_cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise fail(
+                "responder_cert", f"{issuer.responder_cert} was not issued by ca_cert {issuer.ca_cert}"
+            ) from None
+        try:
+            eku = responder_cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            eku = None
+        if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+            raise fail("responder_cert", f"{issuer.responder_cert} lacks extended key usage id-kp-OCSPSigning")
+        try:
+            responder_cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
+        except x509.ExtensionNotFound:
+            log.warning(
+                "event=responder_cert_without_nocheck issuer=%s cert=%s "
+                "note='clients may try to check the responder certificate itself'",
+                issuer.id,
+                issuer.responder_cert,
+            )
+    now = dt.datetime.now(dt.UTC)
+    if signing_cert.not_valid_after_utc <= now:
+        raise fail(signing_key_name, f"certificate expired on {signing_cert.not_valid_after_utc.isoformat()}")
+    return Signer(issuer.id, ca_cert, key, responder_cert, issuer.responder_id)
+
+
+def _spki(public_key: Any) -> bytes:
+    return bytes(
+        public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+
+def _load_cert(path: Path, key: str, source: str) -> x509.Certificate:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=key, file=source) from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM or DER certificate", key=key, file=source) from None

@@ -1,0 +1,53 @@
+"""The status-source seam: what sits under the memory tier.
+
+A source answers "what is the status of (issuer, serial)?" and may also hold
+a tier of pre-signed responses (the Postgres store does; the index.txt source
+does not). The engine talks only to ``StatusSource``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from ocspd.cache import Entry
+from ocspd.index import IndexFile
+from ocspd.status import UNKNOWN, CertStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """The current status of one certificate, and a stored response if the source has one."""
+
+    status: CertStatus
+    stored: Entry | None = None
+
+
+class StatusSource(Protocol):
+    """Where the truth about certificates (and optionally pre-signed responses) lives."""
+
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
+        """Status of (issuer, serial); raises SourceUnavailable when it cannot be known now."""
+        ...
+
+    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
+        """Write a signed response back, only if ``entry.version`` is still current.
+
+        Returns whether it was stored (always False for sources without a tier).
+        """
+        ...
+
+
+class IndexSource:
+    """Status from OpenSSL ``index.txt`` files, one per issuer; no response tier."""
+
+    def __init__(self, files: Mapping[str, IndexFile]) -> None:
+        self.files = dict(files)
+
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
+        status = self.files[issuer_id].lookup(serial)
+        return Lookup(UNKNOWN if status is None else status)
+
+    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
+        return False

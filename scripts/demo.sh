@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the embedded demo: a throwaway PKI served from index.txt, no database.
+# Usage: scripts/demo.sh [--dir DIR] [--port N]
+OCSPD_EXTRAS=""
+source "$(dirname "$0")/_venv.sh"
+cd "$root"
+exec "$venv/bin/ocspd" demo "$@"

@@ -1,0 +1,286 @@
+"""The memory tier and singleflight (SPEC §1, invariants 4 and 8)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.x509 import ocsp
+
+from ocspd.cache import ENTRY_OVERHEAD, Entry, Flight, MemoryTier, Singleflight
+from ocspd.http import ENGINE
+from ocspd.protocol import TRY_LATER, CertId
+from ocspd.signer import Answer, Signer, load_signers
+from tests.conftest import AppClient
+from tests.helpers import TestPki, build_pki, request_der, verify_response
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def entry(der: bytes = b"x" * 100, *, this_update: float = T0, hours: float = 24) -> Entry:
+    start = dt.datetime.fromtimestamp(this_update, dt.UTC)
+    return Entry(der, "good", start, start + dt.timedelta(hours=hours))
+
+
+def test_entry_is_served_until_its_refresh_point_only() -> None:
+    clock = Clock()
+    tier = MemoryTier(10, 10**6, clock)
+    tier.put("k", entry())
+    clock.now = T0 + 12 * 3600 - 1
+    assert tier.get("k") is not None
+    clock.now = T0 + 12 * 3600
+    assert tier.get("k") is None
+    assert len(tier) == 0
+
+
+def test_entry_never_outlives_next_update() -> None:
+    clock = Clock()
+    tier = MemoryTier(10, 10**6, clock)
+    e = entry(hours=1)
+    assert e.refresh_at <= e.next_update
+    clock.now = e.next_update
+    assert tier.get("k") is None
+    tier.put("k", e)  # already past its refresh point: not stored at all
+    assert len(tier) == 0
+
+
+def test_memory_tier_is_bounded_by_entries() -> None:
+    tier = MemoryTier(3, 10**9, Clock())
+    for i in range(10):
+        tier.put(i, entry())
+    assert len(tier) == 3
+    assert tier.get(9) is not None and tier.get(0) is None
+
+
+def test_memory_tier_is_bounded_by_bytes() -> None:
+    size = 1000 + ENTRY_OVERHEAD
+    tier = MemoryTier(10**6, 5 * size, Clock())
+    for i in range(20):
+        tier.put(i, entry(b"d" * 1000))
+    assert len(tier) == 5
+    assert tier.bytes == 5 * size
+
+
+def test_memory_tier_evicts_least_recently_used() -> None:
+    tier = MemoryTier(2, 10**9, Clock())
+    tier.put("a", entry())
+    tier.put("b", entry())
+    tier.get("a")
+    tier.put("c", entry())
+    assert tier.get("a") is not None and tier.get("b") is None
+
+
+def test_drop_and_clear_count_what_they_removed() -> None:
+    tier = MemoryTier(10, 10**9, Clock())
+    for key in "abc":
+        tier.put(key, entry())
+    assert tier.drop(["a", "z"]) == 1
+    assert tier.clear() == 2
+
+
+async def test_singleflight_runs_concurrent_work_once() -> None:
+    flights: Singleflight[int] = Singleflight()
+    runs = 0
+    release = asyncio.Event()
+
+    async def work(flight: Flight) -> int:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+        return 42
+
+    callers = [asyncio.create_task(flights.do("k", work)) for _ in range(200)]
+    await asyncio.sleep(0)
+    assert len(flights) == 1
+    release.set()
+    assert await asyncio.gather(*callers) == [42] * 200
+    assert runs == 1
+    assert len(flights) == 0
+
+
+async def test_singleflight_error_reaches_every_caller_and_leaves_no_entry() -> None:
+    flights: Singleflight[int] = Singleflight()
+
+    async def work(flight: Flight) -> int:
+        await asyncio.sleep(0)
+        raise RuntimeError("signer broke")
+
+    results = await asyncio.gather(*(flights.do("k", work) for _ in range(50)), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert len(flights) == 0
+
+
+async def test_singleflight_survives_cancelled_callers() -> None:
+    flights: Singleflight[str] = Singleflight()
+    release = asyncio.Event()
+
+    async def work(flight: Flight) -> str:
+        await release.wait()
+        return "done"
+
+    first = asyncio.create_task(flights.do("k", work))
+    second = asyncio.create_task(flights.do("k", work))
+    await asyncio.sleep(0)
+    first.cancel()  # the client that started the work went away
+    await asyncio.sleep(0)
+    release.set()
+    assert await second == "done"
+    assert first.cancelled()
+    assert len(flights) == 0
+
+
+async def test_singleflight_all_callers_cancelled_leaves_no_entry() -> None:
+    flights: Singleflight[str] = Singleflight()
+
+    async def work(flight: Flight) -> str:
+        await asyncio.sleep(0.01)
+        return "done"
+
+    callers = [asyncio.create_task(flights.do("k", work)) for _ in range(10)]
+    await asyncio.sleep(0)
+    for caller in callers:
+        caller.cancel()
+    await asyncio.gather(*callers, return_exceptions=True)
+    await flights.drain()
+    assert len(flights) == 0
+
+
+async def test_invalidate_marks_the_flight_stale() -> None:
+    flights: Singleflight[bool] = Singleflight()
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def work(flight: Flight) -> bool:
+        started.set()
+        await release.wait()
+        return flight.stale
+
+    task = asyncio.create_task(flights.do("k", work))
+    await started.wait()
+    flights.invalidate(["k"])
+    release.set()
+    assert await task is True
+
+
+class CountingSigner(Signer):
+    """The real signer, counting signatures and optionally failing or waiting."""
+
+    def __init__(self, inner: Signer) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.count = 0
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+
+    def sign(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None = None,
+    ) -> bytes:
+        self.count += 1
+        if self.fail:
+            raise RuntimeError("injected signer failure")
+        return super().sign(certids, answers, this_update, next_update, nonce)
+
+
+def counting_signers(test_pki: TestPki) -> dict[str, CountingSigner]:
+    return {k: CountingSigner(v) for k, v in load_signers(test_pki.config()).items()}
+
+
+async def test_200_concurrent_misses_for_one_key_make_one_signature(
+    ocspd_client: AppClient, test_pki: TestPki
+) -> None:
+    signers = counting_signers(test_pki)
+    client = await ocspd_client(test_pki, signers=signers)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+
+    async def one() -> bytes:
+        resp = await client.post("/", data=der)
+        return await resp.read()
+
+    bodies = await asyncio.gather(*(one() for _ in range(200)))
+    assert signers["test-ca"].count == 1
+    assert len(set(bodies)) == 1
+    assert verify_response(bodies[0], test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert len(client.app[ENGINE].flights) == 0  # type: ignore[index]
+
+
+async def test_signer_error_is_internal_error_and_leaves_no_flight(
+    ocspd_client: AppClient, test_pki: TestPki
+) -> None:
+    signers = counting_signers(test_pki)
+    signers["test-ca"].fail = True
+    client = await ocspd_client(test_pki, signers=signers)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    responses = await asyncio.gather(*(client.post("/", data=der) for _ in range(50)))
+    for resp in responses:
+        assert resp.status == 200
+        assert await resp.read() == bytes.fromhex("30030a0102")  # internalError: a real bug
+    assert len(client.app[ENGINE].flights) == 0  # type: ignore[index]
+    signers["test-ca"].fail = False
+    resp = await client.post("/", data=der)
+    verify_response(await resp.read(), test_pki)
+
+
+async def test_live_signatures_past_the_bound_get_try_later(ocspd_client: AppClient, tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path, responses="max_inflight_signatures = 1")
+    client = await ocspd_client(test_pki)
+    engine: Any = client.app[ENGINE]  # type: ignore[index]
+    engine.signing = 1  # one signature already in flight
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=b"n" * 16)
+    resp = await client.post("/", data=der)
+    assert await resp.read() == TRY_LATER
+    engine.signing = 0
+    resp = await client.post("/", data=der)
+    verify_response(await resp.read(), test_pki)
+
+
+async def test_second_request_is_served_from_memory(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    signers = counting_signers(test_pki)
+    client = await ocspd_client(test_pki, signers=signers)
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    first = await (await client.post("/", data=der)).read()
+    second = await (await client.post("/", data=der)).read()
+    assert first == second
+    assert signers["test-ca"].count == 1
+
+
+async def test_nonce_requests_are_signed_live_and_not_cached(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    signers = counting_signers(test_pki)
+    client = await ocspd_client(test_pki, signers=signers)
+    for i in range(3):
+        der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=bytes([i + 1]) * 8)
+        await (await client.post("/", data=der)).read()
+    assert signers["test-ca"].count == 3
+    assert len(client.app[ENGINE].memory) == 0  # type: ignore[index]
+
+
+@pytest.mark.parametrize("hours", [24])
+async def test_expired_response_is_never_served(ocspd_client: AppClient, test_pki: TestPki, hours: int) -> None:
+    """Invariant 8: once past the refresh point, a cached response is re-signed."""
+    clock = Clock(__import__("time").time())
+    signers = counting_signers(test_pki)
+    client = await ocspd_client(test_pki, signers=signers, clock=clock)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    first = await (await client.post("/", data=der)).read()
+    clock.now += hours * 3600 + 1  # past nextUpdate of the first response
+    second = await (await client.post("/", data=der)).read()
+    assert signers["test-ca"].count == 2
+    assert first != second
+    assert verify_response(second, test_pki).next_update_utc.timestamp() > clock.now  # type: ignore[union-attr]

@@ -1,0 +1,182 @@
+"""The command line: check-config errors, serve and demo (SPEC §4)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ocspd import pki
+from tests.helpers import TestPki, build_pki
+
+OCSPD = [sys.executable, "-m", "ocspd"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [*OCSPD, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_check_config_prints_the_effective_config(test_pki: TestPki) -> None:
+    result = run("check-config", "--config", str(test_pki.config_path), env={"OCSPD_SERVER_WORKERS": "3"})
+    assert result.returncode == 0, result.stderr
+    assert "workers = 3" in result.stdout
+    assert "test-ca" in result.stdout
+
+
+def test_config_comes_from_ocspd_config_variable(test_pki: TestPki) -> None:
+    result = run("check-config", env={"OCSPD_CONFIG": str(test_pki.config_path)})
+    assert result.returncode == 0, result.stderr
+
+
+def edit_config(test_pki: TestPki, old: str, new: str) -> None:
+    text = test_pki.config_path.read_text()
+    assert old in text
+    test_pki.config_path.write_text(text.replace(old, new, 1))
+
+
+CONFIG_MISTAKES: dict[str, tuple[Callable[[TestPki], None], tuple[str, ...]]] = {
+    "unknown-key": (lambda p: edit_config(p, "[responses]\n", "[responses]\nvalidty = \"24h\"\n"), ("validty",)),
+    "wrong-type": (lambda p: edit_config(p, "[server]\n", "[server]\nworkers = \"two\"\n"), ("server.workers",)),
+    "bad-duration": (
+        lambda p: edit_config(p, "[responses]\n", "[responses]\nvalidity = \"soon\"\n"),
+        ("responses.validity",),
+    ),
+    "missing-file": (lambda p: p.ca_path.unlink(), ("ca_cert",)),
+    "key-readable-by-others": (lambda p: p.key_path.chmod(0o644), ("responder_key", "chmod 600")),
+    "ca-responder-mismatch": (
+        lambda p: pki.write_cert(p.ca_path, pki.make_ca("another CA").cert),
+        ("responder_cert", "not issued by"),
+    ),
+    "key-does-not-match-cert": (
+        lambda p: pki.write_key(p.key_path, pki.new_key("p256")),
+        ("responder_key", "does not match"),
+    ),
+    "responder-without-ocsp-signing": (
+        lambda p: pki.write_cert(
+            p.responder_path,  # type: ignore[arg-type]
+            pki.make_responder(p.ca, ocsp_signing=False).cert,
+        ),
+        ("responder_cert", "OCSPSigning"),
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", list(CONFIG_MISTAKES))
+def test_config_mistake_is_one_line_naming_the_key_and_file_exit_2(tmp_path: Path, mistake: str) -> None:
+    test_pki = build_pki(tmp_path)
+    if mistake == "key-does-not-match-cert" or mistake == "responder-without-ocsp-signing":
+        # These need the key and the certificate to be of one pair but for the
+        # property under test: make the responder again with its own key.
+        pass
+    breaker, fragments = CONFIG_MISTAKES[mistake]
+    breaker(test_pki)
+    if mistake == "responder-without-ocsp-signing":
+        responder = pki.make_responder(test_pki.ca, ocsp_signing=False)
+        pki.write_cert(test_pki.responder_path, responder.cert)  # type: ignore[arg-type]
+        pki.write_key(test_pki.key_path, responder.key)
+    for command in ("check-config", "serve"):
+        result = run(command, "--config", str(test_pki.config_path))
+        assert_one_line_error(result, str(test_pki.config_path), *fragments)
+
+
+def test_missing_config_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    assert_one_line_error(run("check-config", "--config", str(missing)), str(missing))
+
+
+def test_encrypted_key_needs_its_passphrase_file(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path)
+    assert test_pki.responder is not None
+    pki.write_key(test_pki.key_path, test_pki.responder.key, passphrase=b"s3cret")
+    assert_one_line_error(run("check-config", "--config", str(test_pki.config_path)), "key_passphrase_file")
+    secret = tmp_path / "passphrase"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"s3cret\n")
+    os.close(fd)
+    edit_config(test_pki, "index = ", f'key_passphrase_file = "{secret}"\nindex = ')
+    result = run("check-config", "--config", str(test_pki.config_path))
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_usage_is_one_line_exit_2() -> None:
+    assert_one_line_error(run("frobnicate"), "frobnicate")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ocspd exited early: {proc.communicate()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("ocspd did not start listening")
+
+
+def test_demo_serves_a_pki_that_openssl_verifies(tmp_path: Path) -> None:
+    port = free_port()
+    demo_dir = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [*OCSPD, "demo", "--dir", str(demo_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, proc)
+        for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
+            leaf = demo_dir / f"{name}.pem"
+            result = subprocess.run(
+                ["openssl", "ocsp", "-issuer", str(demo_dir / "ca.pem"), "-cert", str(leaf),
+                 "-CAfile", str(demo_dir / "ca.pem"), "-url", f"http://127.0.0.1:{port}/"],
+                capture_output=True, text=True, timeout=30, check=False,
+            )
+            assert "Response verify OK" in result.stderr + result.stdout
+            assert f"{leaf}: {status}" in result.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "openssl ocsp" in out  # the demo prints the commands to try
+    assert "Traceback" not in err
+
+
+def test_serve_refuses_a_port_in_use_with_one_line(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        edit_config(test_pki, '"127.0.0.1:0"', f'"127.0.0.1:{port}"')
+        result = run("serve", "--config", str(test_pki.config_path))
+    assert result.returncode == 1
+    assert "cannot listen on 127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,93 @@
+"""Interoperability: `openssl ocsp`, a client we did not write, verifies our
+responses (signature, status, nonce) over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocspd import pki
+from ocspd.http import init_app
+from tests.helpers import TestPki, build_pki
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+
+
+async def openssl_ocsp(test_pki: TestPki, url: str, *names: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    # Options go before -cert: openssl reads the CertID digest option positionally.
+    args = ["openssl", "ocsp", *extra, "-issuer", str(test_pki.ca_path), "-CAfile", str(test_pki.ca_path), "-url", url]
+    for name in names:
+        args += ["-cert", str(test_pki.leaf_paths[name])]
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode()
+
+
+async def serve(aiohttp_server: Any, test_pki: TestPki) -> str:
+    server = await aiohttp_server(init_app(test_pki.config()))
+    return f"http://127.0.0.1:{server.port}/"
+
+
+def assert_verified(code: int, output: str, leaf: Path, status: str) -> None:
+    assert code == 0, output
+    assert "Response verify OK" in output, output
+    assert f"{leaf}: {status}" in output, output
+    assert "WARNING" not in output, output  # e.g. "no nonce in response"
+
+
+SIGNERS = [
+    pytest.param("p256", True, id="delegated-p256"),
+    pytest.param("rsa2048", True, id="delegated-rsa2048"),
+    pytest.param("p384", True, id="delegated-p384"),
+    pytest.param("ed25519", True, id="delegated-ed25519"),
+    pytest.param("p256", False, id="ca-signs-p256"),
+    pytest.param("rsa2048", False, id="ca-signs-rsa2048"),
+]
+
+
+@pytest.mark.parametrize(("key_type", "delegated"), SIGNERS)
+@pytest.mark.parametrize("nonce", [True, False], ids=["nonce", "no-nonce"])
+async def test_openssl_verifies_every_status(
+    aiohttp_server: Any, tmp_path: Path, key_type: pki.KeyType, delegated: bool, nonce: bool
+) -> None:
+    test_pki = build_pki(tmp_path, key_type=key_type, delegated=delegated)
+    url = await serve(aiohttp_server, test_pki)
+    extra = () if nonce else ("-no_nonce",)
+    for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
+        code, output = await openssl_ocsp(test_pki, url, name, extra=extra)
+        assert_verified(code, output, test_pki.leaf_paths[name], status)
+        if name == "revoked":
+            assert "Reason: keyCompromise" in output, output
+
+
+async def test_openssl_verifies_a_sha256_certid(aiohttp_server: Any, tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path)
+    url = await serve(aiohttp_server, test_pki)
+    code, output = await openssl_ocsp(test_pki, url, "revoked", extra=("-sha256",))
+    assert_verified(code, output, test_pki.leaf_paths["revoked"], "revoked")
+
+
+@pytest.mark.parametrize("key_type", ["p256", "rsa2048", "ed25519"])
+async def test_openssl_verifies_a_multi_certid_response(
+    aiohttp_server: Any, tmp_path: Path, key_type: pki.KeyType
+) -> None:
+    test_pki = build_pki(tmp_path, key_type=key_type)
+    url = await serve(aiohttp_server, test_pki)
+    code, output = await openssl_ocsp(test_pki, url, "good", "revoked", "unissued")
+    assert_verified(code, output, test_pki.leaf_paths["good"], "good")
+    assert f"{test_pki.leaf_paths['revoked']}: revoked" in output
+    assert f"{test_pki.leaf_paths['unissued']}: unknown" in output
+
+
+async def test_openssl_rejects_a_response_for_a_tampered_nonce(aiohttp_server: Any, tmp_path: Path) -> None:
+    """The oracle itself works: openssl notices when the nonce does not match."""
+    test_pki = build_pki(tmp_path)
+    server = await aiohttp_server(init_app(test_pki.config(OCSPD_RESPONSES_NONCE="ignore")))
+    _, output = await openssl_ocsp(test_pki, f"http://127.0.0.1:{server.port}/", "good")
+    assert "WARNING: no nonce in response" in output, output
