@@ -17,6 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ocspd import commands
+from ocspd.commands import UsageError
 from ocspd.config import Config, dump_config, load_config
 from ocspd.exceptions import ConfigError, OcspdError
 
@@ -51,6 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate and print the effective configuration")
     check.add_argument("--config", type=Path, help=config_help)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    migrate = db_sub.add_parser("migrate", help="apply sql/ migrations (idempotent, safe with many replicas)")
+    migrate.add_argument("--config", type=Path, help=config_help)
+
+    cert = sub.add_parser("cert", help="record issued certificates")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True, parser_class=_Parser)
+    add = cert_sub.add_parser("add", help="record one issued certificate")
+    add.add_argument("--config", type=Path, help=config_help)
+    add.add_argument("--issuer", required=True)
+    add.add_argument("--serial", required=True, help="hex, any case, optional 0x or colons")
+    add.add_argument("--not-after", help="RFC 3339 time")
+    imp = cert_sub.add_parser("import", help="import PEM/DER certificates or an OpenSSL index.txt")
+    imp.add_argument("--config", type=Path, help=config_help)
+    imp.add_argument("--issuer", required=True)
+    imp.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    rev = sub.add_parser("revoke", help="revoke a certificate (every replica answers revoked at once)")
+    rev.add_argument("--config", type=Path, help=config_help)
+    rev.add_argument("--issuer", required=True)
+    rev.add_argument("--serial", required=True, help="hex, any case, optional 0x or colons")
+    rev.add_argument("--reason", help="RFC 5280 reason name, e.g. keyCompromise")
+    rev.add_argument("--at", help="revocation time, RFC 3339 (default: now)")
+
+    st = sub.add_parser("status", help="what the store says about a certificate")
+    st.add_argument("--config", type=Path, help=config_help)
+    st.add_argument("--issuer", required=True)
+    st.add_argument("--serial", required=True)
+    st.add_argument("--json", action="store_true", help="one JSON object")
+
+    pre = sub.add_parser("presign", help="fill the Postgres response tier ahead of traffic")
+    pre.add_argument("--config", type=Path, help=config_help)
+    pre.add_argument("--issuer", action="append", help="only this issuer (repeatable; default: all)")
     return parser
 
 
@@ -65,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args.dir, args.port)
         if args.command == "check-config":
             return _check_config(args.config)
-    except ConfigError as exc:
+        return _database_command(args)
+    except (ConfigError, UsageError) as exc:
         print(f"ocspd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OcspdError as exc:
@@ -73,6 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _database_command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "db":
+        return commands.db_migrate(config)
+    if args.command == "cert" and args.cert_command == "add":
+        return commands.cert_add(config, args.issuer, args.serial, args.not_after)
+    if args.command == "cert":
+        return commands.cert_import(config, args.issuer, args.files)
+    if args.command == "revoke":
+        return commands.revoke(config, args.issuer, args.serial, args.reason, args.at)
+    if args.command == "status":
+        return commands.status(config, args.issuer, args.serial, args.json)
+    if args.command == "presign":
+        return commands.presign(config, args.issuer or [i.id for i in config.issuers])
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -37,6 +37,9 @@ class Issuer:
     config: IssuerConfig
     signer: Signer
     source: StatusSource
+    # Its status changes arrive over LISTEN/NOTIFY: while that channel is down,
+    # memory answers for it cannot be trusted (SPEC §3.3).
+    needs_channel: bool = False
 
 
 class Engine:
@@ -48,14 +51,20 @@ class Engine:
         signers: Mapping[str, Signer],
         sources: Mapping[str, StatusSource],
         clock: Callable[[], float] = time.time,
+        *,
+        notified: frozenset[str] = frozenset(),
     ) -> None:
+        """``notified``: ids of issuers whose changes come over LISTEN/NOTIFY."""
         self.config = config
         self.clock = clock
         self.memory = MemoryTier(config.cache.max_entries, config.cache.max_bytes, clock)
         self.flights: Singleflight[Entry] = Singleflight()
         self.issuers = {
-            ic.id: Issuer(ic, signers[ic.id], sources[ic.id]) for ic in config.issuers
+            ic.id: Issuer(ic, signers[ic.id], sources[ic.id], ic.id in notified) for ic in config.issuers
         }
+        # Until the listener has connected, nothing for notified issuers may be
+        # served from memory.
+        self.channel_up = not notified
         # (hash name, issuer name hash, issuer key hash) -> issuer, built once so
         # that matching a request is one dict lookup (SPEC §7: precompute).
         self._by_certid: dict[tuple[str, bytes, bytes], Issuer] = {}
@@ -89,9 +98,10 @@ class Engine:
             certid = certids[0]
             issuer = self.issuer_for(certid)
             key = (issuer.config.id, certid.hash_name, certid.serial)
-            entry = self.memory.get(key)
-            if entry is not None:
-                return entry
+            if self.channel_up or not issuer.needs_channel:
+                entry = self.memory.get(key)
+                if entry is not None:
+                    return entry
             return await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
         issuers = [self.issuer_for(c) for c in certids]
         return await self._sign_live(issuers, certids, nonce)
@@ -105,16 +115,15 @@ class Engine:
                 if stored is not None and self.clock() < stored.refresh_at:
                     entry = stored
                 else:
-                    answer = self._answer(issuer, lookup.status)
-                    this_update, next_update = self._window()
-                    der = issuer.signer.sign((certid,), (answer,), this_update, next_update)
-                    entry = Entry(der, answer.status, this_update, next_update, lookup.status.version)
-                    if flight.stale:
-                        continue  # the status changed while we read/signed: read again
-                    await issuer.source.store(key[0], certid.serial, certid.hash_name, entry)
+                    entry = self.sign_entry(issuer, certid, lookup.status)
+                    # A status change since we read it (an invalidation arrived,
+                    # or the store refused the write-back): read again.
+                    if flight.stale or not await issuer.source.store(key[0], certid.serial, certid.hash_name, entry):
+                        continue
                 if flight.stale:
                     continue
-                self.memory.put(key, entry)
+                if self.channel_up or not issuer.needs_channel:
+                    self.memory.put(key, entry)
                 return entry
         raise TryLater("status changed during every attempt to answer")
 
@@ -136,6 +145,19 @@ class Engine:
             der = signer.sign(certids, answers, this_update, next_update, nonce)
             status = answers[0].status if len(answers) == 1 else "mixed"
             return Entry(der, status, this_update, next_update, version)
+
+    def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
+        """Sign a cacheable (nonce-free, one-CertID) response for this status."""
+        answer = self._answer(issuer, status)
+        this_update, next_update = self._window()
+        der = issuer.signer.sign((certid,), (answer,), this_update, next_update)
+        return Entry(der, answer.status, this_update, next_update, status.version)
+
+    def sign_stored(self, issuer_id: str, serial: int, hash_name: str, status: CertStatus) -> Entry:
+        """Sign the response for a stored row (refresh, presign): the CertID is rebuilt."""
+        issuer = self.issuers[issuer_id]
+        name_hash, key_hash = issuer.signer.certid_hashes[hash_name]
+        return self.sign_entry(issuer, CertId(hash_name, name_hash, key_hash, serial), status)
 
     def _signing_slot(self) -> _Slot:
         if self.signing >= self._max_signing:
@@ -172,6 +194,32 @@ class Engine:
         """Forget every cached answer (e.g. when invalidations may have been missed)."""
         self.flights.invalidate_all()
         return self.memory.clear()
+
+    def on_notify(self, payload: str) -> int:
+        """Apply one status-change notification: ``issuer serial``, ``issuer *`` or ``*``."""
+        issuer_id, _, serial = payload.partition(" ")
+        if issuer_id == "*" or serial == "*":
+            # A bulk change: flushing everything is simpler than per-issuer
+            # bookkeeping and equally safe.
+            return self.invalidate_all()
+        try:
+            number = int(serial, 16)
+        except ValueError:
+            log.warning("event=bad_notification payload=%r", payload[:200])
+            return self.invalidate_all()
+        return self.invalidate(issuer_id, (number,))
+
+    def channel_lost(self) -> None:
+        """The LISTEN connection is down: forget, and stop trusting, memory answers."""
+        self.channel_up = False
+        dropped = self.invalidate_all()
+        log.warning("event=channel_lost flushed=%d", dropped)
+
+    def channel_restored(self) -> None:
+        """LISTEN is back: changes made meanwhile were missed, so flush once more."""
+        dropped = self.invalidate_all()
+        self.channel_up = True
+        log.info("event=channel_restored flushed=%d", dropped)
 
 
 class _Slot:

@@ -52,3 +52,7 @@ class SourceUnavailable(TryLater):
 
 class Overloaded(TryLater):
     """Too many live signatures in flight."""
+
+
+class StoreError(OcspdError):
+    """The database refused an operation (constraint, bad data): not an outage."""

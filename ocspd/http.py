@@ -32,8 +32,10 @@ from ocspd.protocol import (
     not_modified,
     parse_request,
 )
+from ocspd.replication import RefreshSettings, database_context
 from ocspd.signer import Signer, load_signers
 from ocspd.sources import IndexSource, StatusSource
+from ocspd.store import Store
 
 log = logging.getLogger("ocspd.http")
 
@@ -51,6 +53,8 @@ def init_app(
     clock: Callable[[], float] = time.time,
     signers: Mapping[str, Signer] | None = None,
     index_poll: float = INDEX_POLL_SECONDS,
+    refresh: RefreshSettings | None = None,
+    heartbeat: float = 5.0,
 ) -> web.Application:
     """Build the OCSP application for ``config``.
 
@@ -63,25 +67,35 @@ def init_app(
     index_files = {
         issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None
     }
-    missing = [issuer.id for issuer in config.issuers if issuer.id not in index_files]
-    if missing:
-        # The Postgres status source is not part of this build yet: say so
-        # plainly at start-up rather than fail on the first request.
-        raise ConfigError(
-            "the Postgres status source is not available in this version; set `index` for issuer "
-            + ", ".join(missing),
-            key="issuers",
-            file=config.source,
-        )
-    index_source = IndexSource(index_files)
-    sources: dict[str, StatusSource] = {issuer_id: index_source for issuer_id in index_files}
-    engine = Engine(config, signers, sources, clock)
+    sources: dict[str, StatusSource] = {}
+    if index_files:
+        index_source = IndexSource(index_files)
+        sources.update((issuer_id, index_source) for issuer_id in index_files)
+    store: Store | None = None
+    notified = frozenset(issuer.id for issuer in config.issuers if issuer.id not in index_files)
+    if notified:
+        if config.database is None:  # config validation makes this unreachable
+            raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
+        store = Store(config.database.dsn)
+        sources.update((issuer_id, store) for issuer_id in notified)
+    engine = Engine(config, signers, sources, clock, notified=notified)
 
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[ENGINE] = engine
     app[INDEX_FILES] = index_files
     app.cleanup_ctx.append(_index_watchers(index_poll))
+    if store is not None:
+        assert config.database is not None
+        app.cleanup_ctx.append(
+            database_context(
+                store,
+                engine,
+                config.database.listen_dsn,
+                refresh or RefreshSettings.for_validity(config.responses.validity),
+                heartbeat=heartbeat,
+            )
+        )
     handlers = _Handlers(engine, config.server.path_prefix, clock)
     prefix = config.server.path_prefix
     app.router.add_post(prefix, handlers.post)

@@ -167,6 +167,10 @@ class IndexFile:
         """Number of serials the file lists."""
         return len(self._entries)
 
+    def items(self) -> list[tuple[int, CertStatus]]:
+        """Every (serial, status) of the last load (e.g. to import them elsewhere)."""
+        return list(self._entries.items())
+
     def lookup(self, serial: int) -> CertStatus | None:
         """What the file says about ``serial``; ``None`` when it does not list it."""
         return self._entries.get(serial)
@@ -207,7 +211,7 @@ class IndexFile:
             changed = self._swap(parsed)
             self._stat = (st.st_mtime_ns, st.st_size, st.st_ino)
             self._log.info(
-                "index loaded path=%s serials=%d changed=%d malformed=%d version=%d seconds=%.3f",
+                "event=index_loaded path=%s serials=%d changed=%d malformed=%d version=%d seconds=%.3f",
                 self.path,
                 len(parsed),
                 len(changed),
@@ -251,14 +255,14 @@ class IndexFile:
                     parsed.pop(serial, None)  # never leave an older line in force
                 if bad <= _MAX_LINE_WARNINGS:
                     self._log.warning(
-                        "index line skipped path=%s line=%d error=%s",
+                        "event=index_line_skipped path=%s line=%d error=%s",
                         self.path,
                         lineno,
                         e,
                     )
         if bad > _MAX_LINE_WARNINGS:
             self._log.warning(
-                "index lines skipped path=%s count=%d (only the first %d logged)",
+                "event=index_lines_skipped path=%s count=%d (only the first %d logged)",
                 self.path,
                 bad,
                 _MAX_LINE_WARNINGS,
@@ -317,16 +321,16 @@ class IndexFile:
                     changed = await loop.run_in_executor(None, self.load)
                     if failing:
                         failing = False
-                        self._log.info("index reload recovered path=%s", self.path)
+                        self._log.info("event=index_reload_recovered path=%s", self.path)
             except SourceUnavailable as e:
                 level = logging.DEBUG if failing else logging.WARNING
-                self._log.log(level, "index reload failed path=%s error=%s", self.path, e)
+                self._log.log(level, "event=index_reload_failed path=%s error=%s", self.path, e)
                 failing = True
             except Exception:  # a bug: keep the previous data, retry next tick
-                self._log.exception("index reload error path=%s", self.path)
+                self._log.exception("event=index_reload_error path=%s", self.path)
             if changed:
                 try:
                     on_change(changed)
                 except Exception:  # the caller's bug must not stop the watch
-                    self._log.exception("index on_change callback failed path=%s", self.path)
+                    self._log.exception("event=index_on_change_failed path=%s", self.path)
             await asyncio.sleep(interval)

@@ -34,7 +34,9 @@ class StatusSource(Protocol):
     async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
         """Write a signed response back, only if ``entry.version`` is still current.
 
-        Returns whether it was stored (always False for sources without a tier).
+        Returns False when the status may have changed since ``entry`` was
+        signed (the caller must read it again), True otherwise, including
+        when the source keeps no response tier.
         """
         ...
 
@@ -50,4 +52,5 @@ class IndexSource:
         return Lookup(UNKNOWN if status is None else status)
 
     async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
-        return False
+        # No response tier; a change reaches the engine through invalidate().
+        return True

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from ocspd.http import init_app
-from tests.helpers import TestPki, build_pki
+from ocspd.store import Store
+from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki
+from tests.pg import PgServer, postgres_server
 
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -32,3 +36,47 @@ def ocspd_client(aiohttp_client: Any) -> AppClient:
         return await aiohttp_client(app)  # type: ignore[no-any-return]
 
     return start
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A real PostgreSQL server for this session (see tests/pg.py)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: PgServer) -> Iterator[str]:
+    """A database with every migration applied, cloned by each test that needs one."""
+    name = pg_server.create_database()
+    asyncio.run(Store(pg_server.dsn_for(name)).migrate())
+    yield name
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = pg_server.create_database(template=pg_template)
+    yield pg_server.dsn_for(name)
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def db_pki(tmp_path: Path, pg_dsn: str) -> TestPki:
+    """A PKI whose issuer takes its status from PostgreSQL, with good and revoked rows."""
+    test_pki = build_pki(tmp_path / "pki", database=pg_dsn)
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT ocspd_add_certificate('test-ca', %s)", (f"{GOOD_SERIAL:x}",))
+            cur.execute(
+                "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise', %s)", (f"{REVOKED_SERIAL:x}", REVOKED_AT)
+            )
+    finally:
+        conn.close()
+    return test_pki

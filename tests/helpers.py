@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,9 @@ def build_pki(
     responses: str = "",
     issuer_extra: str = "",
     issuer_id: str = "test-ca",
+    database: str | None = None,
 ) -> TestPki:
-    """Make a PKI and a config that serves it from index.txt."""
+    """Make a PKI and a config that serves it from index.txt, or from ``database`` (a DSN) when given."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = pki.make_ca("ocspd test CA " + issuer_id, key_type)
     ca_path = directory / "ca.pem"
@@ -94,11 +96,13 @@ def build_pki(
     ]
     result.index_path.write_text("\n".join(lines) + "\n")
     responder_line = f'responder_cert = "{responder_path.name}"\n' if responder_path else ""
+    database_section = f"[database]\ndsn = {json.dumps(database)}\n" if database else ""
+    index_line = "" if database else 'index = "index.txt"\n'
     result.config_path.write_text(
-        f"[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n"
+        f"[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n{database_section}"
         f"[responses]\n{responses}\n"
         f"[[issuers]]\nid = \"{issuer_id}\"\nca_cert = \"ca.pem\"\n{responder_line}"
-        f"responder_key = \"{key_path.name}\"\nindex = \"index.txt\"\n{issuer_extra}\n"
+        f"responder_key = \"{key_path.name}\"\n{index_line}{issuer_extra}\n"
     )
     return result
 

@@ -1,0 +1,316 @@
+"""The PostgreSQL store: status source, shared response tier, migrations.
+
+The only place (with ``listener``) that talks to aiopg/psycopg2; driver
+errors are translated here, at the edge, into ``SourceUnavailable`` (the
+database cannot be reached: the caller answers tryLater) or ``StoreError``
+(the database refused what we asked: a bug or bad input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiopg
+import psycopg2
+from cryptography import x509
+
+from ocspd.cache import Entry
+from ocspd.exceptions import SourceUnavailable, StoreError
+from ocspd.sources import Lookup
+from ocspd.status import UNKNOWN, CertStatus, Status
+from ocspd.store.queries import migrations, queries
+
+log = logging.getLogger("ocspd.store")
+
+# Seconds a single database operation (connect included) may take before the
+# request gets tryLater instead of waiting on.
+OPERATION_TIMEOUT = 5.0
+POOL_MAX = 10
+MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
+
+REASON_NAMES: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "removeFromCRL": x509.ReasonFlags.remove_from_crl,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+}
+REASON_OF_FLAG = {flag: name for name, flag in REASON_NAMES.items()}
+
+
+def serial_hex(serial: int) -> str:
+    """The stored spelling of a serial: lower-case hex without leading zeros."""
+    return format(serial, "x")
+
+
+def _status(row: Sequence[Any]) -> CertStatus:
+    """CertStatus from (status, revoked_at, reason, version) columns."""
+    status, revoked_at, reason, version = row[:4]
+    if status is None:
+        return UNKNOWN
+    if status == "revoked":
+        return CertStatus(Status.REVOKED, revoked_at, REASON_NAMES.get(reason) if reason else None, version)
+    return CertStatus(Status.GOOD, None, None, version)
+
+
+@dataclass(frozen=True, slots=True)
+class CertRecord:
+    """One certificate to add or update (import, cert add)."""
+
+    serial: int
+    status: str = "good"  # "good" | "revoked"
+    revoked_at: dt.datetime | None = None
+    reason: str | None = None  # RFC 5280 name
+    not_after: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueRow:
+    """A stored response due for re-signing, with its certificate's current status."""
+
+    issuer_id: str
+    serial: int
+    hash_alg: str
+    status: CertStatus
+
+
+class Store:
+    """A pool of connections to the status database and the queries on it."""
+
+    def __init__(self, dsn: str, *, maxsize: int = POOL_MAX, timeout: float = OPERATION_TIMEOUT) -> None:
+        self.dsn = dsn
+        self._maxsize = maxsize
+        self._timeout = timeout
+        self._pool: aiopg.Pool | None = None
+        self._q = queries()
+
+    async def open(self) -> None:
+        """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
+        try:
+            self._pool = await aiopg.create_pool(
+                self.dsn, minsize=0, maxsize=self._maxsize, timeout=self._timeout, enable_hstore=False,
+                enable_json=False, enable_uuid=False,
+            )
+        except (psycopg2.Error, OSError) as exc:
+            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        if self._pool is None:
+            raise SourceUnavailable("database pool is not open")
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur:
+                yield cur
+        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+        except psycopg2.Error as exc:
+            raise StoreError(f"database refused the request: {_one_line(exc)}") from None
+
+    async def _query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
+        """Run a named query; one retry when a pooled connection turns out dead."""
+        for attempt in (1, 2):
+            try:
+                async with self._cursor() as cur:
+                    await cur.execute(self._q[name], params)
+                    return list(await cur.fetchall()) if cur.description else []
+            except SourceUnavailable:
+                # A connection that died while pooled (server restart) fails on
+                # first use; a fresh one may well work.
+                if attempt == 2 or not retry:
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- the request path ------------------------------------------------------------
+
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
+        """Status and (if current) the stored response of one CertID, in one round trip."""
+        rows = await self._query("fetch", {"issuer": issuer_id, "serial": serial_hex(serial), "hash_alg": hash_name})
+        row = rows[0]
+        status = _status(row)
+        stored = None
+        if row[4] is not None:
+            stored = Entry(bytes(row[4]), row[5], row[6], row[7], status.version)
+        return Lookup(status, stored)
+
+    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
+        """Conditional write-back; False when the status version is no longer current.
+
+        Answers for serials the table does not list (version 0) are never
+        stored: a certificate inserted later cannot race with them here, and
+        its NOTIFY drops them from memory.
+        """
+        if entry.version == 0:
+            return True
+        # No row written: the version moved on, or (rarely) a newer response of
+        # the same version is already stored; either way, reading again is right.
+        return await self.store_many(issuer_id, [(serial, hash_name, entry)]) == 1
+
+    async def store_many(self, issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> int:
+        """Conditional write-back of several responses; returns how many were written."""
+        return len(await self._query("store_responses", _store_params(issuer_id, items)))
+
+    # -- shared refresh and presign --------------------------------------------------------
+
+    async def refresh_due(
+        self,
+        issuers: Sequence[str],
+        sign: Callable[[DueRow], Entry],
+        *,
+        lead: dt.timedelta,
+        limit: int,
+    ) -> int:
+        """Re-sign up to ``limit`` stored responses due within ``lead``; returns how many.
+
+        Claimed rows are locked (``SKIP LOCKED``) until this transaction ends, so
+        replicas refreshing at once share the work without doing any row twice.
+        """
+        if self._pool is None:
+            raise SourceUnavailable("database pool is not open")
+        try:
+            async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
+                await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(issuers), "limit": limit})
+                due = [
+                    DueRow(r[0], int(r[1], 16), r[2], _status(r[3:7])) for r in await cur.fetchall()
+                ]
+                by_issuer: dict[str, list[tuple[int, str, Entry]]] = {}
+                for item in due:
+                    by_issuer.setdefault(item.issuer_id, []).append((item.serial, item.hash_alg, sign(item)))
+                for issuer_id, items in by_issuer.items():
+                    await cur.execute(self._q["store_responses"], _store_params(issuer_id, items))
+                return len(due)
+        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+        except psycopg2.Error as exc:
+            raise StoreError(f"database refused the refresh: {_one_line(exc)}") from None
+
+    async def presign_batch(
+        self, issuer_id: str, hash_alg: str, after: str, limit: int
+    ) -> list[tuple[str, CertStatus]]:
+        """Certificates after serial ``after`` that lack a fresh stored response."""
+        rows = await self._query(
+            "presign_batch", {"issuer": issuer_id, "hash_alg": hash_alg, "after": after, "limit": limit}
+        )
+        return [(r[0], _status(r[1:5])) for r in rows]
+
+    # -- the CLI ---------------------------------------------------------------------
+
+    async def add_certificates(self, issuer_id: str, records: Sequence[CertRecord]) -> None:
+        """Upsert certificates in one statement (callers batch a few thousand at a time)."""
+        await self._query(
+            "add_certificates",
+            {
+                "issuer": issuer_id,
+                "serials": [serial_hex(r.serial) for r in records],
+                "statuses": [r.status for r in records],
+                "revoked_ats": [r.revoked_at for r in records],
+                "reasons": [r.reason for r in records],
+                "not_afters": [r.not_after for r in records],
+            },
+            retry=False,
+        )
+
+    async def revoke(self, issuer_id: str, serial: int, reason: str | None, at: dt.datetime) -> int:
+        """Revoke (or record as revoked); returns the new status version."""
+        rows = await self._query(
+            "revoke", {"issuer": issuer_id, "serial": serial_hex(serial), "reason": reason, "at": at}, retry=False
+        )
+        return int(rows[0][0])
+
+    async def status(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
+        """What the table says about one certificate (None: not listed)."""
+        rows = await self._query("status", {"issuer": issuer_id, "serial": serial_hex(serial)})
+        if not rows:
+            return None
+        status, revoked_at, reason, not_after, version, updated_at, stored = rows[0]
+        return {
+            "status": status,
+            "revoked_at": revoked_at,
+            "reason": reason,
+            "not_after": not_after,
+            "version": version,
+            "updated_at": updated_at,
+            "stored_responses": stored,
+        }
+
+    async def count_certificates(self, issuer_id: str) -> int:
+        rows = await self._query("count_certificates", {"issuer": issuer_id})
+        return int(rows[0][0])
+
+    # -- migrations --------------------------------------------------------------------
+
+    async def migrate(self, progress: Callable[[str], Awaitable[None] | None] | None = None) -> list[str]:
+        """Apply the migrations not yet applied; returns their names.
+
+        Idempotent, and safe when several replicas run it at once: a session
+        advisory lock serialises them, and each migration commits with its
+        bookkeeping row in one transaction.
+        """
+        applied: list[str] = []
+        try:
+            async with aiopg.connect(self.dsn, timeout=max(self._timeout, 60.0)) as conn, conn.cursor() as cur:
+                await cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+                try:
+                    await cur.execute(
+                        "CREATE TABLE IF NOT EXISTS ocspd_migrations ("
+                        " version integer PRIMARY KEY, name text NOT NULL,"
+                        " applied_at timestamptz NOT NULL DEFAULT now())"
+                    )
+                    await cur.execute("SELECT version FROM ocspd_migrations")
+                    done = {row[0] for row in await cur.fetchall()}
+                    for migration in migrations():
+                        if migration.version in done:
+                            continue
+                        async with cur.begin():
+                            await cur.execute(migration.sql)
+                            await cur.execute(
+                                "INSERT INTO ocspd_migrations (version, name) VALUES (%s, %s)",
+                                (migration.version, migration.name),
+                            )
+                        applied.append(migration.name)
+                        if progress is not None:
+                            result = progress(migration.name)
+                            if result is not None:
+                                await result
+                finally:
+                    await cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+        except psycopg2.Error as exc:
+            raise StoreError(f"migration failed: {_one_line(exc)}") from None
+        return applied
+
+
+def _store_params(issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> dict[str, Any]:
+    utc = dt.UTC
+    return {
+        "issuer": issuer_id,
+        "serials": [serial_hex(serial) for serial, _, _ in items],
+        "hash_algs": [hash_alg for _, hash_alg, _ in items],
+        "ders": [psycopg2.Binary(e.der) for _, _, e in items],
+        "statuses": [e.status for _, _, e in items],
+        "this_updates": [dt.datetime.fromtimestamp(e.this_update, utc) for _, _, e in items],
+        "next_updates": [dt.datetime.fromtimestamp(e.next_update, utc) for _, _, e in items],
+        "refresh_ats": [dt.datetime.fromtimestamp(e.refresh_at, utc) for _, _, e in items],
+        "versions": [e.version for _, _, e in items],
+    }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())

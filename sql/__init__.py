@@ -1,0 +1,1 @@
+"""SQL of ocspd: numbered migrations and named queries (installed as ``ocspd.sql``)."""

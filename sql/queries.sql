@@ -1,0 +1,86 @@
+-- Named queries of ocspd. Each starts with a line "-- name: <name>"; the
+-- store parses this file once. Parameters are psycopg2 %(name)s placeholders.
+
+-- name: fetch
+-- Status and stored response of one CertID in one round trip. A stored row
+-- signed from another status version than the current one is not returned.
+SELECT c.status, c.revoked_at, c.reason, c.version,
+       r.der, r.status AS r_status, r.this_update, r.next_update
+FROM (SELECT 1) AS one
+LEFT JOIN ocspd_certificates c
+       ON c.issuer_id = %(issuer)s AND c.serial = %(serial)s
+LEFT JOIN ocspd_responses r
+       ON r.issuer_id = %(issuer)s AND r.serial = %(serial)s AND r.hash_alg = %(hash_alg)s
+      AND r.cert_version = c.version;
+
+-- name: store_responses
+-- Conditional write-back of signed responses (arrays of equal length): a row
+-- is written only while its certificate still has the status version it was
+-- signed from. FOR SHARE makes a concurrent status change wait for us, or us
+-- for it; either way the trigger's DELETE runs after any row we write.
+INSERT INTO ocspd_responses AS r
+    (issuer_id, serial, hash_alg, der, status, this_update, next_update, refresh_at, cert_version)
+SELECT c.issuer_id, c.serial, b.hash_alg, b.der, b.status, b.this_update, b.next_update, b.refresh_at, c.version
+FROM unnest(%(serials)s::text[], %(hash_algs)s::text[], %(ders)s::bytea[], %(statuses)s::text[],
+            %(this_updates)s::timestamptz[], %(next_updates)s::timestamptz[], %(refresh_ats)s::timestamptz[],
+            %(versions)s::bigint[])
+     AS b(serial, hash_alg, der, status, this_update, next_update, refresh_at, version)
+JOIN ocspd_certificates c
+  ON c.issuer_id = %(issuer)s AND c.serial = b.serial AND c.version = b.version
+FOR SHARE OF c
+ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE
+    SET der = EXCLUDED.der, status = EXCLUDED.status, this_update = EXCLUDED.this_update,
+        next_update = EXCLUDED.next_update, refresh_at = EXCLUDED.refresh_at, cert_version = EXCLUDED.cert_version
+    WHERE r.cert_version < EXCLUDED.cert_version
+       OR (r.cert_version = EXCLUDED.cert_version AND r.this_update <= EXCLUDED.this_update)
+RETURNING 1;
+
+-- name: claim_refresh
+-- Rows due for re-signing, locked so that other replicas skip them.
+SELECT r.issuer_id, r.serial, r.hash_alg, c.status, c.revoked_at, c.reason, c.version
+FROM ocspd_responses r
+JOIN ocspd_certificates c ON c.issuer_id = r.issuer_id AND c.serial = r.serial
+WHERE r.refresh_at <= now() + %(lead)s::interval
+  AND r.issuer_id = ANY(%(issuers)s::text[])
+ORDER BY r.refresh_at
+LIMIT %(limit)s
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: presign_batch
+-- Certificates of one issuer without a fresh stored response for hash_alg,
+-- in serial order after a cursor (keyset pagination, no OFFSET scans).
+SELECT c.serial, c.status, c.revoked_at, c.reason, c.version
+FROM ocspd_certificates c
+WHERE c.issuer_id = %(issuer)s AND c.serial > %(after)s
+  AND NOT EXISTS (
+      SELECT 1 FROM ocspd_responses r
+      WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.hash_alg = %(hash_alg)s
+        AND r.cert_version = c.version AND r.refresh_at > now())
+ORDER BY c.serial
+LIMIT %(limit)s;
+
+-- name: count_certificates
+SELECT count(*) FROM ocspd_certificates WHERE issuer_id = %(issuer)s;
+
+-- name: add_certificates
+-- Bulk upsert of issued certificates (import). Status columns are written
+-- only when they change, so re-importing the same data bumps no versions.
+INSERT INTO ocspd_certificates AS c (issuer_id, serial, status, revoked_at, reason, not_after)
+SELECT %(issuer)s, b.serial, b.status, b.revoked_at, b.reason, b.not_after
+FROM unnest(%(serials)s::text[], %(statuses)s::text[], %(revoked_ats)s::timestamptz[], %(reasons)s::text[],
+            %(not_afters)s::timestamptz[]) AS b(serial, status, revoked_at, reason, not_after)
+ON CONFLICT (issuer_id, serial) DO UPDATE
+    SET status = EXCLUDED.status, revoked_at = EXCLUDED.revoked_at, reason = EXCLUDED.reason,
+        not_after = COALESCE(EXCLUDED.not_after, c.not_after)
+    WHERE (c.status, c.revoked_at, c.reason, c.not_after)
+          IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.revoked_at, EXCLUDED.reason, COALESCE(EXCLUDED.not_after, c.not_after));
+
+-- name: revoke
+SELECT ocspd_revoke(%(issuer)s, %(serial)s, %(reason)s, %(at)s);
+
+-- name: status
+SELECT c.status, c.revoked_at, c.reason, c.not_after, c.version, c.updated_at,
+       (SELECT count(*) FROM ocspd_responses r
+        WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.cert_version = c.version) AS stored_responses
+FROM ocspd_certificates c
+WHERE c.issuer_id = %(issuer)s AND c.serial = %(serial)s;

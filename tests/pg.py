@@ -1,0 +1,173 @@
+"""A real PostgreSQL for the tests (SPEC §6), never a mock.
+
+Where it comes from, in order: ``OCSPD_TEST_DSN``; else a throwaway cluster
+made with the installed server binaries (initdb/pg_ctl in a temp dir, run as
+the ``postgres`` user when we are root); else the local server on its
+default socket. Each test session migrates one template database and each
+test that asks gets a fresh clone of it (CREATE DATABASE ... TEMPLATE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+from psycopg2.extensions import make_dsn, parse_dsn
+
+
+@dataclass
+class PgServer:
+    """A server we may create databases on; ``dsn`` names its maintenance database."""
+
+    dsn: str
+    origin: str  # "OCSPD_TEST_DSN", "throwaway cluster", "local server"
+    socket_dir: str | None = None
+    port: int | None = None
+
+    def dsn_for(self, dbname: str) -> str:
+        return make_dsn(self.dsn, dbname=dbname)
+
+    def execute(self, sql: str, dbname: str | None = None) -> None:
+        conn = psycopg2.connect(self.dsn_for(dbname) if dbname else self.dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    def create_database(self, template: str | None = None) -> str:
+        name = f"ocspd_test_{uuid.uuid4().hex[:12]}"
+        self.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _can_connect(dsn: str) -> bool:
+    try:
+        psycopg2.connect(dsn, connect_timeout=3).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def _server_binaries() -> tuple[str, str] | None:
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if initdb and pg_ctl:
+        return initdb, pg_ctl
+    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True):
+        if os.access(f"{bindir}/initdb", os.X_OK) and os.access(f"{bindir}/pg_ctl", os.X_OK):
+            return f"{bindir}/initdb", f"{bindir}/pg_ctl"
+    return None
+
+
+def _as_server_user(args: list[str]) -> list[str]:
+    """initdb refuses to run as root: run it as `postgres` then."""
+    if os.geteuid() != 0:
+        return args
+    runuser = shutil.which("runuser")
+    if runuser:
+        return [runuser, "-u", "postgres", "--", *args]
+    return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(_quote(a) for a in args)]
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _throwaway_cluster() -> Iterator[PgServer]:
+    binaries = _server_binaries()
+    if binaries is None:
+        raise RuntimeError("no initdb/pg_ctl found")
+    initdb, pg_ctl = binaries
+    workdir = tempfile.mkdtemp(prefix="ocspd-pg-")
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+    data, log = f"{workdir}/data", f"{workdir}/server.log"
+    port = _free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+    try:
+        subprocess.run(
+            _as_server_user([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]),
+            check=True, capture_output=True, env=env, timeout=120,
+        )
+        options = (
+            f"-p {port} -k {workdir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
+            " -c full_page_writes=off -c max_connections=200"
+        )
+        subprocess.run(
+            _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"]),
+            check=True, capture_output=True, env=env, timeout=120,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"could not start a throwaway cluster: {exc}") from exc
+    try:
+        yield PgServer(f"host={workdir} port={port} user=postgres dbname=postgres", "throwaway cluster", workdir, port)
+    finally:
+        subprocess.run(
+            _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
+            capture_output=True, env=env, timeout=60, check=False,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PgServer]:
+    """The server for this test session (see the module docstring)."""
+    explicit = os.environ.get("OCSPD_TEST_DSN")
+    if explicit:
+        params = parse_dsn(explicit)
+        yield PgServer(explicit, "OCSPD_TEST_DSN", params.get("host"), int(params.get("port", 5432)))
+        return
+    errors = []
+    try:
+        with _throwaway_cluster() as server:
+            yield server
+            return
+    except RuntimeError as exc:
+        errors.append(str(exc))
+    local = ("host=/var/run/postgresql user=postgres dbname=postgres", "host=127.0.0.1 user=postgres dbname=postgres")
+    for dsn in local:
+        if _can_connect(dsn):
+            params = parse_dsn(dsn)
+            yield PgServer(dsn, "local server", params["host"], 5432)
+            return
+    raise RuntimeError(
+        "no PostgreSQL for the tests: set OCSPD_TEST_DSN, or install the server binaries "
+        f"(apt-get install postgresql); tried: {'; '.join(errors)}"
+    )
+
+
+def socket_path(server: PgServer) -> tuple[str, int] | str:
+    """Where a proxy should connect to reach this server: a unix socket path or (host, port)."""
+    params = parse_dsn(server.dsn)
+    host = params.get("host", "/var/run/postgresql")
+    port = int(params.get("port", 5432))
+    if host.startswith("/"):
+        return str(Path(host) / f".s.PGSQL.{port}")
+    return (host, port)

@@ -1,0 +1,175 @@
+"""Two replicas on one real PostgreSQL: freshness, no stale write-back,
+channel loss and store outage (SPEC §3, invariants 1, 2, 3, 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg2
+from aiohttp.test_utils import TestClient
+from cryptography.x509 import ocsp
+
+from ocspd.http import ENGINE
+from ocspd.replication import LISTENER, STORE
+from tests.conftest import AppClient
+from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
+
+Status = ocsp.OCSPCertStatus
+
+
+async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> Status | bytes:
+    """The certificate status a replica answers, or the raw body of an unsuccessful response."""
+    resp = await client.post("/", data=der)
+    body = await resp.read()
+    assert resp.status == 200
+    if len(body) < 10:
+        return body
+    return verify_response(body, test_pki).certificate_status
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> float:
+    """Poll ``check`` until true; returns the seconds it took. No fixed sleeps."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await check():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+async def start_replicas(ocspd_client: AppClient, test_pki: TestPki, n: int = 2, **kwargs: Any) -> list[Any]:
+    clients = [await ocspd_client(test_pki, **kwargs) for _ in range(n)]
+    for client in clients:
+        await asyncio.wait_for(client.app[LISTENER].ever_connected.wait(), 10)
+    return clients
+
+
+def sql(dsn: str, statement: str, *params: object) -> None:
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+    finally:
+        conn.close()
+
+
+def stored_rows(dsn: str, serial: int) -> list[tuple[str, str]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT hash_alg, status FROM ocspd_responses WHERE serial = %s", (f"{serial:x}",))
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+async def assert_never_good(clients: list[Any], der: bytes, test_pki: TestPki, rounds: int = 25) -> None:
+    for _ in range(rounds):
+        for client in clients:
+            assert await status_of(client, der, test_pki) == Status.REVOKED
+
+
+async def test_replicas_answer_from_postgres(ocspd_client: AppClient, db_pki: TestPki) -> None:
+    clients = await start_replicas(ocspd_client, db_pki)
+    for client in clients:
+        for name, expected in (("good", Status.GOOD), ("revoked", Status.REVOKED), ("unissued", Status.UNKNOWN)):
+            der = request_der(db_pki.leaves[name].cert, db_pki.ca.cert)
+            assert await status_of(client, der, db_pki) == expected
+
+
+async def test_revocation_by_sql_update_reaches_both_replicas(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    clients = await start_replicas(ocspd_client, db_pki)
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    for client in clients:
+        assert await status_of(client, der, db_pki) == Status.GOOD  # now cached in memory and in Postgres
+    sql(
+        pg_dsn,
+        "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = now(), reason = 'superseded'"
+        " WHERE issuer_id = 'test-ca' AND serial = %s",
+        f"{GOOD_SERIAL:x}",
+    )
+    for client in clients:
+        await eventually(lambda c=client: _is_revoked(c, der, db_pki), what="revoked on every replica")
+    await assert_never_good(clients, der, db_pki)
+    assert all(status == "revoked" for _, status in stored_rows(pg_dsn, GOOD_SERIAL))
+
+
+async def _is_revoked(client: Any, der: bytes, test_pki: TestPki) -> bool:
+    return await status_of(client, der, test_pki) == Status.REVOKED
+
+
+async def test_revocation_by_cli_reaches_both_replicas(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    clients = await start_replicas(ocspd_client, db_pki)
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    for client in clients:
+        assert await status_of(client, der, db_pki) == Status.GOOD
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ocspd", "revoke", "--config", str(db_pki.config_path), "--issuer", "test-ca",
+        "--serial", f"0x{GOOD_SERIAL:X}", "--reason", "keyCompromise",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")},
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    for client in clients:
+        await eventually(lambda c=client: _is_revoked(c, der, db_pki), what="revoked on every replica")
+    await assert_never_good(clients, der, db_pki)
+
+
+async def test_certificate_added_after_an_unknown_answer_becomes_good(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    clients = await start_replicas(ocspd_client, db_pki)
+    cert = db_pki.leaves["unissued"].cert
+    der = request_der(cert, db_pki.ca.cert)
+    for client in clients:
+        assert await status_of(client, der, db_pki) == Status.UNKNOWN
+    sql(pg_dsn, "SELECT ocspd_add_certificate('test-ca', %s)", f"{cert.serial_number:x}")
+
+    async def good_everywhere() -> bool:
+        return all([await status_of(c, der, db_pki) == Status.GOOD for c in clients])
+
+    await eventually(good_everywhere, what="the new certificate answered good")
+
+
+async def test_signature_racing_a_revocation_is_never_written_back(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    """Invariant 2: a response signed from the status before a revocation is stored in neither tier."""
+    client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
+    engine, store = client.app[ENGINE], client.app[STORE]
+    entered, release = asyncio.Event(), asyncio.Event()
+    real_store = store.store
+
+    async def held_store(*args: Any) -> bool:
+        # The status was read as "good" and signed; hold the write-back here.
+        entered.set()
+        await release.wait()
+        return await real_store(*args)
+
+    store.store = held_store  # type: ignore[method-assign]
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    request = asyncio.create_task(status_of(client, der, db_pki))
+    await asyncio.wait_for(entered.wait(), 10)
+    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+
+    async def notified() -> bool:
+        return all(flight.stale for flight, _ in engine.flights._flights.values())
+
+    await eventually(notified, what="notification processed")
+    release.set()
+    assert await request == Status.REVOKED  # the held round was discarded and the status read again
+    cached = engine.memory.get(("test-ca", "sha1", GOOD_SERIAL))
+    assert cached is None or cached.status == "revoked"
+    assert stored_rows(pg_dsn, GOOD_SERIAL) and all(s == "revoked" for _, s in stored_rows(pg_dsn, GOOD_SERIAL))
