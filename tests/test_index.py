@@ -300,7 +300,7 @@ def test_watch_survives_the_file_vanishing_briefly(tmp_path: Path, caplog: pytes
     calls: list[set[int]] = []
 
     def failed() -> bool:
-        return any("reload failed" in rec.getMessage() for rec in caplog.records)
+        return any("event=index_reload_failed" in rec.getMessage() for rec in caplog.records)
 
     async def main() -> None:
         task = asyncio.create_task(index.watch(calls.append, interval=0.05))

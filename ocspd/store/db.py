@@ -18,6 +18,7 @@ from typing import Any
 import aiopg
 import psycopg2
 from cryptography import x509
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from ocspd.cache import Entry
 from ocspd.exceptions import SourceUnavailable, StoreError
@@ -112,11 +113,22 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _cursor(self) -> AsyncIterator[Any]:
+        """A cursor on a pooled connection, with driver errors translated.
+
+        A connection left mid-query or mid-transaction (an error, or the task
+        was cancelled) is closed rather than pooled: the server rolls it back.
+        """
         if self._pool is None:
             raise SourceUnavailable("database pool is not open")
         try:
-            async with self._pool.acquire() as conn, conn.cursor() as cur:
-                yield cur
+            async with self._pool.acquire() as conn:
+                try:
+                    async with conn.cursor() as cur:
+                        yield cur
+                except BaseException:
+                    if not conn.closed and conn.raw.get_transaction_status() != TRANSACTION_STATUS_IDLE:
+                        conn.close()
+                    raise
         except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
         except psycopg2.Error as exc:
@@ -180,24 +192,17 @@ class Store:
         Claimed rows are locked (``SKIP LOCKED``) until this transaction ends, so
         replicas refreshing at once share the work without doing any row twice.
         """
-        if self._pool is None:
-            raise SourceUnavailable("database pool is not open")
-        try:
-            async with self._pool.acquire() as conn, conn.cursor() as cur, cur.begin():
-                await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(issuers), "limit": limit})
-                due = [
-                    DueRow(r[0], int(r[1], 16), r[2], _status(r[3:7])) for r in await cur.fetchall()
-                ]
-                by_issuer: dict[str, list[tuple[int, str, Entry]]] = {}
-                for item in due:
-                    by_issuer.setdefault(item.issuer_id, []).append((item.serial, item.hash_alg, sign(item)))
-                for issuer_id, items in by_issuer.items():
-                    await cur.execute(self._q["store_responses"], _store_params(issuer_id, items))
-                return len(due)
-        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
-            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
-        except psycopg2.Error as exc:
-            raise StoreError(f"database refused the refresh: {_one_line(exc)}") from None
+        async with self._cursor() as cur:
+            await cur.execute("BEGIN")
+            await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(issuers), "limit": limit})
+            due = [DueRow(r[0], int(r[1], 16), r[2], _status(r[3:7])) for r in await cur.fetchall()]
+            by_issuer: dict[str, list[tuple[int, str, Entry]]] = {}
+            for item in due:
+                by_issuer.setdefault(item.issuer_id, []).append((item.serial, item.hash_alg, sign(item)))
+            for issuer_id, items in by_issuer.items():
+                await cur.execute(self._q["store_responses"], _store_params(issuer_id, items))
+            await cur.execute("COMMIT")
+            return len(due)
 
     async def presign_batch(
         self, issuer_id: str, hash_alg: str, after: str, limit: int
@@ -276,12 +281,14 @@ class Store:
                     for migration in migrations():
                         if migration.version in done:
                             continue
-                        async with cur.begin():
-                            await cur.execute(migration.sql)
-                            await cur.execute(
-                                "INSERT INTO ocspd_migrations (version, name) VALUES (%s, %s)",
-                                (migration.version, migration.name),
-                            )
+                        # The migration and its bookkeeping row commit together or not at all.
+                        await cur.execute("BEGIN")
+                        await cur.execute(migration.sql)
+                        await cur.execute(
+                            "INSERT INTO ocspd_migrations (version, name) VALUES (%s, %s)",
+                            (migration.version, migration.name),
+                        )
+                        await cur.execute("COMMIT")
                         applied.append(migration.name)
                         if progress is not None:
                             result = progress(migration.name)

@@ -1,0 +1,203 @@
+"""The PostgreSQL store on a real server: migrations, the response tier,
+presign and the shared refresh (SPEC §1, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+from collections import Counter
+from typing import Any
+
+import psycopg2
+import pytest
+from cryptography.x509 import ocsp
+
+from ocspd.engine import Engine
+from ocspd.replication import LISTENER
+from ocspd.signer import load_signers
+from ocspd.status import CertStatus, Status
+from ocspd.store import DueRow, Store
+from ocspd.store.queries import migrations
+from tests.conftest import AppClient
+from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
+from tests.pg import PgServer
+from tests.test_cache import counting_signers
+from tests.test_cli import run
+
+
+def query(dsn: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+async def test_migrations_run_twice_are_a_no_op(pg_server: PgServer) -> None:
+    name = pg_server.create_database()
+    try:
+        store = Store(pg_server.dsn_for(name))
+        assert await store.migrate() == [m.name for m in migrations()]
+        assert await store.migrate() == []
+        rows = query(pg_server.dsn_for(name), "SELECT version FROM ocspd_migrations ORDER BY version")
+        assert [r[0] for r in rows] == [m.version for m in migrations()]
+    finally:
+        pg_server.drop_database(name)
+
+
+async def test_concurrent_migrations_do_not_fail(pg_server: PgServer) -> None:
+    name = pg_server.create_database()
+    try:
+        stores = [Store(pg_server.dsn_for(name)) for _ in range(4)]
+        results = await asyncio.gather(*(s.migrate() for s in stores))
+        applied = [name for result in results for name in result]
+        assert sorted(applied) == sorted(m.name for m in migrations())  # each applied exactly once
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_db_migrate_command_is_idempotent(pg_server: PgServer, db_pki: TestPki) -> None:
+    name = pg_server.create_database()
+    try:
+        env = {"OCSPD_DATABASE_DSN": pg_server.dsn_for(name)}
+        first = run("db", "migrate", "--config", str(db_pki.config_path), env=env)
+        assert first.returncode == 0, first.stderr
+        assert "applied 0001_" in first.stdout
+        second = run("db", "migrate", "--config", str(db_pki.config_path), env=env)
+        assert second.returncode == 0, second.stderr
+        assert "up to date" in second.stdout
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_serials_are_normalised_and_checked_in_sql(pg_dsn: str) -> None:
+    assert query(pg_dsn, "SELECT ocspd_serial('0x00:1A:2b')") == [("1a2b",)]
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        query(pg_dsn, "INSERT INTO ocspd_certificates (issuer_id, serial) VALUES ('x', '0A')")
+
+
+def test_status_change_deletes_stored_responses_in_the_same_transaction(pg_dsn: str) -> None:
+    query(pg_dsn, "SELECT ocspd_add_certificate('ca', '1')")
+    version = query(pg_dsn, "SELECT version FROM ocspd_certificates")[0][0]
+    query(
+        pg_dsn,
+        "INSERT INTO ocspd_responses VALUES ('ca', '1', 'sha1', '\\x00', 'good', now(), now(), now(), %s)",
+        version,
+    )
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("UPDATE ocspd_certificates SET status = 'revoked', revoked_at = now()")
+            cur.execute("SELECT count(*) FROM ocspd_responses")
+            assert cur.fetchone() == (0,)  # gone before commit, in the writer's own transaction
+        conn.rollback()
+    finally:
+        conn.close()
+    assert query(pg_dsn, "SELECT count(*) FROM ocspd_responses") == [(1,)]
+
+
+def test_unchanged_reimport_bumps_no_version(pg_dsn: str, db_pki: TestPki) -> None:
+    before = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates ORDER BY serial")
+    query(pg_dsn, "UPDATE ocspd_certificates SET not_after = not_after")
+    assert query(pg_dsn, "SELECT serial, version FROM ocspd_certificates ORDER BY serial") == before
+
+
+async def test_presigned_responses_are_served_by_a_fresh_replica_without_signing(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    result = run("presign", "--config", str(db_pki.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "presigned issuer=test-ca hash=sha1 stored=2" in result.stderr
+    assert query(pg_dsn, "SELECT count(*) FROM ocspd_responses") == [(4,)]  # 2 certificates x sha1, sha256
+    signers = counting_signers(db_pki)
+    client = await ocspd_client(db_pki, signers=signers)
+    for name in ("good", "revoked"):
+        resp = await client.post("/", data=request_der(db_pki.leaves[name].cert, db_pki.ca.cert))
+        verify_response(await resp.read(), db_pki)
+    assert signers["test-ca"].count == 0
+    again = run("presign", "--config", str(db_pki.config_path))
+    assert "presigned issuer=test-ca hash=sha1 stored=0" in again.stderr  # nothing left to do
+
+
+async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: TestPki, pg_dsn: str) -> None:
+    rows = 300
+    query(
+        pg_dsn,
+        "INSERT INTO ocspd_certificates (issuer_id, serial)"
+        " SELECT 'test-ca', to_hex(g) FROM generate_series(1, %s) g",
+        rows,
+    )
+    config = db_pki.config()
+    store = Store(pg_dsn)
+    engine = Engine(config, load_signers(config), {"test-ca": store})
+    await store.open()
+    try:
+        # Responses that are already due (refresh_at in the past).
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
+        certificates = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates")
+        batch = [
+            (int(s, 16), "sha1", engine.sign_stored("test-ca", int(s, 16), "sha1", CertStatus(Status.GOOD, version=v)))
+            for s, v in certificates
+        ]
+        assert await store.store_many("test-ca", batch) == len(batch)
+        query(pg_dsn, "UPDATE ocspd_responses SET refresh_at = %s", past)
+    finally:
+        await store.close()
+
+    signed: Counter[tuple[int, str]] = Counter()
+
+    def sign(row: DueRow) -> Any:
+        signed[(row.serial, row.hash_alg)] += 1
+        return engine.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+
+    async def replica() -> int:
+        replica_store = Store(pg_dsn)
+        await replica_store.open()
+        total = 0
+        try:
+            while done := await replica_store.refresh_due(["test-ca"], sign, lead=dt.timedelta(0), limit=25):
+                total += done
+        finally:
+            await replica_store.close()
+        return total
+
+    first, second = await asyncio.gather(replica(), replica())
+    assert first + second == len(batch)
+    assert first > 0 and second > 0  # the work was shared
+    assert set(signed.values()) == {1}  # and no row was signed twice
+    assert query(pg_dsn, "SELECT count(*) FROM ocspd_responses WHERE refresh_at <= now()") == [(0,)]
+
+
+async def test_refresher_task_keeps_stored_responses_fresh(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    from ocspd.replication import RefreshSettings
+
+    client = await ocspd_client(db_pki, refresh=RefreshSettings(interval=0.05, lead=dt.timedelta(hours=13)))
+    await asyncio.wait_for(client.app[LISTENER].ever_connected.wait(), 10)
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    first = await (await client.post("/", data=der)).read()
+    stored = query(pg_dsn, "SELECT this_update FROM ocspd_responses WHERE serial = %s", f"{GOOD_SERIAL:x}")
+    # With a lead longer than half the validity, every stored row is due at once.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while query(pg_dsn, "SELECT this_update FROM ocspd_responses WHERE serial = %s", f"{GOOD_SERIAL:x}") == stored:
+        assert loop.time() < deadline, "refresher did not re-sign the row"
+        await asyncio.sleep(0.05)
+    assert ocsp.load_der_ocsp_response(first).certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+async def test_openssl_verifies_answers_from_the_postgres_source(aiohttp_server: Any, db_pki: TestPki) -> None:
+    from ocspd.http import init_app
+    from tests.test_interop import assert_verified, openssl_ocsp
+
+    server = await aiohttp_server(init_app(db_pki.config()))
+    url = f"http://127.0.0.1:{server.port}/"
+    for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
+        code, output = await openssl_ocsp(db_pki, url, name)
+        assert_verified(code, output, db_pki.leaf_paths[name], status)
