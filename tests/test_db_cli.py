@@ -11,6 +11,7 @@ import pytest
 
 from ocspd import pki
 from tests.helpers import GOOD_SERIAL, REVOKED_SERIAL, UNISSUED_SERIAL, TestPki
+from tests.pg import PgServer
 from tests.test_cli import assert_one_line_error, run
 from tests.test_store import query
 
@@ -131,3 +132,15 @@ def test_import_of_100k_index_lines_takes_seconds(db_pki: TestPki, tmp_path: Pat
     assert "imported 100000/100000" in result.stderr
     print(f"imported 100k certificates in {elapsed:.1f}s")
     assert query(pg_dsn, "SELECT count(*) FROM ocspd_certificates WHERE status = 'revoked'")[0][0] == 2000 + 1
+
+
+def test_unmigrated_database_names_the_fix(db_pki: TestPki, pg_server: PgServer) -> None:
+    name = pg_server.create_database()
+    try:
+        env = {"OCSPD_DATABASE_DSN": pg_server.dsn_for(name)}
+        result = run("status", "--config", str(db_pki.config_path), "--issuer", "test-ca", "--serial", "1", env=env)
+        assert result.returncode == 1
+        assert "run `ocspd db migrate`" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    finally:
+        pg_server.drop_database(name)

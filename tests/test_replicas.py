@@ -289,3 +289,16 @@ async def test_whole_database_outage_serves_nothing_from_memory(
         assert await status_of(client, der, db_pki) == Status.GOOD
     finally:
         await proxy.close()
+
+
+async def test_unmigrated_database_gives_try_later(
+    ocspd_client: AppClient, db_pki: TestPki, pg_server: PgServer
+) -> None:
+    name = pg_server.create_database()
+    try:
+        client = await ocspd_client(db_pki, env={"OCSPD_DATABASE_DSN": pg_server.dsn_for(name)})
+        der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+        assert await status_of(client, der, db_pki) == TRY_LATER
+    finally:
+        await client.close()
+        pg_server.drop_database(name)

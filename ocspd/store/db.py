@@ -17,6 +17,7 @@ from typing import Any
 
 import aiopg
 import psycopg2
+import psycopg2.errors
 from cryptography import x509
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
@@ -131,6 +132,9 @@ class Store:
                     raise
         except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction):
+            # Not an outage of the server, but this replica cannot answer either.
+            raise SourceUnavailable("database schema missing: run `ocspd db migrate`") from None
         except psycopg2.Error as exc:
             raise StoreError(f"database refused the request: {_one_line(exc)}") from None
 
