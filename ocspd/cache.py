@@ -36,6 +36,7 @@ class Entry:
         "last_modified",
         "next_update",
         "refresh_at",
+        "signer",
         "status",
         "this_update",
         "version",
@@ -48,8 +49,10 @@ class Entry:
         this_update: dt.datetime,
         next_update: dt.datetime,
         version: int = 0,
+        signer: str = "",
     ) -> None:
         self.der = der
+        self.signer = signer  # fingerprint of the key that signed it (shared string)
         self.status = status
         self.this_update = this_update.timestamp()
         self.next_update = next_update.timestamp()
@@ -119,6 +122,10 @@ class MemoryTier:
 
     def __len__(self) -> int:
         return len(self._lru)
+
+    def keys(self) -> list[Hashable]:
+        """A snapshot of the keys held (expired ones included)."""
+        return list(self._lru.keys())
 
     def __contains__(self, key: Hashable) -> bool:
         return self.get(key) is not None
@@ -190,6 +197,10 @@ class Singleflight(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    def keys(self) -> list[Hashable]:
+        """A snapshot of the keys in flight."""
+        return list(self._flights)
 
     async def drain(self) -> None:
         """Wait for every flight in progress to end (used at shutdown and in tests)."""

@@ -7,27 +7,21 @@ and a non-zero exit status (2 for configuration and usage errors).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
-from ocspd import commands
+from ocspd import commands, logs, server
 from ocspd.commands import UsageError
-from ocspd.config import Config, dump_config, load_config
+from ocspd.config import dump_config, load_config
 from ocspd.exceptions import ConfigError, OcspdError
 
 log = logging.getLogger("ocspd")
 
 EXIT_CONFIG = 2
 
-# Seconds that in-flight requests get to finish on SIGTERM.
-SHUTDOWN_TIMEOUT = 10.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the responder")
     serve.add_argument("--config", type=Path, help=config_help)
+    # Internal: a worker process started by the supervisor (server.workers > 1).
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
 
     demo = sub.add_parser("demo", help="make a throwaway PKI and serve it (no database needed)")
     demo.add_argument(
@@ -96,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         if args.command == "serve":
-            return _serve(load_config(args.config))
+            return server.serve(args.config, load_config(args.config), worker_fd=args.worker_fd)
         if args.command == "demo":
             return _demo(args.dir, args.port)
         if args.command == "check-config":
@@ -130,14 +126,7 @@ def _database_command(args: argparse.Namespace) -> int:
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("OCSPD_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        stream=sys.stderr,
-        format="level=%(levelname)s logger=%(name)s %(message)s",
-    )
-    # aiohttp's access log would put a line per request on the hot path.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logs.setup(level=os.environ.get("OCSPD_LOG_LEVEL"))
 
 
 def _check_config(path: Path | None) -> int:
@@ -154,41 +143,6 @@ def _check_config(path: Path | None) -> int:
     return 0
 
 
-def _serve(config: Config) -> int:
-    from ocspd.http import init_app
-
-    for warning in config.warnings:
-        log.warning("event=config_warning message=%r", warning)
-    app = init_app(config)  # loads keys: a bad key fails here, before listening
-    asyncio.run(_run(app, config))
-    return 0
-
-
-async def _run(app: web.Application, config: Config) -> None:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False)
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        for host, port in config.server.listen:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise OcspdError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-            log.info("event=listening address=%s:%d", host, port)
-        log.info(
-            "event=ready issuers=%s",
-            ",".join(issuer.id for issuer in config.issuers),
-        )
-        await stop.wait()
-        log.info("event=stopping")
-    finally:
-        await runner.cleanup()
-
-
 def _demo(directory: Path, port: int) -> int:
     from ocspd.pki import make_demo, openssl_commands
 
@@ -202,8 +156,7 @@ def _demo(directory: Path, port: int) -> int:
         print(f"  {command}\n")
     print("Revoke a certificate: edit index.txt (change V to R and add a revocation time);")
     print("the next answer says 'revoked' within about a second. Ctrl-C stops.\n", flush=True)
-    config = load_config(demo.config, environ={})
-    return _serve(config)
+    return server.serve(demo.config, load_config(demo.config, environ={}))
 
 
 def console() -> None:

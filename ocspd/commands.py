@@ -232,7 +232,8 @@ def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr)
             total = await store.count_certificates(issuer_id)
             for hash_alg in PRESIGN_HASHES:
                 after, done, written = "", 0, 0
-                while batch := await store.presign_batch(issuer_id, hash_alg, after, PRESIGN_BATCH):
+                fingerprint = signers[issuer_id].fingerprint
+                while batch := await store.presign_batch(issuer_id, hash_alg, fingerprint, after, PRESIGN_BATCH):
                     items = [
                         (int(serial, 16), hash_alg, engine.sign_stored(issuer_id, int(serial, 16), hash_alg, status))
                         for serial, status in batch

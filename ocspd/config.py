@@ -27,6 +27,8 @@ from ocspd.exceptions import ConfigError
 Nonce = Literal["echo", "ignore"]
 UnknownSerial = Literal["unknown", "revoked", "unauthorized"]
 ResponderId = Literal["key", "name"]
+LogFormat = Literal["kv", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ocspd/ocspd.toml")
 
@@ -80,6 +82,15 @@ class ResponsesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: one line per event on stderr, as key=value or JSON."""
+
+    format: LogFormat = "kv"
+    level: LogLevel = "info"
+    requests: bool = False  # a transaction line per request (issuer, serial, status, tier, latency)
+
+
+@dataclass(frozen=True, slots=True)
 class IssuerConfig:
     """One ``[[issuers]]`` entry; paths are absolute (relative ones resolved against the config dir)."""
 
@@ -102,6 +113,7 @@ class Config:
     database: DatabaseConfig | None = None
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    log: LogConfig = LogConfig()
     issuers: tuple[IssuerConfig, ...] = ()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -209,6 +221,17 @@ def _str(value: object, from_env: bool) -> str:
     return value
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _bool(value: object, from_env: bool) -> bool:
+    if from_env and isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, bool):
+        return value
+    raise _wrong_type("a boolean (true or false)", value)
+
+
 def _duration(value: object, from_env: bool) -> dt.timedelta:
     if isinstance(value, int) and not isinstance(value, bool):
         return dt.timedelta(seconds=value)  # a TOML integer is seconds, like a bare "90"
@@ -265,6 +288,8 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "responses": {"validity": (_duration, None), "backdate": (_duration, None),
                   "nonce": (_enum(get_args(Nonce)), None), "max_inflight_signatures": (_int, 1),
                   "max_certids_per_request": (_int, 1)},
+    "log": {"format": (_enum(get_args(LogFormat)), None), "level": (_enum(get_args(LogLevel)), None),
+            "requests": (_bool, None)},
     "issuers": {"id": (_str, None), "ca_cert": (_str, None), "responder_key": (_str, None),
                 "responder_cert": (_str, None), "key_passphrase_file": (_str, None), "index": (_str, None),
                 "unknown_serial": (_enum(get_args(UnknownSerial)), None),
@@ -406,6 +431,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         database=database,
         cache=CacheConfig(**_convert("cache", raw["cache"], source)),
         responses=responses,
+        log=LogConfig(**_convert("log", raw["log"], source)),
         issuers=_load_issuers(doc.get("issuers"), source, cfg_path.absolute().parent, database is not None),
         source=source,
         warnings=tuple(warnings),
@@ -487,6 +513,8 @@ def _toml(value: object, convert: Converter) -> str:
         return "[" + ", ".join(_toml(a, _addr) for a in value) + "]"
     elif convert is _addr and isinstance(value, tuple):
         value = format_addr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     # TOML basic strings use JSON's escapes, except that DEL must be escaped too.

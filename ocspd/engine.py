@@ -5,10 +5,11 @@ signer, wired together.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,6 +17,8 @@ from cryptography import x509
 from ocspd.cache import Entry, Flight, MemoryTier, Singleflight
 from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import MalformedRequest, Overloaded, TryLater, Unauthorized
+from ocspd.logs import event
+from ocspd.metrics import Metrics
 from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
 from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
 from ocspd.sources import StatusSource
@@ -28,6 +31,9 @@ log = logging.getLogger("ocspd.engine")
 MAX_PRODUCTION_ROUNDS = 3
 
 Key = tuple[str, str, int]  # (issuer id, CertID hash name, serial)
+
+# Where an answer came from (for the transaction log).
+MEMORY, POSTGRES, SIGNED, LIVE = "memory", "postgres", "signed", "live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,30 +59,69 @@ class Engine:
         clock: Callable[[], float] = time.time,
         *,
         notified: frozenset[str] = frozenset(),
+        metrics: Metrics | None = None,
     ) -> None:
         """``notified``: ids of issuers whose changes come over LISTEN/NOTIFY."""
-        self.config = config
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.memory = MemoryTier(config.cache.max_entries, config.cache.max_bytes, clock)
-        self.flights: Singleflight[Entry] = Singleflight()
-        self.issuers = {
-            ic.id: Issuer(ic, signers[ic.id], sources[ic.id], ic.id in notified) for ic in config.issuers
-        }
+        self.flights: Singleflight[tuple[Entry, str]] = Singleflight()
+        self._notified = notified
+        self._sources = dict(sources)
         # Until the listener has connected, nothing for notified issuers may be
         # served from memory.
         self.channel_up = not notified
+        self.signing = 0  # productions in progress (cache misses and live signatures)
+        self._apply(config, signers)
+
+    def _apply(self, config: Config, signers: Mapping[str, Signer]) -> None:
+        self.config = config
+        self.issuers = {
+            ic.id: Issuer(ic, signers[ic.id], self._sources[ic.id], ic.id in self._notified) for ic in config.issuers
+        }
         # (hash name, issuer name hash, issuer key hash) -> issuer, built once so
         # that matching a request is one dict lookup (SPEC §7: precompute).
-        self._by_certid: dict[tuple[str, bytes, bytes], Issuer] = {}
+        by_certid: dict[tuple[str, bytes, bytes], Issuer] = {}
         for issuer in self.issuers.values():
             for name, (name_hash, key_hash) in issuer.signer.certid_hashes.items():
-                self._by_certid[(name, name_hash, key_hash)] = issuer
+                by_certid[(name, name_hash, key_hash)] = issuer
+        self._by_certid = by_certid
         self._validity = config.responses.validity
         self._backdate = config.responses.backdate
         self._echo_nonce = config.responses.nonce == "echo"
         self._max_certids = config.responses.max_certids_per_request
         self._max_signing = config.responses.max_inflight_signatures
-        self.signing = 0  # productions in progress (cache misses and live signatures)
+        self.metrics.bind_issuers((i.config.id, i.signer.key_type) for i in self.issuers.values())
+        self._signed = {
+            i.config.id: (self.metrics.signatures.labels(i.config.id, i.signer.key_type),
+                          self.metrics.signing_seconds.labels(i.config.id),
+                          self.metrics.signature_errors.labels(i.config.id))
+            for i in self.issuers.values()
+        }  # fmt: skip
+
+    def reload(self, config: Config, signers: Mapping[str, Signer]) -> list[str]:
+        """Switch to a new config and signers without a restart; returns the issuers whose answers changed.
+
+        The issuers and their status sources must be the same (the caller checks);
+        the memory entries of an issuer are dropped only if its key, certificate
+        or policy changed, or if response settings changed for everyone.
+        """
+        old = self.issuers
+        responses_changed = config.responses != self.config.responses
+        self._apply(config, signers)
+        changed = [
+            issuer_id
+            for issuer_id, issuer in self.issuers.items()
+            if responses_changed
+            or issuer.signer.fingerprint != old[issuer_id].signer.fingerprint
+            or dataclasses.replace(issuer.config, key_passphrase_file=None)
+            != dataclasses.replace(old[issuer_id].config, key_passphrase_file=None)
+        ]
+        for issuer_id in changed:
+            self.flights.invalidate(_of_issuer(self.flights.keys(), issuer_id))
+            self.memory.drop(_of_issuer(self.memory.keys(), issuer_id))
+            self.metrics.invalidation["local"].inc()
+        return changed
 
     def issuer_for(self, certid: CertId) -> Issuer:
         """The issuer a CertID names; Unauthorized if we do not serve it."""
@@ -85,8 +130,8 @@ class Engine:
             raise Unauthorized("issuer not served by this responder")
         return issuer
 
-    async def respond(self, request: OcspRequest) -> Entry:
-        """The successful response for a request, from cache or freshly signed.
+    async def respond(self, request: OcspRequest) -> tuple[Entry, str]:
+        """The successful response for a request and where it came from (MEMORY, POSTGRES, SIGNED, LIVE).
 
         Raises MalformedRequest, Unauthorized or TryLater (and subclasses).
         """
@@ -101,21 +146,27 @@ class Engine:
             if self.channel_up or not issuer.needs_channel:
                 entry = self.memory.get(key)
                 if entry is not None:
-                    return entry
+                    self.metrics.memory_hit.inc()
+                    return entry, MEMORY
+                self.metrics.memory_miss.inc()
             return await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
         issuers = [self.issuer_for(c) for c in certids]
-        return await self._sign_live(issuers, certids, nonce)
+        return await self._sign_live(issuers, certids, nonce), LIVE
 
-    async def _produce(self, key: Key, issuer: Issuer, certid: CertId, flight: Flight) -> Entry:
+    async def _produce(self, key: Key, issuer: Issuer, certid: CertId, flight: Flight) -> tuple[Entry, str]:
         with self._signing_slot():
             for _ in range(MAX_PRODUCTION_ROUNDS):
                 flight.stale = False
-                lookup = await issuer.source.fetch(key[0], certid.serial, certid.hash_name)
+                signer = issuer.signer
+                lookup = await issuer.source.fetch(key[0], certid.serial, certid.hash_name, signer.fingerprint)
                 stored = lookup.stored
                 if stored is not None and self.clock() < stored.refresh_at:
-                    entry = stored
+                    entry, tier = stored, POSTGRES
+                    self.metrics.postgres_hit.inc()
                 else:
-                    entry = self.sign_entry(issuer, certid, lookup.status)
+                    if issuer.needs_channel:
+                        self.metrics.postgres_miss.inc()
+                    entry, tier = self.sign_entry(issuer, certid, lookup.status), SIGNED
                     # A status change since we read it (an invalidation arrived,
                     # or the store refused the write-back): read again.
                     if flight.stale or not await issuer.source.store(key[0], certid.serial, certid.hash_name, entry):
@@ -124,7 +175,7 @@ class Engine:
                     continue
                 if self.channel_up or not issuer.needs_channel:
                     self.memory.put(key, entry)
-                return entry
+                return entry, tier
         raise TryLater("status changed during every attempt to answer")
 
     async def _sign_live(self, issuers: list[Issuer], certids: tuple[CertId, ...], nonce: bytes | None) -> Entry:
@@ -138,20 +189,40 @@ class Engine:
             answers = []
             version = 0
             for issuer, certid in zip(issuers, certids, strict=True):
-                lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name)
+                lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
                 answers.append(self._answer(issuer, lookup.status))
                 version = max(version, lookup.status.version)
             this_update, next_update = self._window()
-            der = signer.sign(certids, answers, this_update, next_update, nonce)
+            der = self._sign(issuers[0], certids, answers, this_update, next_update, nonce)
             status = answers[0].status if len(answers) == 1 else "mixed"
-            return Entry(der, status, this_update, next_update, version)
+            return Entry(der, status, this_update, next_update, version, signer.fingerprint)
 
     def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
         """Sign a cacheable (nonce-free, one-CertID) response for this status."""
         answer = self._answer(issuer, status)
         this_update, next_update = self._window()
-        der = issuer.signer.sign((certid,), (answer,), this_update, next_update)
-        return Entry(der, answer.status, this_update, next_update, status.version)
+        der = self._sign(issuer, (certid,), (answer,), this_update, next_update, None)
+        return Entry(der, answer.status, this_update, next_update, status.version, issuer.signer.fingerprint)
+
+    def _sign(
+        self,
+        issuer: Issuer,
+        certids: tuple[CertId, ...],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None,
+    ) -> bytes:
+        counter, seconds, errors = self._signed[issuer.config.id]
+        started = time.perf_counter()
+        try:
+            der = issuer.signer.sign(certids, answers, this_update, next_update, nonce)
+        except Exception:
+            errors.inc()
+            raise
+        seconds.observe(time.perf_counter() - started)
+        counter.inc()
+        return der
 
     def sign_stored(self, issuer_id: str, serial: int, hash_name: str, status: CertStatus) -> Entry:
         """Sign the response for a stored row (refresh, presign): the CertID is rebuilt."""
@@ -184,14 +255,16 @@ class Engine:
             raise Unauthorized("serial not issued by this CA")
         return Answer("unknown")
 
-    def invalidate(self, issuer_id: str, serials: Iterable[int]) -> int:
+    def invalidate(self, issuer_id: str, serials: Iterable[int], cause: str = "notify") -> int:
         """Forget everything known about these serials; returns entries dropped."""
+        self.metrics.invalidation[cause].inc()
         keys = [(issuer_id, name, serial) for serial in serials for name in HASH_NAMES]
         self.flights.invalidate(keys)
         return self.memory.drop(keys)
 
-    def invalidate_all(self) -> int:
+    def invalidate_all(self, cause: str = "notify") -> int:
         """Forget every cached answer (e.g. when invalidations may have been missed)."""
+        self.metrics.invalidation[cause].inc()
         self.flights.invalidate_all()
         return self.memory.clear()
 
@@ -205,21 +278,27 @@ class Engine:
         try:
             number = int(serial, 16)
         except ValueError:
-            log.warning("event=bad_notification payload=%r", payload[:200])
+            event(log, "bad_notification", logging.WARNING, payload=payload[:200])
             return self.invalidate_all()
         return self.invalidate(issuer_id, (number,))
 
     def channel_lost(self) -> None:
         """The LISTEN connection is down: forget, and stop trusting, memory answers."""
         self.channel_up = False
-        dropped = self.invalidate_all()
-        log.warning("event=channel_lost flushed=%d", dropped)
+        self.metrics.listener_connected.set(0)
+        dropped = self.invalidate_all("channel_loss")
+        event(log, "channel_lost", logging.WARNING, flushed=dropped)
 
     def channel_restored(self) -> None:
         """LISTEN is back: changes made meanwhile were missed, so flush once more."""
-        dropped = self.invalidate_all()
+        dropped = self.invalidate_all("channel_loss")
         self.channel_up = True
-        log.info("event=channel_restored flushed=%d", dropped)
+        self.metrics.listener_connected.set(1)
+        event(log, "channel_restored", flushed=dropped)
+
+
+def _of_issuer(keys: Iterable[Hashable], issuer_id: str) -> list[Hashable]:
+    return [k for k in keys if isinstance(k, tuple) and k[0] == issuer_id]
 
 
 class _Slot:
@@ -232,6 +311,8 @@ class _Slot:
 
     def __enter__(self) -> None:
         self._engine.signing += 1
+        self._engine.metrics.inflight_signatures.inc()
 
     def __exit__(self, *exc: object) -> None:
         self._engine.signing -= 1
+        self._engine.metrics.inflight_signatures.dec()

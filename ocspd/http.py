@@ -1,4 +1,5 @@
-"""The aiohttp application: OCSP over HTTP POST and GET.
+"""The aiohttp applications: OCSP over HTTP POST and GET, and the admin
+endpoints (/metrics, /healthz, /readyz).
 
 This is the one place that maps ocspd's exceptions to what a client sees
 (SPEC §2): malformedRequest, unauthorized, tryLater, and internalError for
@@ -19,7 +20,10 @@ from ocspd.cache import Entry
 from ocspd.config import Config
 from ocspd.engine import Engine
 from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
+from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
+from ocspd.logs import event
+from ocspd.metrics import Metrics
 from ocspd.protocol import (
     ERROR_HEADERS,
     INTERNAL_ERROR,
@@ -32,19 +36,23 @@ from ocspd.protocol import (
     not_modified,
     parse_request,
 )
-from ocspd.replication import RefreshSettings, database_context
+from ocspd.replication import LISTENER, STORE, RefreshSettings, database_context
 from ocspd.signer import Signer, load_signers
 from ocspd.sources import IndexSource, StatusSource
 from ocspd.store import Store
 
 log = logging.getLogger("ocspd.http")
+txlog = logging.getLogger("ocspd.requests")
 
 CONFIG = web.AppKey("config", Config)
 ENGINE = web.AppKey("engine", Engine)
+METRICS = web.AppKey("metrics", Metrics)
 INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
 
 # How often index.txt files are checked for changes (SPEC: "about a second").
 INDEX_POLL_SECONDS = 0.5
+# How often the memory-tier gauges are brought up to date.
+GAUGE_SECONDS = 1.0
 
 
 def init_app(
@@ -55,18 +63,19 @@ def init_app(
     index_poll: float = INDEX_POLL_SECONDS,
     refresh: RefreshSettings | None = None,
     heartbeat: float = 5.0,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """Build the OCSP application for ``config``.
 
     Keys are loaded here (a bad key is a ConfigError before anything
-    listens); index files are loaded and watched in the app's cleanup_ctx.
-    ``signers`` lets tests wrap the real signers (e.g. to count signatures).
+    listens); index files are loaded and watched, and the database pool and
+    listener run, in the app's cleanup_ctx. ``signers`` lets tests wrap the
+    real signers (e.g. to count signatures).
     """
     if signers is None:
         signers = load_signers(config)
-    index_files = {
-        issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None
-    }
+    metrics = metrics if metrics is not None else Metrics()
+    index_files = {issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None}
     sources: dict[str, StatusSource] = {}
     if index_files:
         index_source = IndexSource(index_files)
@@ -78,13 +87,15 @@ def init_app(
             raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
         store = Store(config.database.dsn)
         sources.update((issuer_id, store) for issuer_id in notified)
-    engine = Engine(config, signers, sources, clock, notified=notified)
+    engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
 
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[ENGINE] = engine
+    app[METRICS] = metrics
     app[INDEX_FILES] = index_files
     app.cleanup_ctx.append(_index_watchers(index_poll))
+    app.cleanup_ctx.append(_gauges)
     if store is not None:
         assert config.database is not None
         app.cleanup_ctx.append(
@@ -96,11 +107,36 @@ def init_app(
                 heartbeat=heartbeat,
             )
         )
-    handlers = _Handlers(engine, config.server.path_prefix, clock)
+    handlers = _Handlers(engine, metrics, config, clock)
     prefix = config.server.path_prefix
     app.router.add_post(prefix, handlers.post)
     app.router.add_get(prefix + "{tail:.*}", handlers.get)
     return app
+
+
+def reload_app(app: web.Application, config: Config) -> list[str]:
+    """Apply a new configuration and keys to a running app (SIGHUP).
+
+    Raises ConfigError, naming what is wrong, when the new config is invalid or
+    changes something that needs a restart; the running config is then kept.
+    Returns the issuers whose answers changed (their memory entries are gone).
+    """
+    old = app[CONFIG]
+    restart_only = {
+        "server": old.server != config.server,
+        "admin": old.admin != config.admin,
+        "database": old.database != config.database,
+        "cache": old.cache != config.cache,
+        "issuers (ids or index files)": [(i.id, i.index) for i in old.issuers]
+        != [(i.id, i.index) for i in config.issuers],
+    }
+    needs_restart = [name for name, differs in restart_only.items() if differs]
+    if needs_restart:
+        raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
+    signers = load_signers(config)
+    changed = app[ENGINE].reload(config, signers)
+    app[CONFIG] = config
+    return changed
 
 
 def _index_watchers(
@@ -114,13 +150,11 @@ def _index_watchers(
         for issuer_id, index in app[INDEX_FILES].items():
             # A large file takes seconds to parse: keep the loop free meanwhile.
             await loop.run_in_executor(None, index.load)
-            log.info("event=index_loaded issuer=%s path=%s certificates=%d", issuer_id, index.path, len(index))
+            event(log, "index_ready", issuer=issuer_id, path=index.path, certificates=len(index))
 
             def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
-                dropped = engine.invalidate(issuer_id, serials)
-                log.info(
-                    "event=index_reloaded issuer=%s changed=%d invalidated=%d", issuer_id, len(serials), dropped
-                )
+                dropped = engine.invalidate(issuer_id, serials, "index_reload")
+                event(log, "index_reloaded", issuer=issuer_id, changed=len(serials), invalidated=dropped)
 
             tasks.append(asyncio.create_task(index.watch(on_change, interval=interval)))
         try:
@@ -133,41 +167,88 @@ def _index_watchers(
     return watchers
 
 
+def update_gauges(app: web.Application) -> None:
+    """Bring the memory-tier and listener gauges up to date."""
+    engine, metrics = app[ENGINE], app[METRICS]
+    metrics.memory_entries.set(len(engine.memory))
+    metrics.memory_bytes.set(engine.memory.bytes)
+    listener = app.get(LISTENER)
+    if listener is not None:
+        metrics.listener_connected.set(1 if listener.connected else 0)
+
+
+async def _gauges(app: web.Application) -> AsyncIterator[None]:
+    # Gauges are set periodically rather than on every change: that keeps the
+    # hit path free of them, and works the same with several worker processes.
+    async def loop() -> None:
+        while True:
+            update_gauges(app)
+            await asyncio.sleep(GAUGE_SECONDS)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _Handlers:
-    def __init__(self, engine: Engine, prefix: str, clock: Callable[[], float]) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
         self._engine = engine
-        self._prefix_len = len(prefix)
+        self._prefix_len = len(config.server.path_prefix)
         self._clock = clock
+        self._count = metrics.request_counter
+        self._latency = metrics.request_latency
+        self._txlog = config.log.requests
 
     async def post(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         # A wrong Content-Type is tolerated when the body parses (SPEC §2).
-        body = await request.read()
-        return await self._answer(request, body, None)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._count[("POST", "request_too_large")].inc()
+            raise
+        return await self._answer(request, body, None, "POST", started)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
         raw = request.raw_path.split("?", 1)[0]
         try:
             der = decode_get_path(raw[self._prefix_len :])
         except MalformedRequest as exc:
-            return self._error(MALFORMED_REQUEST, exc)
-        return await self._answer(request, der, request)
+            return self._error(MALFORMED_REQUEST, "malformedRequest", exc, "GET", started)
+        return await self._answer(request, der, request, "GET", started)
 
-    async def _answer(self, request: web.Request, der: bytes, conditional: web.Request | None) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, der: bytes, conditional: web.Request | None, method: str, started: float
+    ) -> web.StreamResponse:
         try:
-            entry = await self._engine.respond(parse_request(der))
+            parsed = parse_request(der)
+            entry, tier = await self._engine.respond(parsed)
         except MalformedRequest as exc:
-            return self._error(MALFORMED_REQUEST, exc)
+            return self._error(MALFORMED_REQUEST, "malformedRequest", exc, method, started)
         except Unauthorized as exc:
-            return self._error(UNAUTHORIZED, exc)
+            return self._error(UNAUTHORIZED, "unauthorized", exc, method, started)
         except TryLater as exc:
-            return self._error(TRY_LATER, exc)
+            return self._error(TRY_LATER, "tryLater", exc, method, started)
         except Exception:
-            log.exception("event=internal_error method=%s", request.method)
-            return self._error(INTERNAL_ERROR, None)
-        return self._ok(entry, conditional)
+            log.exception("internal error answering a %s request", method)
+            return self._error(INTERNAL_ERROR, "internalError", None, method, started)
+        response, status = self._ok(entry, conditional)
+        self._count[(method, status)].inc()
+        elapsed = time.perf_counter() - started
+        self._latency[method].observe(elapsed)
+        if self._txlog:
+            certid = parsed.certids[0]
+            event(
+                txlog, "request", method=method, hash=certid.hash_name, serial=f"{certid.serial:X}",
+                certids=len(parsed.certids), status=entry.status, tier=tier, ms=round(elapsed * 1000, 3),
+            )
+        return response
 
-    def _ok(self, entry: Entry, conditional: web.Request | None) -> web.Response:
+    def _ok(self, entry: Entry, conditional: web.Request | None) -> tuple[web.Response, str]:
         now = self._clock()
         headers = {
             "Content-Type": OCSP_RESPONSE_TYPE,
@@ -181,11 +262,54 @@ class _Handlers:
             inm = h.get("If-None-Match")
             ims = h.get("If-Modified-Since")
             if (inm is not None or ims is not None) and not_modified(inm, ims, entry.etag, entry.this_update):
-                return web.Response(status=304, headers=headers)
-        return web.Response(body=entry.der, headers=headers)
+                return web.Response(status=304, headers=headers), "not_modified"
+        return web.Response(body=entry.der, headers=headers), "successful"
 
-    @staticmethod
-    def _error(body: bytes, exc: Exception | None) -> web.Response:
-        if exc is not None and log.isEnabledFor(logging.DEBUG):
-            log.debug("event=request_refused kind=%s reason=%r", type(exc).__name__, str(exc))
+    def _error(self, body: bytes, status: str, exc: Exception | None, method: str, started: float) -> web.Response:
+        self._count[(method, status)].inc()
+        elapsed = time.perf_counter() - started
+        self._latency[method].observe(elapsed)
+        if self._txlog:
+            reason = str(exc) if exc else ""
+            event(txlog, "request", method=method, status=status, reason=reason, ms=round(elapsed * 1000, 3))
+        elif exc is not None and log.isEnabledFor(logging.DEBUG):
+            event(log, "request_refused", logging.DEBUG, kind=type(exc).__name__, reason=str(exc))
         return web.Response(body=body, headers=ERROR_HEADERS)
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+def init_admin_app(
+    exposition: Callable[[], bytes], ready: Callable[[], asyncio.Future[Readiness] | Readiness] | None = None
+) -> web.Application:
+    """The admin application: /metrics, /healthz, /readyz.
+
+    ``exposition`` renders the metrics; ``ready`` returns (or resolves to) the
+    current Readiness: the single-process server passes ones over its OCSP app,
+    the worker supervisor ones over its workers.
+    """
+    admin = web.Application()
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        result = ready() if ready is not None else Readiness(True, False, ["no checks"])
+        if not isinstance(result, Readiness):
+            result = await result
+        return web.Response(status=200 if result.ready else 503, text=result.text())
+
+    admin.router.add_get("/metrics", metrics_handler)
+    admin.router.add_get("/healthz", healthz)
+    admin.router.add_get("/readyz", readyz)
+    return admin
+
+
+def app_readiness(app: web.Application) -> asyncio.Future[Readiness]:
+    """Readiness of one OCSP app (keys, index files, database, listener)."""
+    update_gauges(app)
+    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER)))

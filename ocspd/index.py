@@ -46,6 +46,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ocspd.exceptions import SourceUnavailable
+from ocspd.logs import event
 from ocspd.status import CertStatus, Status
 
 __all__ = ["IndexFile"]
@@ -163,6 +164,11 @@ class IndexFile:
         """
         return self._version
 
+    @property
+    def loaded(self) -> bool:
+        """Whether a load has succeeded at least once."""
+        return self._stat is not None
+
     def __len__(self) -> int:
         """Number of serials the file lists."""
         return len(self._entries)
@@ -210,14 +216,9 @@ class IndexFile:
                 raise SourceUnavailable(f"cannot read index file {self.path}: {e.strerror or e}") from e
             changed = self._swap(parsed)
             self._stat = (st.st_mtime_ns, st.st_size, st.st_ino)
-            self._log.info(
-                "event=index_loaded path=%s serials=%d changed=%d malformed=%d version=%d seconds=%.3f",
-                self.path,
-                len(parsed),
-                len(changed),
-                bad,
-                self._version,
-                time.perf_counter() - started,
+            event(
+                self._log, "index_loaded", path=self.path, serials=len(parsed), changed=len(changed),
+                malformed=bad, version=self._version, seconds=round(time.perf_counter() - started, 3),
             )
             return changed
 
@@ -254,18 +255,10 @@ class IndexFile:
                 if serial is not None:
                     parsed.pop(serial, None)  # never leave an older line in force
                 if bad <= _MAX_LINE_WARNINGS:
-                    self._log.warning(
-                        "event=index_line_skipped path=%s line=%d error=%s",
-                        self.path,
-                        lineno,
-                        e,
-                    )
+                    event(self._log, "index_line_skipped", logging.WARNING, path=self.path, line=lineno, error=e)
         if bad > _MAX_LINE_WARNINGS:
-            self._log.warning(
-                "event=index_lines_skipped path=%s count=%d (only the first %d logged)",
-                self.path,
-                bad,
-                _MAX_LINE_WARNINGS,
+            event(
+                self._log, "index_lines_skipped", logging.WARNING, path=self.path, count=bad, logged=_MAX_LINE_WARNINGS
             )
         return parsed, bad
 
@@ -321,16 +314,16 @@ class IndexFile:
                     changed = await loop.run_in_executor(None, self.load)
                     if failing:
                         failing = False
-                        self._log.info("event=index_reload_recovered path=%s", self.path)
+                        event(self._log, "index_reload_recovered", path=self.path)
             except SourceUnavailable as e:
                 level = logging.DEBUG if failing else logging.WARNING
-                self._log.log(level, "event=index_reload_failed path=%s error=%s", self.path, e)
+                event(self._log, "index_reload_failed", level, path=self.path, error=e)
                 failing = True
             except Exception:  # a bug: keep the previous data, retry next tick
-                self._log.exception("event=index_reload_error path=%s", self.path)
+                self._log.exception("index reload error path=%s", self.path)
             if changed:
                 try:
                     on_change(changed)
                 except Exception:  # the caller's bug must not stop the watch
-                    self._log.exception("event=index_on_change_failed path=%s", self.path)
+                    self._log.exception("index on_change callback failed path=%s", self.path)
             await asyncio.sleep(interval)

@@ -18,6 +18,7 @@ from aiohttp import web
 from ocspd.cache import Entry
 from ocspd.engine import Engine
 from ocspd.exceptions import SourceUnavailable, StoreError
+from ocspd.logs import event
 from ocspd.store import DueRow, Listener, Store
 
 log = logging.getLogger("ocspd.replication")
@@ -91,11 +92,11 @@ async def refresh_loop(store: Store, engine: Engine, issuers: list[str], setting
         try:
             done = await store.refresh_due(issuers, sign, lead=settings.lead, limit=settings.batch)
         except SourceUnavailable as exc:
-            log.debug("event=refresh_skipped reason=%r", str(exc))
+            event(log, "refresh_skipped", logging.DEBUG, reason=str(exc))
         except StoreError as exc:
-            log.error("event=refresh_failed error=%r", str(exc))
+            event(log, "refresh_failed", logging.ERROR, error=str(exc))
         if done:
-            log.info("event=refreshed responses=%d", done)
+            event(log, "refreshed", responses=done)
         if done < settings.batch:
             # Jittered, so that replicas started together drift apart.
             await asyncio.sleep(settings.interval * random.uniform(0.5, 1.5))

@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import ConfigError
+from ocspd.logs import event
 from ocspd.protocol import HASH_NAMES, CertId
 
 log = logging.getLogger("ocspd.signer")
@@ -82,6 +83,9 @@ class Signer:
             ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
         )
         self._certs = [responder_cert] if responder_cert is not None else []
+        # Names the key (through its certificate) that signs: stored responses
+        # made with another key are not served after a key rollover.
+        self.fingerprint = hashlib.sha256(self._signing_cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
         self._hash: hashes.HashAlgorithm | None
         if isinstance(key, ed25519.Ed25519PrivateKey):
             self._hash, self.key_type = None, "ed25519"
@@ -330,11 +334,9 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
         try:
             responder_cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
         except x509.ExtensionNotFound:
-            log.warning(
-                "event=responder_cert_without_nocheck issuer=%s cert=%s "
-                "note='clients may try to check the responder certificate itself'",
-                issuer.id,
-                issuer.responder_cert,
+            event(
+                log, "responder_cert_without_nocheck", logging.WARNING, issuer=issuer.id, cert=issuer.responder_cert,
+                note="clients may try to check the responder certificate itself",
             )
     now = dt.datetime.now(dt.UTC)
     if signing_cert.not_valid_after_utc <= now:

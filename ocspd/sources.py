@@ -27,8 +27,11 @@ class Lookup:
 class StatusSource(Protocol):
     """Where the truth about certificates (and optionally pre-signed responses) lives."""
 
-    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
-        """Status of (issuer, serial); raises SourceUnavailable when it cannot be known now."""
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str, signer: str) -> Lookup:
+        """Status of (issuer, serial), and a stored response signed by ``signer`` if any.
+
+        Raises SourceUnavailable when the status cannot be known now.
+        """
         ...
 
     async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
@@ -47,7 +50,7 @@ class IndexSource:
     def __init__(self, files: Mapping[str, IndexFile]) -> None:
         self.files = dict(files)
 
-    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str, signer: str) -> Lookup:
         status = self.files[issuer_id].lookup(serial)
         return Lookup(UNKNOWN if status is None else status)
 

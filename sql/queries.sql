@@ -11,7 +11,7 @@ LEFT JOIN ocspd_certificates c
        ON c.issuer_id = %(issuer)s AND c.serial = %(serial)s
 LEFT JOIN ocspd_responses r
        ON r.issuer_id = %(issuer)s AND r.serial = %(serial)s AND r.hash_alg = %(hash_alg)s
-      AND r.cert_version = c.version;
+      AND r.cert_version = c.version AND r.signer = %(signer)s;
 
 -- name: store_responses
 -- Conditional write-back of signed responses (arrays of equal length): a row
@@ -19,20 +19,23 @@ LEFT JOIN ocspd_responses r
 -- signed from. FOR SHARE makes a concurrent status change wait for us, or us
 -- for it; either way the trigger's DELETE runs after any row we write.
 INSERT INTO ocspd_responses AS r
-    (issuer_id, serial, hash_alg, der, status, this_update, next_update, refresh_at, cert_version)
-SELECT c.issuer_id, c.serial, b.hash_alg, b.der, b.status, b.this_update, b.next_update, b.refresh_at, c.version
+    (issuer_id, serial, hash_alg, der, status, this_update, next_update, refresh_at, cert_version, signer)
+SELECT c.issuer_id, c.serial, b.hash_alg, b.der, b.status, b.this_update, b.next_update, b.refresh_at, c.version,
+       b.signer
 FROM unnest(%(serials)s::text[], %(hash_algs)s::text[], %(ders)s::bytea[], %(statuses)s::text[],
             %(this_updates)s::timestamptz[], %(next_updates)s::timestamptz[], %(refresh_ats)s::timestamptz[],
-            %(versions)s::bigint[])
-     AS b(serial, hash_alg, der, status, this_update, next_update, refresh_at, version)
+            %(versions)s::bigint[], %(signers)s::text[])
+     AS b(serial, hash_alg, der, status, this_update, next_update, refresh_at, version, signer)
 JOIN ocspd_certificates c
   ON c.issuer_id = %(issuer)s AND c.serial = b.serial AND c.version = b.version
 FOR SHARE OF c
 ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE
     SET der = EXCLUDED.der, status = EXCLUDED.status, this_update = EXCLUDED.this_update,
-        next_update = EXCLUDED.next_update, refresh_at = EXCLUDED.refresh_at, cert_version = EXCLUDED.cert_version
+        next_update = EXCLUDED.next_update, refresh_at = EXCLUDED.refresh_at, cert_version = EXCLUDED.cert_version,
+        signer = EXCLUDED.signer
     WHERE r.cert_version < EXCLUDED.cert_version
-       OR (r.cert_version = EXCLUDED.cert_version AND r.this_update <= EXCLUDED.this_update)
+       OR (r.cert_version = EXCLUDED.cert_version
+           AND (r.this_update <= EXCLUDED.this_update OR r.signer <> EXCLUDED.signer))
 RETURNING 1;
 
 -- name: claim_refresh
@@ -55,9 +58,12 @@ WHERE c.issuer_id = %(issuer)s AND c.serial > %(after)s
   AND NOT EXISTS (
       SELECT 1 FROM ocspd_responses r
       WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.hash_alg = %(hash_alg)s
-        AND r.cert_version = c.version AND r.refresh_at > now())
+        AND r.cert_version = c.version AND r.signer = %(signer)s AND r.refresh_at > now())
 ORDER BY c.serial
 LIMIT %(limit)s;
+
+-- name: ping
+SELECT 1 FROM ocspd_migrations LIMIT 1;
 
 -- name: count_certificates
 SELECT count(*) FROM ocspd_certificates WHERE issuer_id = %(issuer)s;

@@ -308,15 +308,12 @@ async def test_store_outage_is_try_later(ocspd_client: AppClient, test_pki: Test
     from ocspd.exceptions import SourceUnavailable
     from ocspd.http import ENGINE
 
-    engine = client.app[ENGINE]  # type: ignore[index]
+    source = client.app[ENGINE].issuers["test-ca"].source  # type: ignore[index]
 
-    class Down:
-        async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> None:
-            raise SourceUnavailable("index file unreadable")
+    async def down(*args: object) -> None:
+        raise SourceUnavailable("index file unreadable")
 
-    issuer = engine.issuers["test-ca"]
-    engine.issuers["test-ca"] = type(issuer)(issuer.config, issuer.signer, Down())  # type: ignore[arg-type]
-    engine._by_certid = {k: engine.issuers["test-ca"] for k in engine._by_certid}
+    source.fetch = down  # type: ignore[method-assign]
     resp, body = await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
     assert body == TRY_LATER
     assert resp.headers["Cache-Control"] == "max-age=0, no-cache"

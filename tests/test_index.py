@@ -16,6 +16,7 @@ from cryptography import x509
 
 from ocspd.exceptions import SourceUnavailable
 from ocspd.index import IndexFile
+from ocspd.logs import KeyValueFormatter
 from ocspd.status import CertStatus, Status
 
 UTC = dt.UTC
@@ -156,7 +157,7 @@ def test_malformed_line_is_skipped_and_logged_with_line_number(
         index = loaded(path, v("10"), *bad, "", r("11"))
     assert len(index) == 2 and index.lookup(0x10) and index.lookup(0x11)
     assert all(index.lookup(s) is None for s in range(0x20, 0x26))
-    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    warnings = [KeyValueFormatter().format(rec) for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == len(bad)
     for lineno, message in enumerate(warnings, start=2):
         assert str(path) in message and f"line={lineno} " in message
@@ -300,7 +301,7 @@ def test_watch_survives_the_file_vanishing_briefly(tmp_path: Path, caplog: pytes
     calls: list[set[int]] = []
 
     def failed() -> bool:
-        return any("event=index_reload_failed" in rec.getMessage() for rec in caplog.records)
+        return any(rec.getMessage() == "index_reload_failed" for rec in caplog.records)
 
     async def main() -> None:
         task = asyncio.create_task(index.watch(calls.append, interval=0.05))

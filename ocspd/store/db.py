@@ -154,14 +154,16 @@ class Store:
 
     # -- the request path ------------------------------------------------------------
 
-    async def fetch(self, issuer_id: str, serial: int, hash_name: str) -> Lookup:
-        """Status and (if current) the stored response of one CertID, in one round trip."""
-        rows = await self._query("fetch", {"issuer": issuer_id, "serial": serial_hex(serial), "hash_alg": hash_name})
+    async def fetch(self, issuer_id: str, serial: int, hash_name: str, signer: str) -> Lookup:
+        """Status and (if current and signed by ``signer``) the stored response of one CertID, in one round trip."""
+        rows = await self._query(
+            "fetch", {"issuer": issuer_id, "serial": serial_hex(serial), "hash_alg": hash_name, "signer": signer}
+        )
         row = rows[0]
         status = _status(row)
         stored = None
         if row[4] is not None:
-            stored = Entry(bytes(row[4]), row[5], row[6], row[7], status.version)
+            stored = Entry(bytes(row[4]), row[5], row[6], row[7], status.version, signer)
         return Lookup(status, stored)
 
     async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
@@ -180,6 +182,10 @@ class Store:
     async def store_many(self, issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> int:
         """Conditional write-back of several responses; returns how many were written."""
         return len(await self._query("store_responses", _store_params(issuer_id, items)))
+
+    async def ping(self) -> None:
+        """Raise SourceUnavailable unless the database answers (and has our schema)."""
+        await self._query("ping", {}, retry=False)
 
     # -- shared refresh and presign --------------------------------------------------------
 
@@ -209,11 +215,12 @@ class Store:
             return len(due)
 
     async def presign_batch(
-        self, issuer_id: str, hash_alg: str, after: str, limit: int
+        self, issuer_id: str, hash_alg: str, signer: str, after: str, limit: int
     ) -> list[tuple[str, CertStatus]]:
-        """Certificates after serial ``after`` that lack a fresh stored response."""
+        """Certificates after serial ``after`` that lack a fresh stored response signed by ``signer``."""
         rows = await self._query(
-            "presign_batch", {"issuer": issuer_id, "hash_alg": hash_alg, "after": after, "limit": limit}
+            "presign_batch",
+            {"issuer": issuer_id, "hash_alg": hash_alg, "signer": signer, "after": after, "limit": limit},
         )
         return [(r[0], _status(r[1:5])) for r in rows]
 
@@ -319,6 +326,7 @@ def _store_params(issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> di
         "next_updates": [dt.datetime.fromtimestamp(e.next_update, utc) for _, _, e in items],
         "refresh_ats": [dt.datetime.fromtimestamp(e.refresh_at, utc) for _, _, e in items],
         "versions": [e.version for _, _, e in items],
+        "signers": [e.signer for _, _, e in items],
     }
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import aiopg
 import psycopg2
 
+from ocspd.logs import event
+
 log = logging.getLogger("ocspd.listener")
 
 CHANNEL = "ocspd_status_v1"
@@ -61,7 +63,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, psycopg2.Error, OSError) as exc:
-                log.warning("event=listener_down error=%r", " ".join(str(exc).split()))
+                event(log, "listener_down", logging.WARNING, error=" ".join(str(exc).split()))
             finally:
                 was_up = self.connected
                 self._lost()
@@ -88,7 +90,7 @@ class Listener:
             self.connected = True
             self._on_connect()
             self.ever_connected.set()
-            log.info("event=listener_up channel=%s backend_pid=%s", CHANNEL, self.backend_pid)
+            event(log, "listener_up", channel=CHANNEL, backend_pid=self.backend_pid)
             while True:
                 try:
                     notify = await asyncio.wait_for(conn.notifies.get(), self._heartbeat)

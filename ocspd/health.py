@@ -1,0 +1,55 @@
+"""Readiness: can this process answer OCSP requests correctly right now?
+
+Keys are loaded before anything listens, so what remains to check is the
+status sources: every index file loaded, the database reachable. A replica
+whose LISTEN connection is down still answers correctly (from PostgreSQL,
+without its memory tier), so it is ready but *degraded*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ocspd.exceptions import OcspdError
+from ocspd.index import IndexFile
+from ocspd.store import Listener, Store
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """The verdict and one line per check, for /readyz and the supervisor."""
+
+    ready: bool
+    degraded: bool
+    checks: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        head = "not ready" if not self.ready else "degraded" if self.degraded else "ready"
+        return "\n".join([head, *self.checks]) + "\n"
+
+
+async def readiness(
+    index_files: dict[str, IndexFile], store: Store | None, listener: Listener | None
+) -> Readiness:
+    """Check the status sources of one OCSP app."""
+    ready, degraded, checks = True, False, ["keys: loaded"]
+    for issuer_id, index in index_files.items():
+        if index.loaded:
+            checks.append(f"index {issuer_id}: loaded ({len(index)} certificates)")
+        else:
+            ready = False
+            checks.append(f"index {issuer_id}: not loaded ({index.path})")
+    if store is not None:
+        try:
+            await store.ping()
+            checks.append("database: reachable")
+        except OcspdError as exc:
+            ready = False
+            checks.append(f"database: {exc}")
+    if listener is not None:
+        if listener.connected:
+            checks.append("listener: connected")
+        else:
+            degraded = True
+            checks.append("listener: down (answers come from PostgreSQL; memory tier off)")
+    return Readiness(ready, degraded, checks)

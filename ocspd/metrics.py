@@ -1,0 +1,130 @@
+"""Prometheus metrics (SPEC §5), served on the admin listener.
+
+One ``Metrics`` per app, on a registry of its own, so that two apps in one
+process (tests, replicas side by side) count separately. With several worker
+processes, prometheus-client's multiprocess mode writes every value to files
+in ``PROMETHEUS_MULTIPROC_DIR`` and the supervisor serves their sum. Labels
+are bounded: no serials, no client addresses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+
+from ocspd import __version__
+
+# OCSP response statuses as labels, plus HTTP outcomes the handler produces.
+STATUSES = (
+    "successful",
+    "not_modified",
+    "malformedRequest",
+    "internalError",
+    "tryLater",
+    "unauthorized",
+    "request_too_large",
+)
+METHODS = ("GET", "POST")
+INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SIGNING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, when this process runs in it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric of one ocspd process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "ocspd_requests", "OCSP requests answered, by HTTP method and OCSP response status",
+            ["method", "status"], registry=r,
+        )
+        self.cache_lookups = Counter(
+            "ocspd_cache_lookups", "Cache lookups by tier (memory, postgres) and result (hit, miss)",
+            ["tier", "result"], registry=r,
+        )
+        self.invalidations = Counter(
+            "ocspd_invalidations",
+            "Invalidations by cause: notify (a status change from Postgres), local (reload, key rollover), "
+            "channel_loss (LISTEN connection lost or restored: memory flushed), index_reload (index.txt changed)",
+            ["cause"], registry=r,
+        )
+        self.signatures = Counter(
+            "ocspd_signatures", "OCSP responses signed, by issuer and key type", ["issuer", "key_type"], registry=r
+        )
+        self.signature_errors = Counter(
+            "ocspd_signature_errors", "Signing attempts that raised, by issuer", ["issuer"], registry=r
+        )
+        self.inflight_signatures = Gauge(
+            "ocspd_inflight_signatures", "Productions (misses and live signatures) in progress",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.request_seconds = Histogram(
+            "ocspd_request_duration_seconds", "Time to answer an OCSP request", ["method"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.signing_seconds = Histogram(
+            "ocspd_signing_duration_seconds", "Time to build and sign one OCSP response", ["issuer"],
+            buckets=_SIGNING_BUCKETS, registry=r,
+        )
+        self.memory_entries = Gauge(
+            "ocspd_memory_entries", "Responses held in the memory tier", registry=r, multiprocess_mode="livesum"
+        )
+        self.memory_bytes = Gauge(
+            "ocspd_memory_bytes", "Bytes accounted to the memory tier (DER plus per-entry overhead)",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.listener_connected = Gauge(
+            "ocspd_listener_connected",
+            "1 while the LISTEN connection is up (with several workers: 1 only if every worker's is)",
+            registry=r, multiprocess_mode="livemin",
+        )
+        self.listener_reconnects = Counter(
+            "ocspd_listener_reconnects", "LISTEN connections re-established after a loss", registry=r
+        )
+        self.build_info = Gauge(
+            "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
+            registry=r, multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__).set(1)
+        # Children bound once: .labels() costs a dict lookup and a lock per call.
+        self.request_counter = {(m, s): self.requests.labels(m, s) for m in METHODS for s in STATUSES}
+        self.request_latency = {m: self.request_seconds.labels(m) for m in METHODS}
+        self.memory_hit = self.cache_lookups.labels("memory", "hit")
+        self.memory_miss = self.cache_lookups.labels("memory", "miss")
+        self.postgres_hit = self.cache_lookups.labels("postgres", "hit")
+        self.postgres_miss = self.cache_lookups.labels("postgres", "miss")
+        self.invalidation = {cause: self.invalidations.labels(cause) for cause in INVALIDATION_CAUSES}
+
+    def bind_issuers(self, issuers: Iterable[tuple[str, str]]) -> None:
+        """Create the per-issuer series up front, so they show as 0 before the first signature."""
+        for issuer_id, key_type in issuers:
+            self.signatures.labels(issuer_id, key_type)
+            self.signature_errors.labels(issuer_id)
+            self.signing_seconds.labels(issuer_id)
+
+    def exposition(self) -> bytes:
+        """The text exposition format of this process's metrics."""
+        return bytes(generate_latest(self.registry))
+
+
+def multiprocess_exposition(path: str) -> bytes:
+    """The sum over every worker process that wrote metrics into ``path``."""
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return bytes(generate_latest(registry))
+
+
+def mark_process_dead(pid: int) -> None:
+    """Forget a worker's live gauges (multiprocess mode) once it has exited."""
+    if multiprocess_dir() is not None:
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,178 @@
+"""Running ``ocspd serve`` as a daemon: listeners, signals, systemd
+notification, and (with ``server.workers`` > 1) a supervisor of worker
+processes that share the OCSP port with SO_REUSEPORT.
+
+One process (workers = 1) serves OCSP and the admin endpoints itself. With
+several workers, each worker is a full replica (its own memory tier, pool
+and listener) and the supervisor serves the admin endpoints, summing the
+workers' metrics (prometheus-client multiprocess mode) and their readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from ocspd import logs
+from ocspd.config import Config, load_config
+from ocspd.exceptions import OcspdError
+from ocspd.health import Readiness
+from ocspd.logs import event
+from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
+
+log = logging.getLogger("ocspd.server")
+
+# Seconds that requests in flight get to finish on SIGTERM.
+SHUTDOWN_TIMEOUT = 10.0
+# How often a worker tells the supervisor how it is.
+WORKER_REPORT_SECONDS = 1.0
+
+
+def summary(config: Config) -> None:
+    """The start-up summary: issuers, key types, listeners, tiers (never a key or passphrase)."""
+    from ocspd.signer import load_signers
+
+    for issuer_id, signer in load_signers(config).items():
+        issuer = next(i for i in config.issuers if i.id == issuer_id)
+        event(
+            log, "issuer", id=issuer_id, key_type=signer.key_type,
+            signed_by="delegated responder" if signer.responder_cert is not None else "CA key",
+            status_source=f"index {issuer.index}" if issuer.index else "postgres",
+            unknown_serial=issuer.unknown_serial,
+        )
+    event(
+        log, "config", source=config.source, workers=config.server.workers,
+        listen=",".join(f"{h}:{p}" for h, p in config.server.listen),
+        admin=f"{config.admin.listen[0]}:{config.admin.listen[1]}",
+        memory_tier=f"{config.cache.max_entries} entries/{config.cache.max_bytes} bytes",
+        postgres_tier="on" if config.database else "off",
+        validity=str(config.responses.validity), nonce=config.responses.nonce,
+    )
+
+
+async def _start_site(runner: web.AppRunner, host: str, port: int, *, reuse_port: bool) -> None:
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise OcspdError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    event(log, "listening", address=f"{host}:{port}")
+
+
+class Process:
+    """One serving process: the OCSP app, and the admin app unless it is a worker."""
+
+    def __init__(self, config_path: Path | None, config: Config, *, worker_fd: int | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.worker_fd = worker_fd
+        self.notifier = Notifier(None) if worker_fd is not None else Notifier.from_env()
+
+    async def run(self) -> None:
+        from ocspd.http import METRICS, app_readiness, init_admin_app, init_app, reload_app
+        from ocspd.replication import LISTENER
+
+        app = init_app(self.config)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False)
+        admin_runner: web.AppRunner | None = None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload(app, reload_app))
+        tasks: list[asyncio.Task[None]] = []
+        await runner.setup()  # index files loaded, pool and listener started
+        try:
+            for host, port in self.config.server.listen:
+                await _start_site(runner, host, port, reuse_port=self.worker_fd is not None)
+            if self.worker_fd is None:
+                admin = init_admin_app(app[METRICS].exposition, lambda: app_readiness(app))
+                admin_runner = web.AppRunner(admin, access_log=None)
+                await admin_runner.setup()
+                await _start_site(admin_runner, *self.config.admin.listen, reuse_port=False)
+            listener = app.get(LISTENER)
+            if listener is not None and not listener.connected:
+                self.notifier.status("waiting for the database LISTEN connection")
+                await listener.ever_connected.wait()
+            event(log, "ready", issuers=",".join(i.id for i in self.config.issuers), pid=os.getpid())
+            self.notifier.ready("serving")
+            if self.worker_fd is not None:
+                tasks.append(asyncio.create_task(self._report(app, app_readiness)))
+            interval = watchdog_interval()
+            if interval is not None and self.notifier.enabled:
+                tasks.append(asyncio.create_task(watchdog_loop(self.notifier, interval, lambda: True)))
+            await stop.wait()
+        finally:
+            event(log, "stopping", pid=os.getpid())
+            self.notifier.stopping()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if admin_runner is not None:
+                await admin_runner.cleanup()
+            # Stops accepting, lets requests in flight finish (bounded), then
+            # closes the pool and the listener.
+            await runner.cleanup()
+            event(log, "stopped", pid=os.getpid())
+
+    def _reload(self, app: web.Application, reload_app: Callable[[web.Application, Config], list[str]]) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path)
+            changed = reload_app(app, config)
+        except OcspdError as exc:
+            event(log, "reload_refused", logging.ERROR, error=str(exc), note="the running configuration is kept")
+        else:
+            self.config = config
+            event(log, "reloaded", changed_issuers=",".join(changed) or "none")
+        self.notifier.ready("serving")
+
+    async def _report(
+        self, app: web.Application, app_readiness: Callable[[web.Application], asyncio.Future[Readiness]]
+    ) -> None:
+        """Tell the supervisor, once a second, whether this worker is ready."""
+        assert self.worker_fd is not None
+        with open(self.worker_fd, "w", buffering=1, closefd=True) as pipe:
+            while True:
+                result = await app_readiness(app)
+                line = {
+                    "pid": os.getpid(), "ready": result.ready, "degraded": result.degraded, "checks": result.checks
+                }
+                try:
+                    pipe.write(json.dumps(line) + "\n")
+                except (BrokenPipeError, OSError):
+                    return  # the supervisor is gone; SIGTERM will follow or already did
+                await asyncio.sleep(WORKER_REPORT_SECONDS)
+
+
+def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = None) -> int:
+    """``ocspd serve``: run until SIGTERM/SIGINT; returns the exit status."""
+    logs.setup(config.log, level=os.environ.get("OCSPD_LOG_LEVEL"))
+    for warning in config.warnings:
+        event(log, "config_warning", logging.WARNING, message=warning)
+    if worker_fd is None and config.server.workers > 1:
+        from ocspd.workers import Supervisor
+
+        return Supervisor(config_path, config).run()
+    if worker_fd is None:
+        summary(config)
+    _use_uvloop()
+    asyncio.run(Process(config_path, config, worker_fd=worker_fd).run())
+    return 0
+
+
+def _use_uvloop() -> None:
+    """uvloop, when installed (the ``speed`` extra), is a faster event loop."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
