@@ -44,7 +44,6 @@ from ocspd.store import Store
 log = logging.getLogger("ocspd.http")
 txlog = logging.getLogger("ocspd.requests")
 
-CONFIG = web.AppKey("config", Config)
 ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
 INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
@@ -90,7 +89,6 @@ def init_app(
     engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
 
     app = web.Application(client_max_size=config.server.max_request_bytes)
-    app[CONFIG] = config
     app[ENGINE] = engine
     app[METRICS] = metrics
     app[INDEX_FILES] = index_files
@@ -121,12 +119,13 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     changes something that needs a restart; the running config is then kept.
     Returns the issuers whose answers changed (their memory entries are gone).
     """
-    old = app[CONFIG]
+    old = app[ENGINE].config  # the app itself is frozen once started: the engine holds what is live
     restart_only = {
         "server": old.server != config.server,
         "admin": old.admin != config.admin,
         "database": old.database != config.database,
         "cache": old.cache != config.cache,
+        "log": old.log != config.log,
         "issuers (ids or index files)": [(i.id, i.index) for i in old.issuers]
         != [(i.id, i.index) for i in config.issuers],
     }
@@ -134,9 +133,7 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     if needs_restart:
         raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
     signers = load_signers(config)
-    changed = app[ENGINE].reload(config, signers)
-    app[CONFIG] = config
-    return changed
+    return app[ENGINE].reload(config, signers)
 
 
 def _index_watchers(

@@ -56,10 +56,16 @@ def database_context(
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
         await store.open()
+
+        def connected() -> None:
+            if listener.ever_connected.is_set():
+                engine.metrics.listener_reconnects.inc()
+            engine.channel_restored()
+
         listener = Listener(
             listen_dsn,
             on_notify=engine.on_notify,
-            on_connect=engine.channel_restored,
+            on_connect=connected,
             on_loss=engine.channel_lost,
             heartbeat=heartbeat,
         )

@@ -18,6 +18,7 @@ class PgProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.up = True
         self.port = 0
+        self.delay = 0.0  # seconds added before forwarding each chunk from the server
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -39,14 +40,16 @@ class PgProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, slow in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(src, dst, slow))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, slow: bool) -> None:
         try:
             while data := await src.read(65536):
+                if slow and self.delay:
+                    await asyncio.sleep(self.delay)
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):

@@ -1,0 +1,229 @@
+"""Metrics, health and logs (SPEC §5): every family moves on its path."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import psycopg2
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app
+from ocspd.logs import JsonFormatter, KeyValueFormatter, event
+from ocspd.replication import LISTENER
+from tests.conftest import AppClient
+from tests.helpers import GOOD_SERIAL, TestPki, request_der
+from tests.test_cache import counting_signers
+from tests.test_replicas import eventually, sql, start_replicas
+
+
+def samples(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an app's metrics, keyed by (name, sorted labels)."""
+    from ocspd.http import update_gauges
+
+    update_gauges(app)
+    text = app[METRICS].exposition().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(app: Any, name: str, **labels: str) -> float:
+    return samples(app).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def post(client: TestClient[Any, Any], der: bytes) -> bytes:
+    resp = await client.post("/", data=der)
+    return await resp.read()
+
+
+async def test_requests_are_counted_by_method_and_status(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    app = client.app
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    await post(client, der)
+    await post(client, b"junk")
+    import base64
+
+    await (await client.get("/" + base64.b64encode(der).decode())).read()
+    await (await client.post("/", data=b"0" * 20_000)).read()
+    assert value(app, "ocspd_requests_total", method="POST", status="successful") == 1
+    assert value(app, "ocspd_requests_total", method="POST", status="malformedRequest") == 1
+    assert value(app, "ocspd_requests_total", method="GET", status="successful") == 1
+    assert value(app, "ocspd_requests_total", method="POST", status="request_too_large") == 1
+    assert value(app, "ocspd_request_duration_seconds_count", method="POST") == 2
+
+
+async def test_memory_lookups_and_signatures_are_counted(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    app = client.app
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    for _ in range(3):
+        await post(client, der)
+    assert value(app, "ocspd_cache_lookups_total", tier="memory", result="miss") == 1
+    assert value(app, "ocspd_cache_lookups_total", tier="memory", result="hit") == 2
+    assert value(app, "ocspd_signatures_total", issuer="test-ca", key_type="ecdsa-secp256r1") == 1
+    assert value(app, "ocspd_signing_duration_seconds_count", issuer="test-ca") == 1
+    assert value(app, "ocspd_memory_entries") == 1
+    assert value(app, "ocspd_memory_bytes") > len(der)
+    assert value(app, "ocspd_inflight_signatures") == 0
+
+
+async def test_signing_errors_are_counted(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    signers = counting_signers(test_pki)
+    signers["test-ca"].fail = True
+    client = await ocspd_client(test_pki, signers=signers)
+    await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
+    assert value(client.app, "ocspd_signature_errors_total", issuer="test-ca") == 1
+    assert value(client.app, "ocspd_requests_total", method="POST", status="internalError") == 1
+
+
+async def test_index_reload_invalidation_is_counted(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    test_pki.revoke_in_index("good")
+
+    async def counted() -> bool:
+        return value(client.app, "ocspd_invalidations_total", cause="index_reload") >= 1
+
+    await eventually(counted, what="index_reload invalidation counted")
+
+
+async def test_postgres_tier_notify_and_listener_metrics(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
+    app = client.app
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    await post(client, der)  # memory miss, postgres miss, signed and stored
+    app[ENGINE].memory.clear()
+    await post(client, der)  # memory miss, postgres hit
+    assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="miss") == 1
+    assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="hit") == 1
+    assert value(app, "ocspd_listener_connected") == 1
+    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s)", f"{GOOD_SERIAL:x}")
+
+    async def notified() -> bool:
+        return value(app, "ocspd_invalidations_total", cause="notify") >= 1
+
+    await eventually(notified, what="notify invalidation counted")
+    listener = app[LISTENER]
+    sql(pg_dsn, "SELECT pg_terminate_backend(%s)", listener.backend_pid)
+
+    async def reconnected() -> bool:
+        return value(app, "ocspd_listener_reconnects_total") >= 1 and listener.connected
+
+    await eventually(reconnected, what="listener reconnect counted")
+    assert value(app, "ocspd_invalidations_total", cause="channel_loss") >= 2  # on loss and on reconnect
+
+
+async def test_reload_invalidation_is_counted_as_local(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    from ocspd import pki
+    from ocspd.http import reload_app
+
+    client = await ocspd_client(test_pki)
+    await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
+    responder = pki.make_responder(test_pki.ca)
+    assert test_pki.responder_path is not None
+    pki.write_cert(test_pki.responder_path, responder.cert)
+    pki.write_key(test_pki.key_path, responder.key)
+    assert reload_app(client.app, test_pki.config()) == ["test-ca"]
+    assert value(client.app, "ocspd_invalidations_total", cause="local") == 1
+    assert len(client.app[ENGINE].memory) == 0
+
+
+async def test_metric_labels_are_bounded(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    for name in ("good", "revoked", "unissued"):
+        await post(client, request_der(test_pki.leaves[name].cert, test_pki.ca.cert))
+    text = client.app[METRICS].exposition().decode()
+    for leaf in test_pki.leaves.values():
+        serial = leaf.cert.serial_number
+        assert f"{serial:X}" not in text and f"{serial:x}" not in text and str(serial) not in text
+
+
+async def test_healthz_and_readyz(aiohttp_client: Any, ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    app = client.app
+    admin = await aiohttp_client(init_admin_app(app[METRICS].exposition, lambda: app_readiness(app)))
+    health = await admin.get("/healthz")
+    assert health.status == 200
+    ready = await admin.get("/readyz")
+    assert ready.status == 200
+    text = await ready.text()
+    assert text.startswith("ready") and "index test-ca: loaded" in text
+    scrape = await admin.get("/metrics")
+    assert scrape.status == 200 and "ocspd_requests_total" in await scrape.text()
+
+
+async def test_readyz_says_which_dependency_fails(
+    aiohttp_client: Any, ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
+    app = client.app
+    admin = await aiohttp_client(init_admin_app(app[METRICS].exposition, lambda: app_readiness(app)))
+    ok = await admin.get("/readyz")
+    assert ok.status == 200 and "database: reachable" in await ok.text()
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # Rename the schema's marker table: the database answers but cannot serve us.
+            cur.execute("ALTER TABLE ocspd_migrations RENAME TO ocspd_migrations_moved")
+        down = await admin.get("/readyz")
+        assert down.status == 503
+        assert "database: database schema missing" in await down.text()
+        with conn.cursor() as cur:
+            cur.execute("ALTER TABLE ocspd_migrations_moved RENAME TO ocspd_migrations")
+    finally:
+        conn.close()
+    assert (await admin.get("/readyz")).status == 200
+
+
+def test_logs_are_one_line_key_value_or_json(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("ocspd.test")
+    with caplog.at_level(logging.INFO, logger="ocspd.test"):
+        event(logger, "listening", address="127.0.0.1:8080", note="two words\nand a newline")
+    record = caplog.records[-1]
+    kv = KeyValueFormatter().format(record)
+    assert "\n" not in kv
+    assert kv.startswith("level=info logger=ocspd.test event=listening address=127.0.0.1:8080 note=")
+    parsed = json.loads(JsonFormatter().format(record))
+    assert parsed["event"] == "listening" and parsed["note"] == "two words\nand a newline"
+
+
+async def test_transaction_log_names_issuer_serial_status_and_tier(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await ocspd_client(test_pki, env={"OCSPD_LOG_REQUESTS": "true"})
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    with caplog.at_level(logging.INFO, logger="ocspd.requests"):
+        await post(client, der)
+        await post(client, der)
+    lines = [KeyValueFormatter().format(r) for r in caplog.records if r.name == "ocspd.requests"]
+    assert len(lines) == 2
+    assert "status=revoked" in lines[0] and "tier=signed" in lines[0] and "serial=1002" in lines[0]
+    assert "tier=memory" in lines[1]
+
+
+async def test_logs_never_contain_key_material(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ocspd.server import summary
+
+    with caplog.at_level(logging.DEBUG):
+        summary(test_pki.config())
+        client = await ocspd_client(test_pki, env={"OCSPD_LOG_REQUESTS": "true"})
+        await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
+        await asyncio.sleep(0)
+    text = "\n".join(KeyValueFormatter().format(r) for r in caplog.records)
+    key_pem = test_pki.key_path.read_text()
+    body = "".join(key_pem.splitlines()[1:-1])
+    assert body[:40] not in text and "PRIVATE KEY" not in text
+    assert "event=issuer" in text and "key_type=ecdsa-secp256r1" in text
+    assert TestServer  # imported for type use above

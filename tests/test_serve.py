@@ -1,0 +1,257 @@
+"""`ocspd serve` as a process: systemd notification, graceful stop, SIGHUP
+key rollover, several workers (SPEC §5). Everything on 127.0.0.1, bounded,
+and every process started is stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psycopg2.extensions
+import pytest
+from cryptography.x509 import ocsp
+
+from ocspd import pki
+from tests.faults import PgProxy
+from tests.helpers import TestPki, build_pki, request_der
+from tests.pg import PgServer, socket_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class NotifySocket:
+    """A stand-in for systemd's notification socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    async def wait_for(self, field: str, timeout: float) -> str:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for message in self.messages:
+                if field in message.splitlines():
+                    return message
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{field} not received; got {self.messages}")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 4096), min(remaining, 0.2))
+                self.messages.append(data.decode())
+            except TimeoutError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Served:
+    """An `ocspd serve` subprocess with its ports."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, admin: int) -> None:
+        self.proc, self.port, self.admin = proc, port, admin
+        self.url = f"http://127.0.0.1:{port}/"
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode or 0
+
+
+async def start_serve(test_pki: TestPki, env: dict[str, str]) -> Served:
+    port, admin = free_port(), free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OCSPD_", "NOTIFY_SOCKET"))}
+    full_env.update({"OCSPD_SERVER_LISTEN": f"127.0.0.1:{port}", "OCSPD_ADMIN_LISTEN": f"127.0.0.1:{admin}"})
+    full_env.update(env)
+    with open(test_pki.directory / "serve.log", "ab") as log:  # the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ocspd", "serve", "--config", str(test_pki.config_path), env=full_env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )
+    return Served(proc, port, admin)
+
+
+async def wait_http(url: str, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} did not answer")
+
+
+async def ask(session: aiohttp.ClientSession, url: str, der: bytes) -> ocsp.OCSPResponse:
+    async with session.post(url, data=der, headers={"Content-Type": "application/ocsp-request"}) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    response = ocsp.load_der_ocsp_response(body)
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL, body
+    return response
+
+
+@pytest.fixture
+async def proxy(pg_server: PgServer) -> AsyncIterator[PgProxy]:
+    proxy = PgProxy(socket_path(pg_server))
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.mark.timeout(120)
+async def test_ready_only_once_the_listener_is_up_and_stopping_drains_requests(
+    tmp_path: Path, db_pki: TestPki, pg_dsn: str, proxy: PgProxy
+) -> None:
+    notify = NotifySocket(tmp_path / "notify.sock")
+    dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
+    proxy.cut()  # the database is unreachable when ocspd starts
+    served = await start_serve(
+        db_pki, {"NOTIFY_SOCKET": str(notify.path), "OCSPD_DATABASE_DSN": proxy.dsn(dbname)}
+    )
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        with pytest.raises(AssertionError):
+            await notify.wait_for("READY=1", timeout=1.5)
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{served.admin}/readyz") as r:
+            assert r.status == 503
+        proxy.restore()
+        await notify.wait_for("READY=1", timeout=30)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{served.admin}/readyz") as r:
+                assert r.status == 200, await r.text()
+            # Requests in flight when SIGTERM arrives: the database answers slowly.
+            proxy.delay = 0.5
+            ders = [
+                request_der(db_pki.leaves[name].cert, db_pki.ca.cert, nonce=os.urandom(16))
+                for name in ("good", "revoked", "unissued") for _ in range(4)
+            ]
+            in_flight = [asyncio.create_task(ask(session, served.url, der)) for der in ders]
+            await asyncio.sleep(0.2)
+            served.proc.send_signal(signal.SIGTERM)
+            await notify.wait_for("STOPPING=1", timeout=10)
+            responses = await asyncio.gather(*in_flight)
+        assert len(responses) == len(ders)  # every one answered, none dropped
+        assert await served.stop() == 0
+    finally:
+        await served.stop()
+        notify.close()
+
+
+@pytest.mark.timeout(120)
+async def test_sighup_rolls_the_responder_key_over_without_failed_requests(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki")
+    old_responder = test_pki.responder
+    assert old_responder is not None and test_pki.responder_path is not None
+    served = await start_serve(test_pki, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+        new_responder = pki.make_responder(test_pki.ca, "p384", common_name="ocspd rolled responder")
+        seen: list[str] = []
+        stop = asyncio.Event()
+
+        async def load(session: aiohttp.ClientSession) -> None:
+            while not stop.is_set():
+                response = await ask(session, served.url, der)  # raises on any failed request
+                signer = response.certificates[0]
+                seen.append("new" if signer == new_responder.cert else "old" if signer == old_responder.cert else "?")
+
+        async with aiohttp.ClientSession() as session:
+            workers = [asyncio.create_task(load(session)) for _ in range(4)]
+            while len(seen) < 20:
+                await asyncio.sleep(0.01)
+            # Roll over: new certificate and key in place (as a deploy would), then SIGHUP.
+            pki.write_key(test_pki.key_path, new_responder.key)
+            pki.write_cert(test_pki.responder_path, new_responder.cert)
+            served.proc.send_signal(signal.SIGHUP)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while seen.count("new") < 20:
+                assert loop.time() < deadline, "the new key never signed"
+                await asyncio.sleep(0.01)
+            stop.set()
+            await asyncio.gather(*workers)  # re-raises any failed request
+        assert "?" not in seen
+        first_new = seen.index("new")
+        assert seen[:first_new] == ["old"] * first_new and first_new >= 20
+        # Responses after the switch are by the new key (a request already in
+        # flight at the switch may still finish with the old one).
+        assert seen[first_new:].count("old") <= 4
+        assert all(s == "new" for s in seen[first_new + 8 :])
+        # A broken config is refused and the running one keeps serving.
+        test_pki.config_path.write_text(test_pki.config_path.read_text() + "\n[bogus]\n")
+        served.proc.send_signal(signal.SIGHUP)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(20):
+                response = await ask(session, served.url, der)
+                assert response.certificates[0] == new_responder.cert
+        await asyncio.sleep(0.5)
+        log = (test_pki.directory / "serve.log").read_text()
+        assert "event=reload_refused" in log and "bogus" in log
+    finally:
+        assert await served.stop() == 0
+
+
+@pytest.mark.timeout(120)
+async def test_two_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki", server="workers = 2")
+    notify = NotifySocket(tmp_path / "notify.sock")
+    served = await start_serve(test_pki, {"NOTIFY_SOCKET": str(notify.path)})
+    try:
+        await notify.wait_for("READY=1", timeout=60)
+        der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+        requests = 60
+        for _ in range(requests):
+            # A new connection each time, so that the kernel spreads them over the workers.
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+                await ask(session, served.url, der)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{served.admin}/readyz") as r:
+                text = await r.text()
+                assert r.status == 200, text
+                assert text.count(": ready") == 2, text
+            async with session.get(f"http://127.0.0.1:{served.admin}/metrics") as r:
+                metrics = await r.text()
+        values = _samples(metrics)
+        assert values[("ocspd_requests_total", (("method", "POST"), ("status", "successful")))] == requests
+        # Each worker has its own memory tier: each signed this key once.
+        assert values[("ocspd_signatures_total", (("issuer", "test-ca"), ("key_type", "ecdsa-secp256r1")))] == 2
+        assert await served.stop() == 0
+        await notify.wait_for("STOPPING=1", timeout=5)
+    finally:
+        await served.stop()
+        notify.close()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
