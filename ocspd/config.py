@@ -475,6 +475,19 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
     return tuple(issuers)
 
 
+def _is_credential(path: Path) -> bool:
+    """A systemd credential (LoadCredential=): systemd itself restricts who reads it.
+
+    Recent systemd keeps credentials root-owned 0440 with an ACL for the
+    service user, which the mode check would otherwise refuse.
+    """
+    roots = [Path("/run/credentials")]
+    if os.environ.get("CREDENTIALS_DIRECTORY"):
+        roots.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(root.resolve()) for root in roots)
+
+
 def _check_file(path: Path, private: bool, key: str, source: str) -> None:
     try:
         st = path.stat()
@@ -484,7 +497,7 @@ def _check_file(path: Path, private: bool, key: str, source: str) -> None:
         raise _error(f"cannot access {path}: {e.strerror or e}", key, source) from None
     if not stat.S_ISREG(st.st_mode):  # also keeps open() below from blocking on a FIFO
         raise _error(f"not a regular file: {path}", key, source)
-    if private and st.st_mode & 0o077:
+    if private and st.st_mode & 0o077 and not _is_credential(path):
         message = f"{path} is readable or writable by group/other (mode {st.st_mode & 0o777:04o})"
         raise _error(f"{message}; fix: chmod 600 {path}", key, source)
     try:

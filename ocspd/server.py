@@ -111,6 +111,11 @@ class Process:
                 tasks.append(asyncio.create_task(watchdog_loop(self.notifier, interval, lambda: True)))
             await stop.wait()
         finally:
+            # A second SIGTERM during the drain must not kill us half-way
+            # (systemd escalates to SIGKILL after TimeoutStopSec anyway).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
             event(log, "stopping", pid=os.getpid())
             self.notifier.stopping()
             for task in tasks:

@@ -92,6 +92,9 @@ class Supervisor:
         try:
             await stop.wait()
         finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
             self.stopping = True
             event(log, "stopping", workers=len(self.workers))
             self.notifier.stopping()

@@ -528,3 +528,16 @@ def test_dump_config_masks_database_password(tmp_path: Path) -> None:
 def test_dump_config_shows_warnings_as_comments(tmp_path: Path) -> None:
     dumped = dump_config(load(write_config(tmp_path, '[responses]\nvalidity = "30d"')))
     assert dumped.startswith(f"# effective configuration of {tmp_path / 'ocspd.toml'}\n# warning: ")
+
+
+def test_systemd_credential_with_group_read_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd >= 254 keeps credentials root-owned 0440 with an ACL; ocspd must not refuse them."""
+    from ocspd.config import _is_credential
+
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    secret = creds / "responder-key-passphrase"
+    secret.write_text("pass")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert _is_credential(secret)
+    assert not _is_credential(tmp_path / "elsewhere")
