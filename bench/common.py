@@ -1,0 +1,960 @@
+"""Shared helpers of the bench/ scripts.
+
+A PKI made for the run, ``ocspd serve`` and other servers as subprocesses
+(started, waited for, stopped by PID), the load generator (``wrk`` with a
+Lua script, or ``loadgen.py`` when wrk is absent), PostgreSQL databases made
+for the run, and the JSON results and tables every script writes.
+
+Everything listens on and targets 127.0.0.1 only, is bounded in time and
+stops what it starts, in ``finally`` blocks. The scripts import this module
+as a sibling (``python bench/<name>.py`` puts bench/ first on sys.path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+# $OCSPD_BENCH_RESULTS moves the JSON elsewhere (the smoke test does).
+RESULTS = Path(os.environ.get("OCSPD_BENCH_RESULTS") or BENCH / "results")
+HOST = "127.0.0.1"
+PYTHON = sys.executable
+
+# The repository root must be importable (ocspd when not installed, tests.pg).
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
+
+from ocspd import pki  # noqa: E402  (needs the sys.path line above when ocspd is not installed)
+
+STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL (ocspd drains for up to 10 s)
+READY_TIMEOUT = 60.0
+
+
+# -- small things ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout carries the tables)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent outside idle and iowait since boot (from /proc/stat)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# -- PKI -------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchPki:
+    """A CA, its delegated responder and a few leaves on disk, with an index.txt."""
+
+    directory: Path
+    issuer_id: str
+    ca: pki.Identity
+    responder: pki.Identity
+    ca_path: Path
+    responder_path: Path
+    key_path: Path
+    index_path: Path
+    leaves: list[pki.Identity] = field(default_factory=list)
+    name_hash: bytes = b""  # SHA-1 CertID hashes of the CA
+    key_hash: bytes = b""
+
+    def request_for(self, serial: int, algorithm: hashes.HashAlgorithm | None = None) -> bytes:
+        """A one-CertID OCSPRequest (no nonce) for ``serial`` of this CA, SHA-1 CertID by default."""
+        algorithm = algorithm or hashes.SHA1()
+        if isinstance(algorithm, hashes.SHA1):
+            name_hash, key_hash = self.name_hash, self.key_hash
+        else:
+            probe = ocsp.OCSPRequestBuilder().add_certificate(self.leaves[0].cert, self.ca.cert, algorithm).build()
+            name_hash, key_hash = probe.issuer_name_hash, probe.issuer_key_hash
+        builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, algorithm)
+        return builder.build().public_bytes(serialization.Encoding.DER)
+
+    def write_config(
+        self,
+        path: Path,
+        port: int,
+        *,
+        database: str | None = None,
+        use_index: bool = True,
+        cache: str = "",
+        responses: str = "",
+    ) -> Path:
+        """An ocspd.toml serving this CA on 127.0.0.1:port (index.txt, or ``database`` when use_index is off)."""
+        database_section = f"[database]\ndsn = {json.dumps(database)}\n" if database else ""
+        index = 'index = "index.txt"\n' if use_index else ""
+        text = (
+            "# made by bench/: a throwaway PKI\n"
+            f'[server]\nlisten = ["{HOST}:{port}"]\nworkers = 1\n\n'
+            # Not used by ocspd yet; a distinct port keeps replicas from clashing once it is.
+            f'[admin]\nlisten = "{HOST}:{free_port()}"\n\n'
+            f"{database_section}\n[cache]\n{cache}\n\n[responses]\n{responses}\n\n"
+            f'[[issuers]]\nid = "{self.issuer_id}"\nca_cert = "{self.ca_path.name}"\n'
+            f'responder_cert = "{self.responder_path.name}"\nresponder_key = "{self.key_path.name}"\n{index}'
+        )
+        if path.parent != self.directory:
+            raise ValueError("the config must sit next to the PKI files (relative paths)")
+        path.write_text(text)
+        return path
+
+
+def make_pki(
+    directory: Path,
+    *,
+    key_type: pki.KeyType = "p256",
+    issuer_id: str = "bench",
+    leaves: int = 1,
+) -> BenchPki:
+    """A CA and a delegated responder of ``key_type``, ``leaves`` good leaves in index.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = pki.make_ca(f"ocspd bench CA {issuer_id}", key_type)
+    responder = pki.make_responder(ca, key_type)
+    result = BenchPki(
+        directory=directory,
+        issuer_id=issuer_id,
+        ca=ca,
+        responder=responder,
+        ca_path=directory / "ca.pem",
+        responder_path=directory / "responder.pem",
+        key_path=directory / "responder.key",
+        index_path=directory / "index.txt",
+    )
+    pki.write_cert(result.ca_path, ca.cert)
+    pki.write_cert(result.responder_path, responder.cert)
+    pki.write_key(result.key_path, responder.key)
+    for n in range(max(1, leaves)):
+        result.leaves.append(pki.make_leaf(ca, 0x1000 + n, f"leaf-{n}.bench.ocspd.test", key_type="p256"))
+    result.index_path.write_text("".join(pki.index_line(leaf.cert) + "\n" for leaf in result.leaves))
+    probe = ocsp.OCSPRequestBuilder().add_certificate(result.leaves[0].cert, ca.cert, hashes.SHA1()).build()
+    result.name_hash, result.key_hash = probe.issuer_name_hash, probe.issuer_key_hash
+    return result
+
+
+@dataclass(frozen=True)
+class SerialTemplate:
+    """Request DER for serial ``base + i``: prefix + 4 big-endian serial octets + suffix.
+
+    Lets wrk's Lua (and loadgen.py) send a different serial with every
+    request without building DER: serials stay in 0x10000000..0x7fffffff so
+    that their INTEGER encoding is always 4 octets.
+    """
+
+    prefix: bytes
+    suffix: bytes
+    base: int
+
+    def der(self, i: int) -> bytes:
+        return self.prefix + (self.base + i).to_bytes(4, "big") + self.suffix
+
+
+SERIAL_BASE = 0x10000000
+SERIAL_LIMIT = 0x7FFFFFFF
+
+
+def serial_template(bench_pki: BenchPki, base: int = SERIAL_BASE) -> SerialTemplate:
+    """The SerialTemplate of SHA-1 CertID requests of this CA (checked against real DER)."""
+    if not SERIAL_BASE <= base < SERIAL_LIMIT:
+        raise ValueError("base out of the 4-octet range")
+    der = bench_pki.request_for(base)
+    marker = b"\x02\x04" + base.to_bytes(4, "big")
+    at = der.rfind(marker)
+    if at < 0:
+        raise RuntimeError("serial not found in request DER")
+    template = SerialTemplate(der[: at + 2], der[at + 6 :], base)
+    for i in (0, 1, 12345):
+        if template.der(i) != bench_pki.request_for(base + i):
+            raise RuntimeError("serial template does not reproduce the DER")
+    return template
+
+
+def get_path(der: bytes, prefix: str = "/") -> str:
+    """The GET path of a request as clients send it: percent-encoded base64."""
+    return prefix + urllib.parse.quote(base64.b64encode(der).decode(), safe="")
+
+
+def certificate_status(der: bytes) -> str:
+    """'good', 'revoked', 'unknown', or the OCSP error status name of an unsuccessful response."""
+    response = ocsp.load_der_ocsp_response(der)
+    if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return response.response_status.name.lower()
+    return response.certificate_status.name.lower()
+
+
+# -- HTTP one-shots (blocking; for checks and warm-up, not for load) --------------------
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 10.0) -> HttpAnswer:
+    """One request on a fresh connection that is closed after the answer (``Connection: close``)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Connection": "close"}
+        if body is not None:
+            headers["Content-Type"] = "application/ocsp-request"
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        return HttpAnswer(response.status, dict(response.getheaders()), data)
+    finally:
+        conn.close()
+
+
+def ocsp_post(port: int, der: bytes, path: str = "/", timeout: float = 10.0) -> HttpAnswer:
+    return http_request(port, "POST", path, der, timeout)
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Process:
+    """A subprocess we started, with its log file; stopped by PID."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def uses_uvloop(self) -> bool:
+        """Whether the process has uvloop's extension module mapped (it runs on uvloop)."""
+        try:
+            return "uvloop" in Path(f"/proc/{self.pid}/maps").read_text()
+        except OSError:
+            return False
+
+
+def start_process(
+    name: str, args: Sequence[str], log_dir: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Process:
+    """Start ``args`` in its own session, output to ``log_dir/<name>.log``."""
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "ab") as out:
+        popen = subprocess.Popen(
+            list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it
+        )
+    return Process(name, popen, log_path)
+
+
+def stop_process(proc: Process, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> int | None:
+    """SIGTERM (or ``sig``) to the PID, SIGKILL after ``timeout``; returns the exit status."""
+    if proc.popen.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        try:
+            proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.popen.wait(10)
+    return proc.popen.returncode
+
+
+def wait_ready(proc: Process, probe: Callable[[], bool], timeout: float = READY_TIMEOUT) -> float:
+    """Wait until ``probe()`` is true; returns the seconds waited. Fails when the process exits."""
+    start = time.perf_counter()
+    while True:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+        try:
+            if probe():
+                return time.perf_counter() - start
+        except OSError:
+            pass
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.log_tail()}")
+        time.sleep(0.05)
+
+
+def port_open(port: int) -> Callable[[], bool]:
+    """A readiness probe: the port accepts connections (never use it on `openssl ocsp`)."""
+
+    def probe() -> bool:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+
+    return probe
+
+
+def answers_ocsp(port: int, der: bytes) -> Callable[[], bool]:
+    """A readiness probe that sends a real request (safe for `openssl ocsp`, which spins on empty connections)."""
+
+    def probe() -> bool:
+        return ocsp_post(port, der, timeout=2.0).status == 200
+
+    return probe
+
+
+@contextlib.contextmanager
+def running(
+    name: str,
+    args: Sequence[str],
+    log_dir: Path,
+    probe: Callable[[], bool],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+) -> Iterator[Process]:
+    """Start a server, wait for ``probe``, yield it, and stop it by PID whatever happens."""
+    proc = start_process(name, args, log_dir, env=env, cwd=cwd)
+    try:
+        wait_ready(proc, probe, ready_timeout)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def ocspd_args(config: Path) -> list[str]:
+    return [PYTHON, "-m", "ocspd", "serve", "--config", str(config)]
+
+
+OCSPD_ENV = {"OCSPD_LOG_LEVEL": "warning", "PYTHONPATH": str(REPO)}
+
+
+@contextlib.contextmanager
+def ocspd_server(name: str, config: Path, port: int, log_dir: Path) -> Iterator[Process]:
+    """``ocspd serve --config`` on 127.0.0.1:port."""
+    with running(name, ocspd_args(config), log_dir, port_open(port), env=OCSPD_ENV) as proc:
+        yield proc
+
+
+# -- load ------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadSpec:
+    """What to send, how hard and for how long."""
+
+    port: int
+    method: str = "POST"  # POST: body or template; GET: path
+    path: str = "/"
+    body: bytes = b""
+    template: SerialTemplate | None = None  # a different serial with every request (POST)
+    connections: int = 64
+    threads: int = 1
+    duration: float = 10.0
+    max_requests: int = 0  # 0: bounded by duration only (wrk has no count bound)
+    delay_ms: float = 0.0  # pause per connection between requests (a modest, steady rate)
+    timeout: float = 5.0
+    check_body: bool = False  # count OCSP error answers (tiny bodies); costs the client a little
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["body"] = self.body.hex()
+        if self.template is not None:
+            t = self.template
+            data["template"] = {"prefix": t.prefix.hex(), "suffix": t.suffix.hex(), "base": t.base}
+        return data
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> LoadSpec:
+        data = dict(data)
+        data["body"] = bytes.fromhex(data["body"])
+        if data.get("template"):
+            t = data["template"]
+            data["template"] = SerialTemplate(bytes.fromhex(t["prefix"]), bytes.fromhex(t["suffix"]), t["base"])
+        return LoadSpec(**data)
+
+
+@dataclass
+class LoadResult:
+    client: str  # "wrk" or "python"
+    requests: int
+    duration_s: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]
+    connections: int
+    ocsp_errors: int | None = None  # answers that were not a signed response (when check_body)
+
+    def brief(self) -> str:
+        errors = sum(self.errors.values())
+        text = f"{self.rps:9.0f} req/s  p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms"
+        if errors:
+            text += f"  errors {self.errors}"
+        if self.ocsp_errors:
+            text += f"  ocsp_errors {self.ocsp_errors}"
+        return text
+
+
+def _lua_string(data: bytes) -> str:
+    return '"' + "".join(f"\\{b}" for b in data) + '"'
+
+
+def wrk_script(spec: LoadSpec) -> str:
+    """The Lua script for one wrk run: the request, optional checks, and a JSON summary."""
+    lines = [
+        # wrk's default resolve() connects once to each address and closes the
+        # socket without a request; `openssl ocsp` 3.0 spins forever on that.
+        "wrk.resolve = function(host, service) wrk.addrs = wrk.lookup(host, service) end",
+        f'wrk.method = "{spec.method}"',
+        f"wrk.path = {_lua_string(spec.path.encode())}",
+        'wrk.headers["Content-Type"] = "application/ocsp-request"' if spec.method == "POST" else "",
+        f"wrk.body = {_lua_string(spec.body)}" if spec.body else "",
+        "local threads = {}",
+        "local thread_count = 0",
+        "function setup(thread)",
+        "  thread:set('thread_index', thread_count)",
+        "  thread_count = thread_count + 1",
+        "  table.insert(threads, thread)",
+        "end",
+        "thread_index = 0",
+        "ocsp_errors = 0",
+    ]
+    if spec.template is not None:
+        t = spec.template
+        lines += [
+            f"local prefix = {_lua_string(t.prefix)}",
+            f"local suffix = {_lua_string(t.suffix)}",
+            f"local base = {t.base}",
+            f"local stride = {spec.threads}",
+            "local counter = 0",
+            "local headers = {['Content-Type'] = 'application/ocsp-request'}",
+            "function request()",
+            "  local s = base + thread_index + counter * stride",
+            "  counter = counter + 1",
+            "  local b = string.char(math.floor(s / 16777216) % 256, math.floor(s / 65536) % 256,",
+            "                        math.floor(s / 256) % 256, s % 256)",
+            f"  return wrk.format('POST', {_lua_string(spec.path.encode())}, headers, prefix .. b .. suffix)",
+            "end",
+        ]
+    # Without a request() function wrk builds the request once (static): the
+    # cheapest client, as it should be for the hit path.
+    if spec.delay_ms > 0:
+        lines += ["function delay()", f"  return {max(1, round(spec.delay_ms))}", "end"]
+    if spec.check_body:
+        lines += [
+            "function response(status, headers, body)",
+            "  if status ~= 200 or body == nil or #body < 16 then ocsp_errors = ocsp_errors + 1 end",
+            "end",
+        ]
+    lines += [
+        "function done(summary, latency, requests)",
+        "  local errors = 0",
+        "  for _, thread in ipairs(threads) do errors = errors + (thread:get('ocsp_errors') or 0) end",
+        "  local e = summary.errors",
+        '  io.write(string.format(\'WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,\'',
+        '    .. \'"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,\'',
+        '    .. \'"mean_us":%.1f,"max_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"ocsp_errors":%d}\\n\',',
+        "    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,",
+        "    latency.mean, latency.max, latency:percentile(50), latency:percentile(90), latency:percentile(99),",
+        "    errors))",
+        "end",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _wrk_command(spec: LoadSpec, script: Path, duration: float) -> list[str]:
+    return [
+        "wrk",
+        f"-t{spec.threads}",
+        f"-c{spec.connections}",
+        f"-d{max(1, round(duration))}s",
+        f"--timeout={max(1, round(spec.timeout))}s",
+        "-s",
+        str(script),
+        f"http://{HOST}:{spec.port}/",  # the path comes from the script
+    ]
+
+
+def _parse_wrk(output: str, spec: LoadSpec) -> LoadResult:
+    for line in output.splitlines():
+        if line.startswith("WRK_JSON "):
+            data = json.loads(line[len("WRK_JSON ") :])
+            break
+    else:
+        raise RuntimeError(f"wrk printed no summary:\n{output[-2000:]}")
+    duration = data["duration_us"] / 1e6
+    errors = {k: int(data[k]) for k in ("connect", "read", "write", "status", "timeout") if data[k]}
+    return LoadResult(
+        client="wrk",
+        requests=int(data["requests"]),
+        duration_s=duration,
+        rps=data["requests"] / duration if duration else 0.0,
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        max_ms=data["max_us"] / 1000,
+        errors=errors,
+        connections=spec.connections,
+        ocsp_errors=int(data["ocsp_errors"]) if spec.check_body else None,
+    )
+
+
+def choose_client(client: str) -> str:
+    """'wrk' or 'python' for --client auto|wrk|python."""
+    if client == "auto":
+        return "wrk" if have_wrk() else "python"
+    if client == "wrk" and not have_wrk():
+        raise SystemExit("wrk is not installed (apt-get install wrk), use --client python")
+    return client
+
+
+class BackgroundLoad:
+    """A load generator running in its own process until stopped (or its duration ends)."""
+
+    def __init__(self, spec: LoadSpec, client: str, work_dir: Path, name: str = "load") -> None:
+        self.spec = spec
+        self.client = choose_client(client)
+        self._out = work_dir / f"{name}-{uuid.uuid4().hex[:8]}.out"
+        if self.client == "wrk":
+            script = work_dir / f"{name}-{uuid.uuid4().hex[:8]}.lua"
+            script.write_text(wrk_script(spec))
+            args = _wrk_command(spec, script, spec.duration)
+        else:
+            spec_path = work_dir / f"{name}-{uuid.uuid4().hex[:8]}.json"
+            spec_path.write_text(json.dumps(spec.to_json()))
+            args = [PYTHON, str(BENCH / "loadgen.py"), "--spec", str(spec_path)]
+        with open(self._out, "wb") as out:
+            self._popen = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def wait(self, timeout: float | None = None) -> LoadResult:
+        """Wait for the run to end by itself, then parse its summary."""
+        timeout = timeout if timeout is not None else self.spec.duration + 60
+        try:
+            self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+        return self._result()
+
+    def stop(self) -> LoadResult:
+        """SIGINT (both clients then print their summary), SIGKILL if it lingers."""
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._popen.pid, signal.SIGINT)
+            try:
+                self._popen.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._popen.pid, signal.SIGKILL)
+                self._popen.wait(10)
+        return self._result()
+
+    def kill(self) -> None:
+        """For finally blocks: make sure the process is gone."""
+        if self._popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._popen.pid, signal.SIGKILL)
+            self._popen.wait(10)
+
+    def _result(self) -> LoadResult:
+        output = self._out.read_text(errors="replace")
+        if self.client == "wrk":
+            return _parse_wrk(output, self.spec)
+        for line in output.splitlines():
+            if line.startswith("LOADGEN_JSON "):
+                return LoadResult(**json.loads(line[len("LOADGEN_JSON ") :]))
+        raise RuntimeError(f"loadgen printed no summary:\n{output[-2000:]}")
+
+
+def run_load(spec: LoadSpec, client: str, work_dir: Path, name: str = "load") -> LoadResult:
+    """One bounded load run against 127.0.0.1:spec.port, in a process of its own."""
+    load = BackgroundLoad(spec, client, work_dir, name)
+    try:
+        return load.wait()
+    finally:
+        load.kill()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------
+
+
+@dataclass
+class Postgres:
+    """A server the bench may create databases on; ``dsn`` names its maintenance database."""
+
+    dsn: str
+    origin: str
+
+    def dsn_for(self, dbname: str) -> str:
+        from psycopg2.extensions import make_dsn
+
+        return str(make_dsn(self.dsn, dbname=dbname))
+
+    def execute(self, sql: str, dbname: str | None = None) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn_for(dbname) if dbname else self.dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def postgres(dsn: str | None = None) -> Iterator[Postgres]:
+    """``dsn``, else $OCSPD_BENCH_DSN, else the test suite's server (a throwaway cluster or the local one)."""
+    explicit = dsn or os.environ.get("OCSPD_BENCH_DSN")
+    if explicit:
+        yield Postgres(explicit, "OCSPD_BENCH_DSN" if not dsn else "--dsn")
+        return
+    from tests.pg import postgres_server
+
+    log("starting PostgreSQL (tests/pg.py: a throwaway cluster, else the local server)")
+    with postgres_server() as server:
+        yield Postgres(server.dsn, server.origin)
+
+
+@contextlib.contextmanager
+def fresh_database(server: Postgres, label: str = "bench") -> Iterator[str]:
+    """A new database with ocspd's migrations applied; dropped afterwards. Yields its DSN."""
+    from ocspd.store import Store
+
+    name = f"ocspd_{label}_{uuid.uuid4().hex[:10]}"
+    server.execute(f'CREATE DATABASE "{name}"')
+    try:
+        dsn = server.dsn_for(name)
+        asyncio.run(Store(dsn).migrate())
+        yield dsn
+    finally:
+        server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def insert_serials(
+    dsn: str,
+    issuer_id: str,
+    first: int,
+    count: int,
+    *,
+    chunk: int = 1_000_000,
+    progress: bool = False,
+) -> float:
+    """Insert certificates ``first .. first+count-1`` (status good) with generate_series; returns seconds.
+
+    Rows go in chunks of ``chunk``. When allowed (a superuser), triggers are
+    off for the load (session_replication_role = replica): the table is new,
+    no replica is listening yet, and the statement triggers would otherwise
+    build a JSON list of every inserted key to invalidate nothing.
+    """
+    import psycopg2
+
+    start = time.perf_counter()
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute("SET session_replication_role = replica")
+            except psycopg2.Error:
+                conn.rollback()
+                chunk = min(chunk, 200_000)
+            conn.commit()
+            done = 0
+            while done < count:
+                n = min(chunk, count - done)
+                low = first + done
+                cur.execute(
+                    "INSERT INTO ocspd_certificates (issuer_id, serial)"
+                    " SELECT %s, to_hex(g) FROM generate_series(%s::bigint, %s::bigint) AS g",
+                    (issuer_id, low, low + n - 1),
+                )
+                conn.commit()
+                done += n
+                if progress:
+                    elapsed = time.perf_counter() - start
+                    log(f"  inserted {done:,}/{count:,} rows ({elapsed:.0f} s)")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            if progress:
+                log("  VACUUM ANALYZE ocspd_certificates")
+            cur.execute("VACUUM ANALYZE ocspd_certificates")
+    finally:
+        conn.close()
+    return time.perf_counter() - start
+
+
+def sql_value(dsn: str, query: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of a query."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            row = cur.fetchone()
+            return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of a table: a measure, ocspd's figure, the baseline's, and the target check."""
+
+    measure: str
+    ocspd: float | None
+    baseline: float | None = None
+    unit: str = ""
+    baseline_name: str = ""
+    value: float | None = None  # what the target is checked on: a ratio or ocspd's figure
+    target: str = ""  # ">= 0.9", "<= 5", "" for information only
+    met: bool | None = None
+    note: str = ""
+
+    @staticmethod
+    def make(
+        measure: str,
+        ocspd: float | None,
+        baseline: float | None = None,
+        *,
+        unit: str = "",
+        baseline_name: str = "",
+        target: str = "",
+        ratio: bool = True,
+        note: str = "",
+    ) -> Row:
+        """``ratio``: the target applies to ocspd/baseline, else to ocspd's figure."""
+        value: float | None = ocspd
+        if ratio and baseline is not None:
+            value = ocspd / baseline if ocspd is not None and baseline else None
+        met = check_target(value, target) if target else None
+        return Row(measure, ocspd, baseline, unit, baseline_name, value, target, met, note)
+
+
+def check_target(value: float | None, target: str) -> bool | None:
+    if value is None or value != value:  # NaN
+        return None
+    op, _, number = target.partition(" ")
+    limit = float(number)
+    return value >= limit if op == ">=" else value <= limit
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def table(rows: Sequence[Row]) -> str:
+    """A plain-text (and Markdown) table of rows."""
+    header = ["measure", "ocspd", "baseline", "ratio/value", "target", "met"]
+    body = []
+    for r in rows:
+        ocspd_text = f"{_fmt(r.ocspd)} {r.unit}".strip()
+        base = f"{_fmt(r.baseline)} {r.unit}".strip() if r.baseline is not None else "-"
+        if r.baseline_name and r.baseline is not None:
+            base += f" ({r.baseline_name})"
+        met = {True: "yes", False: "NO", None: "-"}[r.met]
+        body.append([r.measure, ocspd_text, base, _fmt(r.value), r.target or "-", met])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in body:
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |")
+    return "\n".join(out)
+
+
+def _version(args: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str] = {}
+    for module in ("aiohttp", "cryptography", "uvloop", "aiopg", "psycopg2"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except (ImportError, AttributeError):
+            versions[module] = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": list(os.getloadavg()),
+        "wrk": _version(["wrk", "--version"]) if have_wrk() else "",
+        "openssl": _version(["openssl", "version"]),
+        "versions": versions,
+    }
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def save_results(name: str, rows: Sequence[Row], details: dict[str, Any], started: float) -> Path:
+    """Write bench/results/<name>.json: the rows, the details and the machine."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "name": name,
+        "command": " ".join([Path(PYTHON).name, *sys.argv]),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "details": details,
+    }
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_finite(payload), indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def report(name: str, rows: Sequence[Row], details: dict[str, Any], started: float) -> Path:
+    """Print the table and write the JSON."""
+    path = save_results(name, rows, details, started)
+    print(f"\n{name}\n")
+    print(table(rows))
+    print(f"\nwrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
+    return path
+
+
+@contextlib.contextmanager
+def work_dir(name: str, keep: bool = False) -> Iterator[Path]:
+    """A temporary directory for the PKI, configs and logs of one run."""
+    path = Path(tempfile.mkdtemp(prefix=f"ocspd-bench-{name}-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def add_common_args(parser: Any, *, duration: float | None = 10.0, connections: int = 64) -> None:
+    """--duration (unless None), --connections, --threads, --client, --out, --keep."""
+    if duration is not None:
+        parser.add_argument(
+            "--duration", type=float, default=duration, help=f"seconds per load run (default {duration:g})"
+        )
+    parser.add_argument(
+        "--connections", type=int, default=connections, help=f"client connections (default {connections})"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk if installed (auto), or bench/loadgen.py",
+    )
+    parser.add_argument("--out", help="results name: bench/results/<out>.json (default: the script's name)")
+    parser.add_argument("--keep", action="store_true", help="keep the run's temporary directory (logs, PKI)")
