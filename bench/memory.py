@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 for slot in slots:
                     value = getattr(entry, slot)
                     setattr(copy, slot, fresh(value) if slot in own else value)
-                engine.memory.put((issuer_id, "sha1", int(str(serial))), copy)
+                engine.memory.put(engine.key(issuer_id, "sha1", int(str(serial))), copy)
 
         # RSS first (tracemalloc's own bookkeeping would inflate it).
         engine.memory.clear()
@@ -147,10 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     # remainder of the traced figure is the LRU's dicts and bookkeeping.
     sample = signed[0]
     parts: dict[str, float] = {
-        "bytes object header of the DER": sys.getsizeof(sample.der) - len(sample.der),
+        "bytes object of the DER, beyond the DER (header, SHA-256 for the ETag)": (
+            sys.getsizeof(sample.blob) - len(sample.der)
+        ),
         "Entry object (slots)": sys.getsizeof(sample),
-        "per-entry attributes besides the DER": sum(sys.getsizeof(getattr(sample, s)) for s in own if s != "der"),
-        "key tuple and its serial int": sys.getsizeof((issuer_id, "sha1", serials[0])) + sys.getsizeof(serials[0]),
+        "per-entry attributes besides the DER": sum(sys.getsizeof(getattr(sample, s)) for s in own if s != "blob"),
+        "key (one int packing serial, issuer, hash)": sys.getsizeof(engine.key(issuer_id, "sha1", serials[0])),
     }
     parts["cache structures (rest of the traced figure)"] = traced_per_entry - avg_der - sum(parts.values())
     for what, size in parts.items():

@@ -12,120 +12,196 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import itertools
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
-from cachetools import LRUCache
-
-from ocspd.protocol import etag_of, http_date
+from ocspd.protocol import http_date
 
 T = TypeVar("T")
 
-# Python-object overhead of one cached entry beyond its DER (key tuple, Entry,
-# header strings, dict slots in the LRU), used for the max_bytes budget.
-ENTRY_OVERHEAD = 400
+# Python-object bytes of one cached entry beyond its DER (Entry object, bytes
+# header and digest, key, the LRU's dict slot and list node), counted against
+# max_bytes; measured by bench/memory.py.
+ENTRY_OVERHEAD = 280
+
+
+class Stamp:
+    """A point in time with its HTTP-date text."""
+
+    __slots__ = ("http", "ts")
+
+    def __init__(self, ts: float, http: str) -> None:
+        self.ts = ts
+        self.http = http
+
+
+class Window:
+    """thisUpdate and nextUpdate of a response, shared by every entry signed in the same second.
+
+    Responses signed in the same second carry the same times, so interning
+    these keeps the per-entry cost of the times and date headers at a pointer.
+    """
+
+    __slots__ = ("next", "refresh_at", "this")
+
+    def __init__(self, this: Stamp, next_: Stamp) -> None:
+        self.this = this
+        self.next = next_
+        # Refreshed when less than half of the validity remains (SPEC §2).
+        self.refresh_at = (this.ts + next_.ts) / 2
+
+
+_WINDOWS: dict[tuple[float, float], Window] = {}
+_WINDOWS_MAX = 4096  # distinct windows remembered; entries keep their own references
+
+
+def window(this_update: dt.datetime, next_update: dt.datetime) -> Window:
+    """The interned Window of two aware datetimes."""
+    key = (this_update.timestamp(), next_update.timestamp())
+    found = _WINDOWS.get(key)
+    if found is None:
+        if len(_WINDOWS) >= _WINDOWS_MAX:
+            _WINDOWS.clear()
+        found = _WINDOWS[key] = Window(Stamp(key[0], http_date(this_update)), Stamp(key[1], http_date(next_update)))
+    return found
+
+
+DIGEST = 32  # SHA-256 of the DER, kept after it in the same bytes object
 
 
 class Entry:
-    """A signed response plus what the HTTP layer needs to serve it as is."""
+    """A signed response plus what the HTTP layer needs to serve it as is.
 
-    __slots__ = (
-        "der",
-        "etag",
-        "expires",
-        "last_modified",
-        "next_update",
-        "refresh_at",
-        "signer",
-        "status",
-        "this_update",
-        "version",
-    )
+    Kept small (SPEC §7: <= 300 bytes above the DER): the DER and its SHA-256
+    share one bytes object, the times are an interned Window, and what only
+    the write-back needs (status version, signer) is passed beside it.
+    """
 
-    def __init__(
-        self,
-        der: bytes,
-        status: str,
-        this_update: dt.datetime,
-        next_update: dt.datetime,
-        version: int = 0,
-        signer: str = "",
-    ) -> None:
-        self.der = der
-        self.signer = signer  # fingerprint of the key that signed it (shared string)
+    __slots__ = ("blob", "status", "window")
+
+    def __init__(self, der: bytes, status: str, this_update: dt.datetime, next_update: dt.datetime) -> None:
+        self.blob = der + hashlib.sha256(der).digest()
         self.status = status
-        self.this_update = this_update.timestamp()
-        self.next_update = next_update.timestamp()
-        # Refreshed when less than half of the validity remains (SPEC §2).
-        self.refresh_at = self.this_update + (self.next_update - self.this_update) / 2
-        self.version = version
-        self.etag = etag_of(der)
-        self.last_modified = http_date(this_update)
-        self.expires = http_date(next_update)
+        self.window = window(this_update, next_update)
+
+    @property
+    def der(self) -> bytes:
+        return self.blob[:-DIGEST]
+
+    @property
+    def size(self) -> int:
+        """Bytes accounted against max_bytes (DER plus per-entry overhead)."""
+        return len(self.blob) - DIGEST + ENTRY_OVERHEAD
+
+    @property
+    def this_update(self) -> float:
+        return self.window.this.ts
+
+    @property
+    def next_update(self) -> float:
+        return self.window.next.ts
+
+    @property
+    def refresh_at(self) -> float:
+        return self.window.refresh_at
+
+    @property
+    def etag(self) -> str:
+        """Strong ETag: the hex SHA-256 of the body (RFC 9919 §6)."""
+        return '"' + self.blob[-DIGEST:].hex() + '"'
+
+    @property
+    def last_modified(self) -> str:
+        return self.window.this.http
+
+    @property
+    def expires(self) -> str:
+        return self.window.next.http
 
     def __repr__(self) -> str:
-        return f"<Entry {self.status} v{self.version} {len(self.der)}B>"
-
-
-class _Lru(LRUCache[Hashable, Entry]):
-    """An LRU bounded by bytes (maxsize) and also by entry count."""
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        super().__init__(maxsize=max_bytes, getsizeof=_size_of)
-        self.max_entries = max_entries
-
-    def __setitem__(self, key: Hashable, value: Entry) -> None:
-        while len(self) >= self.max_entries and key not in self:
-            self.popitem()
-        super().__setitem__(key, value)
-
-
-def _size_of(entry: Entry) -> int:
-    return len(entry.der) + ENTRY_OVERHEAD
+        return f"<Entry {self.status} {len(self.blob) - DIGEST}B>"
 
 
 class MemoryTier:
-    """Signed responses in memory, by key; time comes from ``clock``."""
+    """Signed responses in memory, least recently used first out; time comes from ``clock``.
+
+    Bounded by entry count and by bytes (DER plus ENTRY_OVERHEAD). One
+    OrderedDict is the whole structure: a hit is a dict lookup and a
+    move_to_end, both in C. (cachetools' LRUCache keeps two more mappings per
+    entry, which doubled the per-entry memory; see bench/README.md.)
+    An entry past its refresh point is never returned; it is dropped when
+    met, and ``sweep`` drops such entries from the cold end.
+    """
 
     def __init__(self, max_entries: int, max_bytes: int, clock: Callable[[], float]) -> None:
-        self._lru = _Lru(max_entries, max_bytes)
+        self._entries: OrderedDict[Hashable, Entry] = OrderedDict()
+        self._bytes = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._clock = clock
 
     def get(self, key: Hashable) -> Entry | None:
         """The entry for key, or None if absent or past its refresh point."""
-        entry = self._lru.get(key)
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        if self._clock() >= entry.refresh_at:
-            del self._lru[key]
+        if self._clock() >= entry.window.refresh_at:
+            self._remove(key)
             return None
+        self._entries.move_to_end(key)
         return entry
 
     def put(self, key: Hashable, entry: Entry) -> None:
-        """Store entry unless it is already past its refresh point."""
-        if self._clock() < entry.refresh_at:
-            self._lru[key] = entry
+        """Store entry unless it is already past its refresh point; evict to stay in bounds."""
+        if self._clock() >= entry.refresh_at:
+            return
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old.size
+        entries[key] = entry
+        self._bytes += entry.size
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            _, evicted = entries.popitem(last=False)
+            self._bytes -= evicted.size
+
+    def _remove(self, key: Hashable) -> bool:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._bytes -= entry.size
+        return True
 
     def drop(self, keys: Iterable[Hashable]) -> int:
         """Remove these keys; returns how many were present."""
-        dropped = 0
-        for key in keys:
-            if self._lru.pop(key, None) is not None:
-                dropped += 1
-        return dropped
+        return sum(1 for key in keys if self._remove(key))
 
     def clear(self) -> int:
         """Remove everything; returns how many entries there were."""
-        count = len(self._lru)
-        self._lru.clear()
+        count = len(self._entries)
+        self._entries.clear()
+        self._bytes = 0
         return count
 
+    def sweep(self, limit: int = 10_000) -> int:
+        """Drop expired entries among the ``limit`` least recently used; returns how many."""
+        now = self._clock()
+        expired = [
+            key
+            for key, entry in itertools.islice(self._entries.items(), limit)
+            if now >= entry.window.refresh_at
+        ]
+        return self.drop(expired)
+
     def __len__(self) -> int:
-        return len(self._lru)
+        return len(self._entries)
 
     def keys(self) -> list[Hashable]:
         """A snapshot of the keys held (expired ones included)."""
-        return list(self._lru.keys())
+        return list(self._entries)
 
     def __contains__(self, key: Hashable) -> bool:
         return self.get(key) is not None
@@ -133,7 +209,7 @@ class MemoryTier:
     @property
     def bytes(self) -> int:
         """Bytes accounted against max_bytes (DER plus per-entry overhead)."""
-        return int(self._lru.currsize)
+        return self._bytes
 
 
 class Flight:

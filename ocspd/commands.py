@@ -235,10 +235,13 @@ def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr)
                 fingerprint = signers[issuer_id].fingerprint
                 while batch := await store.presign_batch(issuer_id, hash_alg, fingerprint, after, PRESIGN_BATCH):
                     items = [
-                        (int(serial, 16), hash_alg, engine.sign_stored(issuer_id, int(serial, 16), hash_alg, status))
+                        (
+                            int(serial, 16), hash_alg,
+                            engine.sign_stored(issuer_id, int(serial, 16), hash_alg, status), status.version,
+                        )
                         for serial, status in batch
                     ]
-                    written += await store.store_many(issuer_id, items)
+                    written += await store.store_many(issuer_id, fingerprint, items)
                     done += len(batch)
                     after = batch[-1][0]
                     print(

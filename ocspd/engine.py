@@ -30,7 +30,20 @@ log = logging.getLogger("ocspd.engine")
 # this many rounds the status is changing too fast to answer now.
 MAX_PRODUCTION_ROUNDS = 3
 
-Key = tuple[str, str, int]  # (issuer id, CertID hash name, serial)
+# A memory-tier key packs (serial, issuer, CertID hash) into one int: a tuple
+# key with its int would cost ~100 bytes per entry, this ~36 (SPEC §7).
+Key = int
+_HASH_INDEX = {name: i for i, name in enumerate(HASH_NAMES)}  # 2 bits
+_ISSUER_BITS = 14
+
+
+def make_key(issuer_index: int, hash_name: str, serial: int) -> Key:
+    """The memory-tier key of one CertID of one issuer."""
+    return (serial << (_ISSUER_BITS + 2)) | (issuer_index << 2) | _HASH_INDEX[hash_name]
+
+
+def key_issuer_index(key: Key) -> int:
+    return (key >> 2) & ((1 << _ISSUER_BITS) - 1)
 
 # Where an answer came from (for the transaction log).
 MEMORY, POSTGRES, SIGNED, LIVE = "memory", "postgres", "signed", "live"
@@ -43,6 +56,7 @@ class Issuer:
     config: IssuerConfig
     signer: Signer
     source: StatusSource
+    index: int  # its place in the config, part of its memory-tier keys
     # Its status changes arrive over LISTEN/NOTIFY: while that channel is down,
     # memory answers for it cannot be trusted (SPEC §3.3).
     needs_channel: bool = False
@@ -72,12 +86,18 @@ class Engine:
         # served from memory.
         self.channel_up = not notified
         self.signing = 0  # productions in progress (cache misses and live signatures)
+        # The HTTP layer's map of raw requests to (key, issuer), kept here so
+        # that a reload, which may change what a request means, clears it.
+        self.known_requests: dict[bytes | str, tuple[Key, Issuer]] = {}
         self._apply(config, signers)
 
     def _apply(self, config: Config, signers: Mapping[str, Signer]) -> None:
         self.config = config
+        if len(config.issuers) >= 1 << _ISSUER_BITS:
+            raise ValueError(f"at most {(1 << _ISSUER_BITS) - 1} issuers")
         self.issuers = {
-            ic.id: Issuer(ic, signers[ic.id], self._sources[ic.id], ic.id in self._notified) for ic in config.issuers
+            ic.id: Issuer(ic, signers[ic.id], self._sources[ic.id], n, ic.id in self._notified)
+            for n, ic in enumerate(config.issuers)
         }
         # (hash name, issuer name hash, issuer key hash) -> issuer, built once so
         # that matching a request is one dict lookup (SPEC §7: precompute).
@@ -109,6 +129,7 @@ class Engine:
         old = self.issuers
         responses_changed = config.responses != self.config.responses
         self._apply(config, signers)
+        self.known_requests.clear()
         changed = [
             issuer_id
             for issuer_id, issuer in self.issuers.items()
@@ -118,8 +139,9 @@ class Engine:
             != dataclasses.replace(old[issuer_id].config, key_passphrase_file=None)
         ]
         for issuer_id in changed:
-            self.flights.invalidate(_of_issuer(self.flights.keys(), issuer_id))
-            self.memory.drop(_of_issuer(self.memory.keys(), issuer_id))
+            index = self.issuers[issuer_id].index
+            self.flights.invalidate(_of_issuer(self.flights.keys(), index))
+            self.memory.drop(_of_issuer(self.memory.keys(), index))
             self.metrics.invalidation["local"].inc()
         return changed
 
@@ -138,27 +160,45 @@ class Engine:
         certids = request.certids
         if len(certids) > self._max_certids:
             raise MalformedRequest(f"{len(certids)} CertIDs in one request (limit {self._max_certids})")
-        nonce = request.nonce if self._echo_nonce else None
-        if len(certids) == 1 and nonce is None:
+        cacheable = self.cacheable(request)
+        if cacheable is not None:
+            key, issuer = cacheable
+            entry = self.cached(key, issuer)
+            if entry is not None:
+                return entry, MEMORY
             certid = certids[0]
-            issuer = self.issuer_for(certid)
-            key = (issuer.config.id, certid.hash_name, certid.serial)
-            if self.channel_up or not issuer.needs_channel:
-                entry = self.memory.get(key)
-                if entry is not None:
-                    self.metrics.memory_hit.inc()
-                    return entry, MEMORY
-                self.metrics.memory_miss.inc()
             return await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
         issuers = [self.issuer_for(c) for c in certids]
-        return await self._sign_live(issuers, certids, nonce), LIVE
+        return await self._sign_live(issuers, certids, request.nonce if self._echo_nonce else None), LIVE
+
+    def cacheable(self, request: OcspRequest) -> tuple[Key, Issuer] | None:
+        """The memory-tier key and issuer of a cacheable request (one CertID, no nonce to echo)."""
+        if len(request.certids) != 1 or (request.nonce is not None and self._echo_nonce):
+            return None
+        certid = request.certids[0]
+        issuer = self.issuer_for(certid)
+        return make_key(issuer.index, certid.hash_name, certid.serial), issuer
+
+    def cached(self, key: Key, issuer: Issuer) -> Entry | None:
+        """The memory tier's answer for key, if it may be served (the hit path: synchronous)."""
+        if self.channel_up or not issuer.needs_channel:
+            entry = self.memory.get(key)
+            if entry is not None:
+                self.metrics.memory_hit.n += 1
+                return entry
+            self.metrics.memory_miss.n += 1
+        return None
+
+    def key(self, issuer_id: str, hash_name: str, serial: int) -> Key:
+        """The memory-tier key of (issuer, CertID hash, serial), e.g. to inspect the tier."""
+        return make_key(self.issuers[issuer_id].index, hash_name, serial)
 
     async def _produce(self, key: Key, issuer: Issuer, certid: CertId, flight: Flight) -> tuple[Entry, str]:
         with self._signing_slot():
             for _ in range(MAX_PRODUCTION_ROUNDS):
                 flight.stale = False
-                signer = issuer.signer
-                lookup = await issuer.source.fetch(key[0], certid.serial, certid.hash_name, signer.fingerprint)
+                issuer_id, signer = issuer.config.id, issuer.signer
+                lookup = await issuer.source.fetch(issuer_id, certid.serial, certid.hash_name, signer.fingerprint)
                 stored = lookup.stored
                 if stored is not None and self.clock() < stored.refresh_at:
                     entry, tier = stored, POSTGRES
@@ -169,7 +209,9 @@ class Engine:
                     entry, tier = self.sign_entry(issuer, certid, lookup.status), SIGNED
                     # A status change since we read it (an invalidation arrived,
                     # or the store refused the write-back): read again.
-                    if flight.stale or not await issuer.source.store(key[0], certid.serial, certid.hash_name, entry):
+                    if flight.stale or not await issuer.source.store(
+                        issuer_id, certid.serial, certid.hash_name, entry, lookup.status.version, signer.fingerprint
+                    ):
                         continue
                 if flight.stale:
                     continue
@@ -187,22 +229,20 @@ class Engine:
             raise Unauthorized("CertIDs of issuers with different responders in one request")
         with self._signing_slot():
             answers = []
-            version = 0
             for issuer, certid in zip(issuers, certids, strict=True):
                 lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
                 answers.append(self._answer(issuer, lookup.status))
-                version = max(version, lookup.status.version)
             this_update, next_update = self._window()
             der = self._sign(issuers[0], certids, answers, this_update, next_update, nonce)
             status = answers[0].status if len(answers) == 1 else "mixed"
-            return Entry(der, status, this_update, next_update, version, signer.fingerprint)
+            return Entry(der, status, this_update, next_update)
 
     def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
         """Sign a cacheable (nonce-free, one-CertID) response for this status."""
         answer = self._answer(issuer, status)
         this_update, next_update = self._window()
         der = self._sign(issuer, (certid,), (answer,), this_update, next_update, None)
-        return Entry(der, answer.status, this_update, next_update, status.version, issuer.signer.fingerprint)
+        return Entry(der, answer.status, this_update, next_update)
 
     def _sign(
         self,
@@ -258,7 +298,10 @@ class Engine:
     def invalidate(self, issuer_id: str, serials: Iterable[int], cause: str = "notify") -> int:
         """Forget everything known about these serials; returns entries dropped."""
         self.metrics.invalidation[cause].inc()
-        keys = [(issuer_id, name, serial) for serial in serials for name in HASH_NAMES]
+        issuer = self.issuers.get(issuer_id)
+        if issuer is None:
+            return 0
+        keys = [make_key(issuer.index, name, serial) for serial in serials for name in HASH_NAMES]
         self.flights.invalidate(keys)
         return self.memory.drop(keys)
 
@@ -297,8 +340,8 @@ class Engine:
         event(log, "channel_restored", flushed=dropped)
 
 
-def _of_issuer(keys: Iterable[Hashable], issuer_id: str) -> list[Hashable]:
-    return [k for k in keys if isinstance(k, tuple) and k[0] == issuer_id]
+def _of_issuer(keys: Iterable[Hashable], index: int) -> list[Hashable]:
+    return [k for k in keys if isinstance(k, int) and key_issuer_index(k) == index]
 
 
 class _Slot:

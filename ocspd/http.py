@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ocspd.cache import Entry
 from ocspd.config import Config
-from ocspd.engine import Engine
+from ocspd.engine import Engine, Issuer
 from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
@@ -50,8 +50,10 @@ INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
 
 # How often index.txt files are checked for changes (SPEC: "about a second").
 INDEX_POLL_SECONDS = 0.5
-# How often the memory-tier gauges are brought up to date.
+# How often the memory-tier gauges are brought up to date (and expired entries swept).
 GAUGE_SECONDS = 1.0
+# Raw requests remembered for the hit path (each ~200 bytes).
+KNOWN_REQUESTS_MAX = 65536
 
 
 def init_app(
@@ -167,6 +169,7 @@ def _index_watchers(
 def update_gauges(app: web.Application) -> None:
     """Bring the memory-tier and listener gauges up to date."""
     engine, metrics = app[ENGINE], app[METRICS]
+    metrics.flush()
     metrics.memory_entries.set(len(engine.memory))
     metrics.memory_bytes.set(engine.memory.bytes)
     listener = app.get(LISTENER)
@@ -179,6 +182,7 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
     # hit path free of them, and works the same with several worker processes.
     async def loop() -> None:
         while True:
+            app[ENGINE].memory.sweep()
             update_gauges(app)
             await asyncio.sleep(GAUGE_SECONDS)
 
@@ -190,13 +194,24 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
 
 
 class _Handlers:
+    """The OCSP handlers. The hit path is kept short on purpose (SPEC §7).
+
+    A request seen before (the same POST body, the same GET path) is mapped
+    straight to its memory-tier key: identical bytes parse identically, so the
+    parse is skipped. Anything not answerable from memory takes the full path.
+    """
+
     def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._prefix_len = len(config.server.path_prefix)
         self._clock = clock
         self._count = metrics.request_counter
+        self._hit_post = metrics.request_counter[("POST", "successful")]
+        self._hit_get = metrics.request_counter[("GET", "successful")]
         self._latency = metrics.request_latency
         self._txlog = config.log.requests
+        # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
+        self._known = engine.known_requests
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -204,25 +219,50 @@ class _Handlers:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            self._count[("POST", "request_too_large")].inc()
+            self._count[("POST", "request_too_large")].n += 1
             raise
-        return await self._answer(request, body, None, "POST", started)
+        known = self._known.get(body)
+        if known is not None and not self._txlog:
+            entry = self._engine.cached(*known)
+            if entry is not None:
+                self._hit_post.n += 1
+                response = web.Response(body=entry.der, headers=self._headers(entry))
+                self._latency["POST"].observe(time.perf_counter() - started)
+                return response
+        return await self._answer(request, body, None, "POST", started, body)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
-        raw = request.raw_path.split("?", 1)[0]
+        raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
+        known = self._known.get(raw)
+        if known is not None and not self._txlog:
+            entry = self._engine.cached(*known)
+            if entry is not None:
+                response, status = self._ok(entry, request)
+                self._count[("GET", status)].n += 1
+                self._latency["GET"].observe(time.perf_counter() - started)
+                return response
         try:
-            der = decode_get_path(raw[self._prefix_len :])
+            der = decode_get_path(raw)
         except MalformedRequest as exc:
             return self._error(MALFORMED_REQUEST, "malformedRequest", exc, "GET", started)
-        return await self._answer(request, der, request, "GET", started)
+        return await self._answer(request, der, request, "GET", started, raw)
 
     async def _answer(
-        self, request: web.Request, der: bytes, conditional: web.Request | None, method: str, started: float
+        self,
+        request: web.Request,
+        der: bytes,
+        conditional: web.Request | None,
+        method: str,
+        started: float,
+        raw: bytes | str,
     ) -> web.StreamResponse:
         try:
             parsed = parse_request(der)
+            cacheable = self._engine.cacheable(parsed)
+            if cacheable is not None:
+                self._remember(raw, cacheable)
             entry, tier = await self._engine.respond(parsed)
         except MalformedRequest as exc:
             return self._error(MALFORMED_REQUEST, "malformedRequest", exc, method, started)
@@ -234,7 +274,7 @@ class _Handlers:
             log.exception("internal error answering a %s request", method)
             return self._error(INTERNAL_ERROR, "internalError", None, method, started)
         response, status = self._ok(entry, conditional)
-        self._count[(method, status)].inc()
+        self._count[(method, status)].n += 1
         elapsed = time.perf_counter() - started
         self._latency[method].observe(elapsed)
         if self._txlog:
@@ -245,25 +285,36 @@ class _Handlers:
             )
         return response
 
-    def _ok(self, entry: Entry, conditional: web.Request | None) -> tuple[web.Response, str]:
-        now = self._clock()
-        headers = {
+    def _remember(self, raw: bytes | str, cacheable: tuple[int, Issuer]) -> None:
+        known = self._known
+        if len(known) >= KNOWN_REQUESTS_MAX:
+            # Bounded; dropping all at once is simpler than an LRU and the
+            # popular requests come back at their next occurrence.
+            known.clear()
+        known[raw] = cacheable
+
+    def _headers(self, entry: Entry) -> dict[str, str]:
+        window = entry.window
+        return {
             "Content-Type": OCSP_RESPONSE_TYPE,
-            "Cache-Control": cache_control(entry.next_update, now),
-            "Last-Modified": entry.last_modified,
-            "Expires": entry.expires,
+            "Cache-Control": cache_control(window.next.ts, self._clock()),
+            "Last-Modified": window.this.http,
+            "Expires": window.next.http,
             "ETag": entry.etag,
         }
+
+    def _ok(self, entry: Entry, conditional: web.Request | None) -> tuple[web.Response, str]:
+        headers = self._headers(entry)
         if conditional is not None:
             h = conditional.headers
             inm = h.get("If-None-Match")
             ims = h.get("If-Modified-Since")
-            if (inm is not None or ims is not None) and not_modified(inm, ims, entry.etag, entry.this_update):
+            if (inm is not None or ims is not None) and not_modified(inm, ims, headers["ETag"], entry.window.this.ts):
                 return web.Response(status=304, headers=headers), "not_modified"
         return web.Response(body=entry.der, headers=headers), "successful"
 
     def _error(self, body: bytes, status: str, exc: Exception | None, method: str, started: float) -> web.Response:
-        self._count[(method, status)].inc()
+        self._count[(method, status)].n += 1
         elapsed = time.perf_counter() - started
         self._latency[method].observe(elapsed)
         if self._txlog:

@@ -96,7 +96,8 @@ async def refresh_loop(store: Store, engine: Engine, issuers: list[str], setting
     while True:
         done = 0
         try:
-            done = await store.refresh_due(issuers, sign, lead=settings.lead, limit=settings.batch)
+            signers = {issuer_id: engine.issuers[issuer_id].signer.fingerprint for issuer_id in issuers}
+            done = await store.refresh_due(signers, sign, lead=settings.lead, limit=settings.batch)
         except SourceUnavailable as exc:
             event(log, "refresh_skipped", logging.DEBUG, reason=str(exc))
         except StoreError as exc:

@@ -34,8 +34,10 @@ class StatusSource(Protocol):
         """
         ...
 
-    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
-        """Write a signed response back, only if ``entry.version`` is still current.
+    async def store(
+        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
+    ) -> bool:
+        """Write a response signed by ``signer`` back, only if status ``version`` is still current.
 
         Returns False when the status may have changed since ``entry`` was
         signed (the caller must read it again), True otherwise, including
@@ -54,6 +56,8 @@ class IndexSource:
         status = self.files[issuer_id].lookup(serial)
         return Lookup(UNKNOWN if status is None else status)
 
-    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
+    async def store(
+        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
+    ) -> bool:
         # No response tier; a change reaches the engine through invalidate().
         return True

@@ -174,7 +174,7 @@ async def test_signature_racing_a_revocation_is_never_written_back(
     await eventually(notified, what="notification processed")
     release.set()
     assert await request == Status.REVOKED  # the held round was discarded and the status read again
-    cached = engine.memory.get(("test-ca", "sha1", GOOD_SERIAL))
+    cached = engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL))
     assert cached is None or cached.status == "revoked"
     assert stored_rows(pg_dsn, GOOD_SERIAL) and all(s == "revoked" for _, s in stored_rows(pg_dsn, GOOD_SERIAL))
 

@@ -139,11 +139,10 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
         # Responses that are already due (refresh_at in the past).
         past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
         certificates = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates")
-        batch = [
-            (int(s, 16), "sha1", engine.sign_stored("test-ca", int(s, 16), "sha1", CertStatus(Status.GOOD, version=v)))
-            for s, v in certificates
-        ]
-        assert await store.store_many("test-ca", batch) == len(batch)
+        good = [(int(s, 16), CertStatus(Status.GOOD, version=v)) for s, v in certificates]
+        batch = [(n, "sha1", engine.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good]
+        signer = engine.issuers["test-ca"].signer.fingerprint
+        assert await store.store_many("test-ca", signer, batch) == len(batch)
         query(pg_dsn, "UPDATE ocspd_responses SET refresh_at = %s", past)
     finally:
         await store.close()
@@ -159,7 +158,7 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
         await replica_store.open()
         total = 0
         try:
-            while done := await replica_store.refresh_due(["test-ca"], sign, lead=dt.timedelta(0), limit=25):
+            while done := await replica_store.refresh_due({"test-ca": signer}, sign, lead=dt.timedelta(0), limit=25):
                 total += done
         finally:
             await replica_store.close()

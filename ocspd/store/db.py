@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,10 @@ def _status(row: Sequence[Any]) -> CertStatus:
     if status == "revoked":
         return CertStatus(Status.REVOKED, revoked_at, REASON_NAMES.get(reason) if reason else None, version)
     return CertStatus(Status.GOOD, None, None, version)
+
+
+# (serial, CertID hash name, signed response, status version it was signed from)
+StoreItem = tuple[int, str, Entry, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,25 +167,27 @@ class Store:
         status = _status(row)
         stored = None
         if row[4] is not None:
-            stored = Entry(bytes(row[4]), row[5], row[6], row[7], status.version, signer)
+            stored = Entry(bytes(row[4]), row[5], row[6], row[7])
         return Lookup(status, stored)
 
-    async def store(self, issuer_id: str, serial: int, hash_name: str, entry: Entry) -> bool:
+    async def store(
+        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
+    ) -> bool:
         """Conditional write-back; False when the status version is no longer current.
 
         Answers for serials the table does not list (version 0) are never
         stored: a certificate inserted later cannot race with them here, and
         its NOTIFY drops them from memory.
         """
-        if entry.version == 0:
+        if version == 0:
             return True
         # No row written: the version moved on, or (rarely) a newer response of
         # the same version is already stored; either way, reading again is right.
-        return await self.store_many(issuer_id, [(serial, hash_name, entry)]) == 1
+        return await self.store_many(issuer_id, signer, [(serial, hash_name, entry, version)]) == 1
 
-    async def store_many(self, issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> int:
-        """Conditional write-back of several responses; returns how many were written."""
-        return len(await self._query("store_responses", _store_params(issuer_id, items)))
+    async def store_many(self, issuer_id: str, signer: str, items: Sequence[StoreItem]) -> int:
+        """Conditional write-back of responses signed by ``signer``; returns how many were written."""
+        return len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
 
     async def ping(self) -> None:
         """Raise SourceUnavailable unless the database answers (and has our schema)."""
@@ -191,7 +197,7 @@ class Store:
 
     async def refresh_due(
         self,
-        issuers: Sequence[str],
+        signers: Mapping[str, str],
         sign: Callable[[DueRow], Entry],
         *,
         lead: dt.timedelta,
@@ -204,13 +210,14 @@ class Store:
         """
         async with self._cursor() as cur:
             await cur.execute("BEGIN")
-            await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(issuers), "limit": limit})
+            await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(signers), "limit": limit})
             due = [DueRow(r[0], int(r[1], 16), r[2], _status(r[3:7])) for r in await cur.fetchall()]
-            by_issuer: dict[str, list[tuple[int, str, Entry]]] = {}
-            for item in due:
-                by_issuer.setdefault(item.issuer_id, []).append((item.serial, item.hash_alg, sign(item)))
+            by_issuer: dict[str, list[StoreItem]] = {}
+            for row in due:
+                item = (row.serial, row.hash_alg, sign(row), row.status.version)
+                by_issuer.setdefault(row.issuer_id, []).append(item)
             for issuer_id, items in by_issuer.items():
-                await cur.execute(self._q["store_responses"], _store_params(issuer_id, items))
+                await cur.execute(self._q["store_responses"], _store_params(issuer_id, signers[issuer_id], items))
             await cur.execute("COMMIT")
             return len(due)
 
@@ -314,19 +321,19 @@ class Store:
         return applied
 
 
-def _store_params(issuer_id: str, items: Sequence[tuple[int, str, Entry]]) -> dict[str, Any]:
+def _store_params(issuer_id: str, signer: str, items: Sequence[StoreItem]) -> dict[str, Any]:
     utc = dt.UTC
     return {
         "issuer": issuer_id,
-        "serials": [serial_hex(serial) for serial, _, _ in items],
-        "hash_algs": [hash_alg for _, hash_alg, _ in items],
-        "ders": [psycopg2.Binary(e.der) for _, _, e in items],
-        "statuses": [e.status for _, _, e in items],
-        "this_updates": [dt.datetime.fromtimestamp(e.this_update, utc) for _, _, e in items],
-        "next_updates": [dt.datetime.fromtimestamp(e.next_update, utc) for _, _, e in items],
-        "refresh_ats": [dt.datetime.fromtimestamp(e.refresh_at, utc) for _, _, e in items],
-        "versions": [e.version for _, _, e in items],
-        "signers": [e.signer for _, _, e in items],
+        "serials": [serial_hex(serial) for serial, _, _, _ in items],
+        "hash_algs": [hash_alg for _, hash_alg, _, _ in items],
+        "ders": [psycopg2.Binary(e.der) for _, _, e, _ in items],
+        "statuses": [e.status for _, _, e, _ in items],
+        "this_updates": [dt.datetime.fromtimestamp(e.this_update, utc) for _, _, e, _ in items],
+        "next_updates": [dt.datetime.fromtimestamp(e.next_update, utc) for _, _, e, _ in items],
+        "refresh_ats": [dt.datetime.fromtimestamp(e.refresh_at, utc) for _, _, e, _ in items],
+        "versions": [version for _, _, _, version in items],
+        "signers": [signer] * len(items),
     }
 
 
