@@ -2,16 +2,19 @@
 -- store parses this file once. Parameters are psycopg2 %(name)s placeholders.
 
 -- name: fetch
--- Status and stored response of one CertID in one round trip. A stored row
--- signed from another status version than the current one is not returned.
-SELECT c.status, c.revoked_at, c.reason, c.version,
+-- Status and stored response of several CertIDs (arrays of equal length) in
+-- one round trip, one row per CertID in input order (k.n). A stored row
+-- signed from another status version, or by another key, is not returned.
+SELECT k.n, c.status, c.revoked_at, c.reason, c.version,
        r.der, r.status AS r_status, r.this_update, r.next_update
-FROM (SELECT 1) AS one
+FROM unnest(%(issuers)s::text[], %(serials)s::text[], %(hash_algs)s::text[], %(signers)s::text[])
+     WITH ORDINALITY AS k(issuer_id, serial, hash_alg, signer, n)
 LEFT JOIN ocspd_certificates c
-       ON c.issuer_id = %(issuer)s AND c.serial = %(serial)s
+       ON c.issuer_id = k.issuer_id AND c.serial = k.serial
 LEFT JOIN ocspd_responses r
-       ON r.issuer_id = %(issuer)s AND r.serial = %(serial)s AND r.hash_alg = %(hash_alg)s
-      AND r.cert_version = c.version AND r.signer = %(signer)s;
+       ON r.issuer_id = k.issuer_id AND r.serial = k.serial AND r.hash_alg = k.hash_alg
+      AND r.cert_version = c.version AND r.signer = k.signer
+ORDER BY k.n;
 
 -- name: store_responses
 -- Conditional write-back of signed responses (arrays of equal length): a row
@@ -36,7 +39,7 @@ ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE
     WHERE r.cert_version < EXCLUDED.cert_version
        OR (r.cert_version = EXCLUDED.cert_version
            AND (r.this_update <= EXCLUDED.this_update OR r.signer <> EXCLUDED.signer))
-RETURNING 1;
+RETURNING r.serial, r.hash_alg;
 
 -- name: claim_refresh
 -- Rows due for re-signing, locked so that other replicas skip them.

@@ -25,6 +25,7 @@ from ocspd.cache import Entry
 from ocspd.exceptions import SourceUnavailable, StoreError
 from ocspd.sources import Lookup
 from ocspd.status import UNKNOWN, CertStatus, Status
+from ocspd.store.batching import Batcher
 from ocspd.store.queries import migrations, queries
 
 log = logging.getLogger("ocspd.store")
@@ -67,6 +68,10 @@ def _status(row: Sequence[Any]) -> CertStatus:
 
 # (serial, CertID hash name, signed response, status version it was signed from)
 StoreItem = tuple[int, str, Entry, int]
+# (issuer id, serial hex, CertID hash name, signer fingerprint)
+FetchKey = tuple[str, str, str, str]
+# (issuer id, signer fingerprint, item)
+StoreRequest = tuple[str, str, StoreItem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,9 @@ class Store:
         self._timeout = timeout
         self._pool: aiopg.Pool | None = None
         self._q = queries()
+        # Concurrent misses share round trips (see batching.py).
+        self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch)
+        self._stores: Batcher[StoreRequest, bool] = Batcher(self._store_batch)
 
     async def open(self) -> None:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
@@ -111,6 +119,8 @@ class Store:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
 
     async def close(self) -> None:
+        await self._fetches.close()
+        await self._stores.close()
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
@@ -159,16 +169,28 @@ class Store:
     # -- the request path ------------------------------------------------------------
 
     async def fetch(self, issuer_id: str, serial: int, hash_name: str, signer: str) -> Lookup:
-        """Status and (if current and signed by ``signer``) the stored response of one CertID, in one round trip."""
+        """Status and (if current and signed by ``signer``) the stored response of one CertID.
+
+        One round trip, shared with the other fetches of the same loop turn.
+        """
+        return await self._fetches.submit((issuer_id, serial_hex(serial), hash_name, signer))
+
+    async def _fetch_batch(self, keys: Sequence[FetchKey]) -> list[Lookup]:
         rows = await self._query(
-            "fetch", {"issuer": issuer_id, "serial": serial_hex(serial), "hash_alg": hash_name, "signer": signer}
+            "fetch",
+            {
+                "issuers": [k[0] for k in keys],
+                "serials": [k[1] for k in keys],
+                "hash_algs": [k[2] for k in keys],
+                "signers": [k[3] for k in keys],
+            },
         )
-        row = rows[0]
-        status = _status(row)
-        stored = None
-        if row[4] is not None:
-            stored = Entry(bytes(row[4]), row[5], row[6], row[7])
-        return Lookup(status, stored)
+        lookups = []
+        for row in rows:
+            status = _status(row[1:5])
+            stored = Entry(bytes(row[5]), row[6], row[7], row[8]) if row[5] is not None else None
+            lookups.append(Lookup(status, stored))
+        return lookups
 
     async def store(
         self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
@@ -183,7 +205,17 @@ class Store:
             return True
         # No row written: the version moved on, or (rarely) a newer response of
         # the same version is already stored; either way, reading again is right.
-        return await self.store_many(issuer_id, signer, [(serial, hash_name, entry, version)]) == 1
+        return await self._stores.submit((issuer_id, signer, (serial, hash_name, entry, version)))
+
+    async def _store_batch(self, requests: Sequence[StoreRequest]) -> list[bool]:
+        groups: dict[tuple[str, str], list[StoreItem]] = {}
+        for issuer_id, signer, item in requests:
+            groups.setdefault((issuer_id, signer), []).append(item)
+        written: set[tuple[str, str, str]] = set()
+        for (issuer_id, signer), items in groups.items():
+            rows = await self._query("store_responses", _store_params(issuer_id, signer, items))
+            written.update((issuer_id, serial, hash_alg) for serial, hash_alg in rows)
+        return [(issuer_id, serial_hex(item[0]), item[1]) in written for issuer_id, _, item in requests]
 
     async def store_many(self, issuer_id: str, signer: str, items: Sequence[StoreItem]) -> int:
         """Conditional write-back of responses signed by ``signer``; returns how many were written."""
