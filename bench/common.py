@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(1, str(REPO))
 
 from ocspd import pki  # noqa: E402  (needs the sys.path line above when ocspd is not installed)
+from tests.pg import PgServer, postgres_server  # noqa: E402  (likewise)
 
 STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL (ocspd drains for up to 10 s)
 READY_TIMEOUT = 60.0
@@ -656,29 +657,8 @@ def run_load(spec: LoadSpec, client: str, work_dir: Path, name: str = "load") ->
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-
-@dataclass
-class Postgres:
-    """A server the bench may create databases on; ``dsn`` names its maintenance database."""
-
-    dsn: str
-    origin: str
-
-    def dsn_for(self, dbname: str) -> str:
-        from psycopg2.extensions import make_dsn
-
-        return str(make_dsn(self.dsn, dbname=dbname))
-
-    def execute(self, sql: str, dbname: str | None = None) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.dsn_for(dbname) if dbname else self.dsn)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(sql)
-        finally:
-            conn.close()
+# The test suite's server handle: a DSN to create databases on, and where it came from.
+Postgres = PgServer
 
 
 @contextlib.contextmanager
@@ -688,11 +668,9 @@ def postgres(dsn: str | None = None) -> Iterator[Postgres]:
     if explicit:
         yield Postgres(explicit, "OCSPD_BENCH_DSN" if not dsn else "--dsn")
         return
-    from tests.pg import postgres_server
-
     log("starting PostgreSQL (tests/pg.py: a throwaway cluster, else the local server)")
     with postgres_server() as server:
-        yield Postgres(server.dsn, server.origin)
+        yield server
 
 
 @contextlib.contextmanager

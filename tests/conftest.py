@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient
 
 from ocspd.http import init_app
 from ocspd.store import Store
+from tests.faults import PgProxy
 from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki
-from tests.pg import PgServer, postgres_server
+from tests.pg import PgServer, postgres_server, socket_path
 
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -63,6 +64,15 @@ def pg_dsn(pg_server: PgServer, pg_template: str) -> Iterator[str]:
     name = pg_server.create_database(template=pg_template)
     yield pg_server.dsn_for(name)
     pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def proxy(pg_server: PgServer) -> AsyncIterator[PgProxy]:
+    """A TCP proxy in front of the test server that a test can cut and restore."""
+    proxy = PgProxy(socket_path(pg_server))
+    await proxy.start()
+    yield proxy
+    await proxy.close()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from ocspd.replication import LISTENER, STORE
 from tests.conftest import AppClient
 from tests.faults import PgProxy
 from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
-from tests.pg import PgServer, socket_path
+from tests.pg import PgServer
 
 Status = ocsp.OCSPCertStatus
 
@@ -209,86 +209,71 @@ async def test_terminated_listener_reconnects_and_no_good_is_served_after_a_revo
 
 
 async def test_while_the_channel_is_down_memory_answers_are_not_served(
-    ocspd_client: AppClient, db_pki: TestPki, pg_server: PgServer, pg_dsn: str
+    ocspd_client: AppClient, db_pki: TestPki, proxy: PgProxy, pg_dsn: str
 ) -> None:
     """Invariant 3: revocations made while LISTEN is down are not hidden by the memory tier."""
-    proxy = PgProxy(socket_path(pg_server))
-    await proxy.start()
-    try:
-        dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-        client = (
-            await start_replicas(
-                ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_LISTEN_DSN": proxy.dsn(dbname)}
-            )
-        )[0]
-        der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
-        assert await status_of(client, der, db_pki) == Status.GOOD
-        proxy.cut()  # the listener loses its connection and cannot come back
-        await eventually(lambda: _listener_down(client), what="listener loss noticed")
-        assert len(client.app[ENGINE].memory) == 0  # flushed on loss
-        sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
-        # No notification can arrive, yet the very next answer is revoked: read from Postgres.
-        assert await status_of(client, der, db_pki) == Status.REVOKED
-        await assert_never_good([client], der, db_pki, rounds=5)
-        assert len(client.app[ENGINE].memory) == 0  # nothing cached while the channel is down
-        proxy.restore()
-        await eventually(lambda: _listener_up(client), what="listener reconnected by itself")
-        await assert_never_good([client], der, db_pki, rounds=5)
-    finally:
-        await proxy.close()
+    dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
+    client = (
+        await start_replicas(
+            ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_LISTEN_DSN": proxy.dsn(dbname)}
+        )
+    )[0]
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    assert await status_of(client, der, db_pki) == Status.GOOD
+    proxy.cut()  # the listener loses its connection and cannot come back
+    await eventually(lambda: _listener_down(client), what="listener loss noticed")
+    assert len(client.app[ENGINE].memory) == 0  # flushed on loss
+    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+    # No notification can arrive, yet the very next answer is revoked: read from Postgres.
+    assert await status_of(client, der, db_pki) == Status.REVOKED
+    await assert_never_good([client], der, db_pki, rounds=5)
+    assert len(client.app[ENGINE].memory) == 0  # nothing cached while the channel is down
+    proxy.restore()
+    await eventually(lambda: _listener_up(client), what="listener reconnected by itself")
+    await assert_never_good([client], der, db_pki, rounds=5)
 
 
 async def test_store_outage_gives_try_later_for_uncached_keys_and_recovers(
-    ocspd_client: AppClient, db_pki: TestPki, pg_server: PgServer, pg_dsn: str
+    ocspd_client: AppClient, db_pki: TestPki, proxy: PgProxy, pg_dsn: str
 ) -> None:
     """Invariant 5: Postgres unreachable → tryLater (never a guess, never HTTP 500), then recovery."""
-    proxy = PgProxy(socket_path(pg_server))
-    await proxy.start()
-    try:
-        dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-        # The pool goes through the proxy; LISTEN stays direct, so cached answers remain trustworthy.
-        client = (
-            await start_replicas(
-                ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname),
-                                                "OCSPD_DATABASE_LISTEN_DSN": pg_dsn}
-            )
-        )[0]
-        cached = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
-        uncached = request_der(db_pki.leaves["revoked"].cert, db_pki.ca.cert)
-        assert await status_of(client, cached, db_pki) == Status.GOOD
-        proxy.cut()
-        assert await status_of(client, uncached, db_pki) == TRY_LATER
-        assert await status_of(client, cached, db_pki) == Status.GOOD  # memory, with the channel up
-        nonce = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert, nonce=b"n" * 16)
-        assert await status_of(client, nonce, db_pki) == TRY_LATER  # live signing needs the status
-        proxy.restore()
-        assert await status_of(client, uncached, db_pki) == Status.REVOKED
-        assert await status_of(client, nonce, db_pki) == Status.GOOD
-    finally:
-        await proxy.close()
+    dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
+    # The pool goes through the proxy; LISTEN stays direct, so cached answers remain trustworthy.
+    client = (
+        await start_replicas(
+            ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname),
+                                            "OCSPD_DATABASE_LISTEN_DSN": pg_dsn}
+        )
+    )[0]
+    cached = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    uncached = request_der(db_pki.leaves["revoked"].cert, db_pki.ca.cert)
+    assert await status_of(client, cached, db_pki) == Status.GOOD
+    proxy.cut()
+    assert await status_of(client, uncached, db_pki) == TRY_LATER
+    assert await status_of(client, cached, db_pki) == Status.GOOD  # memory, with the channel up
+    nonce = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert, nonce=b"n" * 16)
+    assert await status_of(client, nonce, db_pki) == TRY_LATER  # live signing needs the status
+    proxy.restore()
+    assert await status_of(client, uncached, db_pki) == Status.REVOKED
+    assert await status_of(client, nonce, db_pki) == Status.GOOD
 
 
 async def test_whole_database_outage_serves_nothing_from_memory(
-    ocspd_client: AppClient, db_pki: TestPki, pg_server: PgServer, pg_dsn: str
+    ocspd_client: AppClient, db_pki: TestPki, proxy: PgProxy, pg_dsn: str
 ) -> None:
     """When the listener shares the outage, even cached answers give way to tryLater (invariant 3)."""
-    proxy = PgProxy(socket_path(pg_server))
-    await proxy.start()
-    try:
-        dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-        client = (
-            await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname)})
-        )[0]
-        der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
-        assert await status_of(client, der, db_pki) == Status.GOOD
-        proxy.cut()
-        await eventually(lambda: _listener_down(client), what="listener loss noticed")
-        assert await status_of(client, der, db_pki) == TRY_LATER
-        proxy.restore()
-        await eventually(lambda: _listener_up(client), what="listener reconnected")
-        assert await status_of(client, der, db_pki) == Status.GOOD
-    finally:
-        await proxy.close()
+    dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
+    client = (
+        await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname)})
+    )[0]
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    assert await status_of(client, der, db_pki) == Status.GOOD
+    proxy.cut()
+    await eventually(lambda: _listener_down(client), what="listener loss noticed")
+    assert await status_of(client, der, db_pki) == TRY_LATER
+    proxy.restore()
+    await eventually(lambda: _listener_up(client), what="listener reconnected")
+    assert await status_of(client, der, db_pki) == Status.GOOD
 
 
 async def test_unmigrated_database_gives_try_later(

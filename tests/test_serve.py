@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +19,6 @@ from cryptography.x509 import ocsp
 from ocspd import pki
 from tests.faults import PgProxy
 from tests.helpers import TestPki, build_pki, request_der
-from tests.pg import PgServer, socket_path
 
 
 def free_port() -> int:
@@ -111,14 +109,6 @@ async def ask(session: aiohttp.ClientSession, url: str, der: bytes) -> ocsp.OCSP
     response = ocsp.load_der_ocsp_response(body)
     assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL, body
     return response
-
-
-@pytest.fixture
-async def proxy(pg_server: PgServer) -> AsyncIterator[PgProxy]:
-    proxy = PgProxy(socket_path(pg_server))
-    await proxy.start()
-    yield proxy
-    await proxy.close()
 
 
 @pytest.mark.timeout(120)
