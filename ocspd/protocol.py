@@ -10,7 +10,6 @@ import base64
 import binascii
 import datetime as dt
 import email.utils
-import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -169,11 +168,6 @@ def decode_get_path(tail: str) -> bytes:
 def http_date(moment: dt.datetime) -> str:
     """RFC 9110 IMF-fixdate of an aware datetime."""
     return email.utils.format_datetime(moment.astimezone(dt.UTC), usegmt=True)
-
-
-def etag_of(der: bytes) -> str:
-    """Strong ETag: the hex SHA-256 of the response body (RFC 9919 §6)."""
-    return '"' + hashlib.sha256(der).hexdigest() + '"'
 
 
 def cache_control(next_update_ts: float, now: float) -> str:

@@ -199,9 +199,11 @@ class Supervisor:
                 continue
             ready = ready and bool(report.get("ready"))
             degraded = degraded or bool(report.get("degraded"))
-            state = "ready" if report.get("ready") else "not ready"
-            details = "; ".join(str(c) for c in report.get("checks", []) if not str(c).endswith("loaded"))  # type: ignore[attr-defined]
-            checks.append(f"worker {worker.slot} (pid {pid}): {state}" + (f" ({details})" if details else ""))
+            state = "degraded" if report.get("degraded") else "ready" if report.get("ready") else "not ready"
+            checks.append(f"worker {worker.slot} (pid {pid}): {state}")
+            if state != "ready":  # say why, in the worker's own words
+                raw = report.get("checks")
+                checks.extend(f"  {line}" for line in (raw if isinstance(raw, list) else []))
         return Readiness(ready, degraded, checks)
 
 
