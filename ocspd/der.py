@@ -47,8 +47,9 @@ def integer(value: int) -> bytes:
 def oid(dotted: str) -> bytes:
     """A DER OBJECT IDENTIFIER from its dotted form."""
     arcs = [int(a) for a in dotted.split(".")]
-    out = bytearray((40 * arcs[0] + arcs[1],))
-    for arc in arcs[2:]:
+    out = bytearray()
+    # The first two arcs share one subidentifier (X.690 §8.19.4), which may exceed 127.
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
         chunk = [arc & 0x7F]
         arc >>= 7
         while arc:

@@ -1,0 +1,113 @@
+"""The signer's one-CertID responses are byte for byte what cryptography's
+OCSPResponseBuilder makes (ocspd/der.py encodes them itself, for speed)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from ocspd import der
+from ocspd.protocol import CertId
+from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
+from tests.helpers import build_pki, verify_response
+
+THIS = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.UTC)
+NEXT = THIS + dt.timedelta(hours=24)
+
+ANSWERS = {
+    "good": Answer("good"),
+    "unknown": Answer("unknown"),
+    "revoked": Answer(
+        "revoked", dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), x509.ReasonFlags.key_compromise
+    ),
+    "revoked-no-reason": Answer("revoked", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
+    "revoked-remove-from-crl": Answer(
+        "revoked", dt.datetime(2026, 1, 2, tzinfo=dt.UTC), x509.ReasonFlags.remove_from_crl
+    ),
+    "extended-revoke": Answer("revoked", EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, True),
+}
+SERIALS = [1, 0x80, 0x7F, 0xFF00FF00FF00FF00FF00, (1 << 159) | 12345]
+
+
+def both(signer: Signer, certid: CertId, answer: Answer, nonce: bytes | None) -> tuple[bytes, bytes]:
+    """Ours and the builder's, produced in the same second (producedAt is "now")."""
+    for _ in range(5):
+        ours = signer._sign_one(certid, answer, THIS, NEXT, nonce)
+        reference = signer._sign_one_with_builder(certid, answer, THIS, NEXT, nonce)
+        a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
+        if a.produced_at_utc == b.produced_at_utc:
+            return ours, reference
+    raise AssertionError("could not build both within one second")
+
+
+@pytest.mark.parametrize(
+    ("key_type", "delegated", "responder_id"),
+    [
+        ("p256", True, "key"),
+        ("p384", True, "name"),
+        ("rsa2048", True, "key"),
+        ("rsa2048", False, "name"),
+        ("ed25519", True, "key"),
+        ("ed25519", False, "key"),
+    ],
+)
+def test_template_response_equals_the_builders(
+    tmp_path: Path, key_type: str, delegated: bool, responder_id: str
+) -> None:
+    test_pki = build_pki(
+        tmp_path, key_type=key_type, delegated=delegated,  # type: ignore[arg-type]
+        issuer_extra=f'responder_id = "{responder_id}"',
+    )
+    signer = load_signers(test_pki.config())["test-ca"]
+    deterministic = key_type in ("rsa2048", "ed25519")  # ECDSA signatures are randomised
+    for (answer_name, answer), hash_name, serial, nonce in itertools.product(
+        ANSWERS.items(), ("sha1", "sha256", "sha384", "sha512"), SERIALS[:2], (None, b"n" * 32)
+    ):
+        name_hash, key_hash = signer.certid_hashes[hash_name]
+        ours, reference = both(signer, CertId(hash_name, name_hash, key_hash, serial), answer, nonce)
+        what = f"{answer_name} {hash_name} {serial:x} nonce={nonce is not None}"
+        if deterministic:
+            assert ours == reference, what
+        else:
+            a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
+            assert a.tbs_response_bytes == b.tbs_response_bytes, what
+            assert a.signature_algorithm_oid == b.signature_algorithm_oid
+            assert a.certificates == b.certificates
+            assert len(ours) - len(a.signature) == len(reference) - len(b.signature)
+        verify_response(ours, test_pki)
+
+
+@pytest.mark.parametrize("serial", SERIALS)
+def test_serial_encodings_match(tmp_path: Path, serial: int) -> None:
+    test_pki = build_pki(tmp_path, key_type="ed25519")
+    signer = load_signers(test_pki.config())["test-ca"]
+    name_hash, key_hash = signer.certid_hashes["sha1"]
+    ours, reference = both(signer, CertId("sha1", name_hash, key_hash, serial), ANSWERS["good"], None)
+    assert ours == reference
+    assert ocsp.load_der_ocsp_response(ours).serial_number == serial
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 255, 256, -1, -128, -129, 1 << 64])
+def test_der_integer_matches_asn1crypto(value: int) -> None:
+    from asn1crypto.core import Integer
+
+    assert der.integer(value) == Integer(value).dump()
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 255, 256, 65535, 65536])
+def test_der_length_matches_asn1crypto(size: int) -> None:
+    from asn1crypto.core import OctetString
+
+    assert der.octet_string(b"x" * size) == OctetString(b"x" * size).dump()
+
+
+def test_der_oid_matches_asn1crypto() -> None:
+    from asn1crypto.core import ObjectIdentifier
+
+    for dotted in ("1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1", "1.2.840.113549.1.1.11", "1.3.101.112", "2.999.3"):
+        assert der.oid(dotted) == ObjectIdentifier(dotted).dump()
