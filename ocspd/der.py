@@ -12,6 +12,7 @@ Several CertIDs in one request still go through asn1crypto (signer.py).
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 
 def length(n: int) -> bytes:
@@ -59,9 +60,24 @@ def oid(dotted: str) -> bytes:
     return tlv(0x06, bytes(out))
 
 
+_TIMES: dict[int, bytes] = {}
+_TIMES_MAX = 4096
+
+
 def generalized_time(moment: dt.datetime) -> bytes:
-    """GeneralizedTime in whole seconds, UTC (RFC 5280 §4.1.2.5.2)."""
-    return tlv(0x18, moment.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    """GeneralizedTime in whole seconds, UTC (RFC 5280 §4.1.2.5.2).
+
+    Remembered per second: the responses signed in one second share their
+    producedAt, thisUpdate and nextUpdate, and strftime is not cheap.
+    """
+    second = math.floor(moment.timestamp())
+    found = _TIMES.get(second)
+    if found is None:
+        if len(_TIMES) >= _TIMES_MAX:
+            _TIMES.clear()
+        text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y%m%d%H%M%SZ")
+        found = _TIMES[second] = tlv(0x18, text.encode("ascii"))
+    return found
 
 
 def explicit(number: int, content: bytes) -> bytes:

@@ -111,13 +111,8 @@ class Engine:
         self._echo_nonce = config.responses.nonce == "echo"
         self._max_certids = config.responses.max_certids_per_request
         self._max_signing = config.responses.max_inflight_signatures
-        self.metrics.bind_issuers((i.config.id, i.signer.key_type) for i in self.issuers.values())
-        self._signed = {
-            i.config.id: (self.metrics.signatures.labels(i.config.id, i.signer.key_type),
-                          self.metrics.signing_seconds.labels(i.config.id),
-                          self.metrics.signature_errors.labels(i.config.id))
-            for i in self.issuers.values()
-        }  # fmt: skip
+        config_issuers = self.issuers.values()
+        self._signed = {i.config.id: self.metrics.signing(i.config.id, i.signer.key_type) for i in config_issuers}
 
     def reload(self, config: Config, signers: Mapping[str, Signer]) -> list[str]:
         """Switch to a new config and signers without a restart; returns the issuers whose answers changed.
@@ -202,10 +197,10 @@ class Engine:
                 stored = lookup.stored
                 if stored is not None and self.clock() < stored.refresh_at:
                     entry, tier = stored, POSTGRES
-                    self.metrics.postgres_hit.inc()
+                    self.metrics.postgres_hit.n += 1
                 else:
                     if issuer.needs_channel:
-                        self.metrics.postgres_miss.inc()
+                        self.metrics.postgres_miss.n += 1
                     entry, tier = self.sign_entry(issuer, certid, lookup.status), SIGNED
                     # A status change since we read it (an invalidation arrived,
                     # or the store refused the write-back): read again.
@@ -261,7 +256,7 @@ class Engine:
             errors.inc()
             raise
         seconds.observe(time.perf_counter() - started)
-        counter.inc()
+        counter.n += 1
         return der
 
     def sign_stored(self, issuer_id: str, serial: int, hash_name: str, status: CertStatus) -> Entry:
@@ -354,8 +349,6 @@ class _Slot:
 
     def __enter__(self) -> None:
         self._engine.signing += 1
-        self._engine.metrics.inflight_signatures.inc()
 
     def __exit__(self, *exc: object) -> None:
         self._engine.signing -= 1
-        self._engine.metrics.inflight_signatures.dec()

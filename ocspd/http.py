@@ -172,6 +172,7 @@ def update_gauges(app: web.Application) -> None:
     metrics.flush()
     metrics.memory_entries.set(len(engine.memory))
     metrics.memory_bytes.set(engine.memory.bytes)
+    metrics.inflight_signatures.set(engine.signing)
     listener = app.get(LISTENER)
     if listener is not None:
         metrics.listener_connected.set(1 if listener.connected else 0)

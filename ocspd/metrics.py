@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -152,19 +151,27 @@ class Metrics:
         self.request_latency = {m: Timing(self.request_seconds.labels(m)) for m in METHODS}
         self.memory_hit = Tally(self.cache_lookups.labels("memory", "hit"))
         self.memory_miss = Tally(self.cache_lookups.labels("memory", "miss"))
+        self.postgres_hit = Tally(self.cache_lookups.labels("postgres", "hit"))
+        self.postgres_miss = Tally(self.cache_lookups.labels("postgres", "miss"))
         self._tallies: list[Tally | Timing] = [
             *self.request_counter.values(), *self.request_latency.values(), self.memory_hit, self.memory_miss,
+            self.postgres_hit, self.postgres_miss,
         ]
-        self.postgres_hit = self.cache_lookups.labels("postgres", "hit")
-        self.postgres_miss = self.cache_lookups.labels("postgres", "miss")
+        self._signing: dict[tuple[str, str], tuple[Tally, Timing, Counter]] = {}
         self.invalidation = {cause: self.invalidations.labels(cause) for cause in INVALIDATION_CAUSES}
 
-    def bind_issuers(self, issuers: Iterable[tuple[str, str]]) -> None:
-        """Create the per-issuer series up front, so they show as 0 before the first signature."""
-        for issuer_id, key_type in issuers:
-            self.signatures.labels(issuer_id, key_type)
-            self.signature_errors.labels(issuer_id)
-            self.signing_seconds.labels(issuer_id)
+    def signing(self, issuer_id: str, key_type: str) -> tuple[Tally, Timing, Counter]:
+        """The signature count, signing time and error counter of an issuer's key.
+
+        Created on first use (so the series show as 0 before the first signature).
+        """
+        found = self._signing.get((issuer_id, key_type))
+        if found is None:
+            count = Tally(self.signatures.labels(issuer_id, key_type))
+            timing = Timing(self.signing_seconds.labels(issuer_id))
+            found = self._signing[(issuer_id, key_type)] = (count, timing, self.signature_errors.labels(issuer_id))
+            self._tallies += [count, timing]
+        return found
 
     def flush(self) -> None:
         """Add the hot-path tallies to the Prometheus metrics."""

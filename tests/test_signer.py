@@ -111,3 +111,19 @@ def test_der_oid_matches_asn1crypto() -> None:
 
     for dotted in ("1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1", "1.2.840.113549.1.1.11", "1.3.101.112", "2.999.3"):
         assert der.oid(dotted) == ObjectIdentifier(dotted).dump()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=dt.UTC),
+        dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+        dt.datetime(2051, 6, 1, tzinfo=dt.UTC),
+    ],
+)
+def test_der_generalized_time_matches_asn1crypto(moment: dt.datetime) -> None:
+    from asn1crypto.core import GeneralizedTime
+
+    assert der.generalized_time(moment) == GeneralizedTime(moment.replace(microsecond=0)).dump()
+    assert der.generalized_time(moment) == der.generalized_time(moment)  # remembered, same bytes
