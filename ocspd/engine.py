@@ -192,6 +192,8 @@ class Engine:
         with self._signing_slot():
             for _ in range(MAX_PRODUCTION_ROUNDS):
                 flight.stale = False
+                # A reload (new key) marks flights stale: each round signs with the current signer.
+                issuer = self.issuers.get(issuer.config.id, issuer)
                 issuer_id, signer = issuer.config.id, issuer.signer
                 lookup = await issuer.source.fetch(issuer_id, certid.serial, certid.hash_name, signer.fingerprint)
                 stored = lookup.stored
