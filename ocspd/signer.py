@@ -37,19 +37,6 @@ EXTENDED_REVOKE_OID = ObjectIdentifier("1.3.6.1.5.5.7.48.1.9")
 # RFC 6960 §2.2: an "extended revoked" answer for a serial never issued.
 EXTENDED_REVOKE_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
-
-_STATUS = {
-    "good": ocsp.OCSPCertStatus.GOOD,
-    "revoked": ocsp.OCSPCertStatus.REVOKED,
-    "unknown": ocsp.OCSPCertStatus.UNKNOWN,
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -150,7 +137,7 @@ class Signer:
     ) -> bytes:
         """One SingleResponse: the precomputed parts, the CertID, status and times, and the signature.
 
-        The same bytes OCSPResponseBuilder would produce (tests/test_signer.py
+        The same bytes cryptography's OCSPResponseBuilder produces (tests/test_signer.py
         compares them), at a fraction of its cost (see ocspd/der.py).
         """
         cert_id = der.sequence(
@@ -187,38 +174,6 @@ class Signer:
             tbs, self._signature_id, der.tlv(0x03, b"\x00" + self._raw_sign(tbs)), self._certs_der
         )
         return der.sequence(b"\x0a\x01\x00", der.explicit(0, der.sequence(_BASIC_OID, der.octet_string(basic))))
-
-    def _sign_one_with_builder(
-        self,
-        certid: CertId,
-        answer: Answer,
-        this_update: dt.datetime,
-        next_update: dt.datetime,
-        nonce: bytes | None,
-    ) -> bytes:
-        """The same response through cryptography's OCSPResponseBuilder: the reference the tests compare with."""
-        builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-            certid.name_hash,
-            certid.key_hash,
-            certid.serial,
-            _HASHES[certid.hash_name](),
-            _STATUS[answer.status],
-            this_update,
-            next_update,
-            answer.revoked_at,
-            answer.reason if answer.status == "revoked" else None,
-        )
-        builder = builder.responder_id(self._encoding, self._signing_cert)
-        if self._certs:
-            builder = builder.certificates(self._certs)
-        if nonce is not None:
-            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-        if answer.extended_revoke:
-            builder = builder.add_extension(
-                x509.UnrecognizedExtension(EXTENDED_REVOKE_OID, b"\x05\x00"), critical=False
-            )
-        response = builder.sign(self._key, self._hash)
-        return response.public_bytes(serialization.Encoding.DER)
 
     def _sign_many(
         self,

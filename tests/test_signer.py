@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from ocspd import der
+from ocspd import der, pki
 from ocspd.protocol import CertId
-from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
-from tests.helpers import build_pki, verify_response
+from ocspd.signer import EXTENDED_REVOKE_OID, EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
+from tests.helpers import TestPki, build_pki, verify_response
 
 THIS = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.UTC)
 NEXT = THIS + dt.timedelta(hours=24)
@@ -34,11 +35,32 @@ ANSWERS = {
 SERIALS = [1, 0x80, 0x7F, 0xFF00FF00FF00FF00FF00, (1 << 159) | 12345]
 
 
-def both(signer: Signer, certid: CertId, answer: Answer, nonce: bytes | None) -> tuple[bytes, bytes]:
+def with_builder(test_pki: TestPki, responder_id: str, certid: CertId, answer: Answer, nonce: bytes | None) -> bytes:
+    """The same response through cryptography's OCSPResponseBuilder: the reference."""
+    identity = test_pki.responder or test_pki.ca
+    builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
+        certid.name_hash, certid.key_hash, certid.serial, getattr(hashes, certid.hash_name.upper())(),
+        getattr(ocsp.OCSPCertStatus, answer.status.upper()), THIS, NEXT, answer.revoked_at,
+        answer.reason if answer.status == "revoked" else None,
+    )
+    encoding = ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
+    builder = builder.responder_id(encoding, identity.cert)
+    if test_pki.responder is not None:
+        builder = builder.certificates([test_pki.responder.cert])
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    if answer.extended_revoke:
+        builder = builder.add_extension(x509.UnrecognizedExtension(EXTENDED_REVOKE_OID, b"\x05\x00"), critical=False)
+    return builder.sign(identity.key, pki.sign_hash(identity.key)).public_bytes(serialization.Encoding.DER)
+
+
+def both(
+    test_pki: TestPki, signer: Signer, certid: CertId, answer: Answer, nonce: bytes | None, responder_id: str = "key"
+) -> tuple[bytes, bytes]:
     """Ours and the builder's, produced in the same second (producedAt is "now")."""
     for _ in range(5):
-        ours = signer._sign_one(certid, answer, THIS, NEXT, nonce)
-        reference = signer._sign_one_with_builder(certid, answer, THIS, NEXT, nonce)
+        ours = signer.sign((certid,), (answer,), THIS, NEXT, nonce)
+        reference = with_builder(test_pki, responder_id, certid, answer, nonce)
         a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
         if a.produced_at_utc == b.produced_at_utc:
             return ours, reference
@@ -69,7 +91,9 @@ def test_template_response_equals_the_builders(
         ANSWERS.items(), ("sha1", "sha256", "sha384", "sha512"), SERIALS[:2], (None, b"n" * 32)
     ):
         name_hash, key_hash = signer.certid_hashes[hash_name]
-        ours, reference = both(signer, CertId(hash_name, name_hash, key_hash, serial), answer, nonce)
+        ours, reference = both(
+            test_pki, signer, CertId(hash_name, name_hash, key_hash, serial), answer, nonce, responder_id
+        )
         what = f"{answer_name} {hash_name} {serial:x} nonce={nonce is not None}"
         if deterministic:
             assert ours == reference, what
@@ -87,7 +111,7 @@ def test_serial_encodings_match(tmp_path: Path, serial: int) -> None:
     test_pki = build_pki(tmp_path, key_type="ed25519")
     signer = load_signers(test_pki.config())["test-ca"]
     name_hash, key_hash = signer.certid_hashes["sha1"]
-    ours, reference = both(signer, CertId("sha1", name_hash, key_hash, serial), ANSWERS["good"], None)
+    ours, reference = both(test_pki, signer, CertId("sha1", name_hash, key_hash, serial), ANSWERS["good"], None)
     assert ours == reference
     assert ocsp.load_der_ocsp_response(ours).serial_number == serial
 
