@@ -284,3 +284,39 @@ async def test_expired_response_is_never_served(ocspd_client: AppClient, test_pk
     assert signers["test-ca"].count == 2
     assert first != second
     assert verify_response(second, test_pki).next_update_utc.timestamp() > clock.now  # type: ignore[union-attr]
+
+
+async def test_production_caught_by_a_reload_signs_with_the_new_key(
+    ocspd_client: AppClient, test_pki: TestPki
+) -> None:
+    """A miss under way when SIGHUP brings a new responder key must not cache an old-key answer."""
+    from ocspd import pki
+    from ocspd.http import reload_app
+
+    client = await ocspd_client(test_pki)
+    engine = client.app[ENGINE]  # type: ignore[index]
+    source = engine.issuers["test-ca"].source
+    real_fetch = source.fetch
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_fetch(*args: Any) -> Any:
+        lookup = await real_fetch(*args)
+        if not release.is_set():
+            entered.set()
+            await release.wait()
+        return lookup
+
+    source.fetch = held_fetch
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    request = asyncio.create_task(client.post("/", data=der))
+    await asyncio.wait_for(entered.wait(), 10)
+    rolled = pki.make_responder(test_pki.ca, common_name="rolled responder")
+    assert test_pki.responder_path is not None
+    pki.write_cert(test_pki.responder_path, rolled.cert)
+    pki.write_key(test_pki.key_path, rolled.key)
+    assert reload_app(client.app, test_pki.config()) == ["test-ca"]
+    release.set()
+    body = await (await request).read()
+    assert ocsp.load_der_ocsp_response(body).certificates == [rolled.cert]
+    cached = engine.memory.get(engine.key("test-ca", "sha1", test_pki.leaves["good"].cert.serial_number))
+    assert cached is not None and ocsp.load_der_ocsp_response(cached.der).certificates == [rolled.cert]
