@@ -58,14 +58,16 @@ _WINDOWS: dict[tuple[float, float], Window] = {}
 _WINDOWS_MAX = 4096  # distinct windows remembered; entries keep their own references
 
 
-def window(this_update: dt.datetime, next_update: dt.datetime) -> Window:
-    """The interned Window of two aware datetimes."""
-    key = (this_update.timestamp(), next_update.timestamp())
+def window(this_ts: float, next_ts: float) -> Window:
+    """The interned Window of two POSIX timestamps."""
+    key = (this_ts, next_ts)
     found = _WINDOWS.get(key)
     if found is None:
         if len(_WINDOWS) >= _WINDOWS_MAX:
             _WINDOWS.clear()
-        found = _WINDOWS[key] = Window(Stamp(key[0], http_date(this_update)), Stamp(key[1], http_date(next_update)))
+        this_text = http_date(dt.datetime.fromtimestamp(this_ts, dt.UTC))
+        next_text = http_date(dt.datetime.fromtimestamp(next_ts, dt.UTC))
+        found = _WINDOWS[key] = Window(Stamp(this_ts, this_text), Stamp(next_ts, next_text))
     return found
 
 
@@ -85,7 +87,16 @@ class Entry:
     def __init__(self, der: bytes, status: str, this_update: dt.datetime, next_update: dt.datetime) -> None:
         self.blob = der + hashlib.sha256(der).digest()
         self.status = status
-        self.window = window(this_update, next_update)
+        self.window = window(this_update.timestamp(), next_update.timestamp())
+
+    @classmethod
+    def at(cls, der: bytes, status: str, this_ts: float, next_ts: float) -> Entry:
+        """An entry from POSIX timestamps (as the store reads them)."""
+        entry = cls.__new__(cls)
+        entry.blob = der + hashlib.sha256(der).digest()
+        entry.status = status
+        entry.window = window(this_ts, next_ts)
+        return entry
 
     @property
     def der(self) -> bytes:
