@@ -52,8 +52,11 @@ INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
 INDEX_POLL_SECONDS = 0.5
 # How often the memory-tier gauges are brought up to date (and expired entries swept).
 GAUGE_SECONDS = 1.0
-# Raw requests remembered for the hit path (each ~200 bytes).
-KNOWN_REQUESTS_MAX = 65536
+# Raw requests remembered for the hit path. Real ones are ~70-150 bytes; a
+# larger valid request (extensions, a request signature) is simply not
+# remembered, so the map stays within ~20 MB whatever clients send.
+KNOWN_REQUESTS_MAX = 32768
+KNOWN_REQUEST_MAX_BYTES = 512
 
 
 def init_app(
@@ -287,6 +290,8 @@ class _Handlers:
         return response
 
     def _remember(self, raw: bytes | str, cacheable: tuple[int, Issuer]) -> None:
+        if len(raw) > KNOWN_REQUEST_MAX_BYTES:
+            return
         known = self._known
         if len(known) >= KNOWN_REQUESTS_MAX:
             # Bounded; dropping all at once is simpler than an LRU and the

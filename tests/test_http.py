@@ -369,3 +369,37 @@ async def test_mutated_requests_never_cause_an_internal_error(ocspd_client: AppC
             parsed = ocsp.load_der_ocsp_response(body)
             assert parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL, bytes(data).hex()
     assert seen == {MALFORMED_REQUEST, UNAUTHORIZED, b"successful"}  # every outcome was exercised
+
+
+async def test_remembered_requests_stay_bounded(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    """Invariant 6: the raw-request map of the hit path never grows past its bounds."""
+    from asn1crypto import ocsp as asn1_ocsp
+    from cryptography.hazmat.primitives import serialization
+
+    from ocspd import http
+
+    client = await ocspd_client(test_pki)
+    known = client.app[http.ENGINE].known_requests  # type: ignore[index]
+    small = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    # The same CertID with a large extension: valid and cacheable, but over the byte bound.
+    padded = asn1_ocsp.OCSPRequest.load(small)
+    padded["tbs_request"]["request_extensions"] = [
+        {"extn_id": "1.3.6.1.4.1.99999.1", "critical": False, "extn_value": b"x" * 2000}
+    ]
+    large = padded.dump(force=True)
+    _, body = await post(client, large)
+    assert verify_response(body, test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert len(known) == 0
+    await post(client, small)
+    assert small in known
+    req = ocsp.load_der_ocsp_request(small)
+    old_max, http.KNOWN_REQUESTS_MAX = http.KNOWN_REQUESTS_MAX, 3
+    try:
+        for serial in range(0x5000, 0x500A):
+            builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+                req.issuer_name_hash, req.issuer_key_hash, serial, hashes.SHA1()
+            )
+            await post(client, builder.build().public_bytes(serialization.Encoding.DER))
+            assert len(known) <= 3
+    finally:
+        http.KNOWN_REQUESTS_MAX = old_max
