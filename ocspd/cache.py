@@ -16,7 +16,7 @@ import hashlib
 import itertools
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ocspd.protocol import http_date
 
@@ -232,42 +232,56 @@ class Flight:
         self.stale = False
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class Singleflight(Generic[T]):
     """Per-key deduplication of concurrent work.
 
-    The work runs in a task of its own, so a caller that is cancelled (its
-    client went away) neither cancels it for the others nor leaves an entry
-    behind; the table entry is removed when the work ends, however it ends.
+    The first caller for a key (the leader) runs the work itself, in its own
+    task: no task is created for the common case of a miss nobody else waits
+    for. Later callers wait on a future the leader resolves. If the leader is
+    cancelled (its client went away), a waiter takes over and runs the work;
+    the table entry is removed when the work ends, however it ends.
     """
 
     def __init__(self) -> None:
-        self._flights: dict[Hashable, tuple[Flight, asyncio.Task[T]]] = {}
+        self._flights: dict[Hashable, tuple[Flight, asyncio.Future[T]]] = {}
 
     async def do(self, key: Hashable, work: Callable[[Flight], Awaitable[T]]) -> T:
         """Run ``work`` for key unless a run is already in flight; share its result."""
-        current = self._flights.get(key)
-        if current is None:
-            flight = Flight()
-            task = asyncio.ensure_future(self._run(key, flight, work))
-            # If every caller was cancelled nobody reads the outcome; mark it
-            # retrieved so asyncio does not log it as lost.
-            task.add_done_callback(_retrieve)
-            self._flights[key] = (flight, task)
-        else:
-            task = current[1]
-        return await asyncio.shield(task)
-
-    async def _run(self, key: Hashable, flight: Flight, work: Callable[[Flight], Awaitable[T]]) -> T:
-        try:
-            return await work(flight)
-        finally:
+        while True:
             current = self._flights.get(key)
-            if current is not None and current[0] is flight:
+            if current is None:
+                break
+            future = current[1]
+            try:
+                # shield: a waiter that is cancelled must not cancel the others' result.
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if future.cancelled() and not _cancelling():
+                    continue  # the leader was cancelled, not us: take over
+                raise
+        entry = (Flight(), asyncio.get_running_loop().create_future())
+        flight, future = entry
+        self._flights[key] = entry
+        try:
+            result = await work(flight)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: there may be no waiter to read it
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            if self._flights.get(key) is entry:
                 del self._flights[key]
 
     def invalidate(self, keys: Iterable[Hashable]) -> None:
@@ -291,6 +305,6 @@ class Singleflight(Generic[T]):
 
     async def drain(self) -> None:
         """Wait for every flight in progress to end (used at shutdown and in tests)."""
-        tasks: list[asyncio.Task[Any]] = [t for _, t in self._flights.values()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        futures = [f for _, f in self._flights.values()]
+        if futures:
+            await asyncio.wait(futures)
