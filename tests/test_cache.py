@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
@@ -208,17 +209,49 @@ async def test_200_concurrent_misses_for_one_key_make_one_signature(
 ) -> None:
     signers = counting_signers(test_pki)
     client = await ocspd_client(test_pki, signers=signers)
+    engine = client.app[ENGINE]  # type: ignore[index]
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    # Hold the status read until all 200 requests have missed the memory tier,
+    # so that they really are concurrent misses, not hits on a fast first answer.
+    gate = asyncio.Event()
+    source = engine.issuers["test-ca"].source
+    real_fetch = source.fetch
+
+    async def gated_fetch(*args: Any) -> Any:
+        await gate.wait()
+        return await real_fetch(*args)
+
+    source.fetch = gated_fetch
+    arrived = 0
+    real_do = engine.flights.do
+
+    async def counted_do(*args: Any) -> Any:
+        nonlocal arrived
+        arrived += 1
+        return await real_do(*args)
+
+    engine.flights.do = counted_do
+    # 200 connections at once (the test client's pool stops at 100).
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def one() -> bytes:
-        resp = await client.post("/", data=der)
-        return await resp.read()
+        async with session.post(client.make_url("/"), data=der) as resp:
+            return await resp.read()
 
-    bodies = await asyncio.gather(*(one() for _ in range(200)))
+    requests = [asyncio.create_task(one()) for _ in range(200)]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while arrived < 200:
+        assert loop.time() < deadline, f"only {arrived} misses arrived"
+        await asyncio.sleep(0.001)
+    assert len(engine.flights) == 1
+    gate.set()
+    bodies = await asyncio.gather(*requests)
+    await session.close()
     assert signers["test-ca"].count == 1
     assert len(set(bodies)) == 1
     assert verify_response(bodies[0], test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
-    assert len(client.app[ENGINE].flights) == 0  # type: ignore[index]
+    assert len(engine.flights) == 0
 
 
 async def test_signer_error_is_internal_error_and_leaves_no_flight(
