@@ -124,14 +124,6 @@ class Entry:
         """Strong ETag: the hex SHA-256 of the body (RFC 9919 §6)."""
         return '"' + self.blob[-DIGEST:].hex() + '"'
 
-    @property
-    def last_modified(self) -> str:
-        return self.window.this.http
-
-    @property
-    def expires(self) -> str:
-        return self.window.next.http
-
     def __repr__(self) -> str:
         return f"<Entry {self.status} {len(self.blob) - DIGEST}B>"
 
@@ -213,9 +205,6 @@ class MemoryTier:
     def keys(self) -> list[Hashable]:
         """A snapshot of the keys held (expired ones included)."""
         return list(self._entries)
-
-    def __contains__(self, key: Hashable) -> bool:
-        return self.get(key) is not None
 
     @property
     def bytes(self) -> int:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from ocspd.exceptions import OcspdError
 from ocspd.health import Readiness
 from ocspd.logs import event
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
+from ocspd.signer import Signer
 
 log = logging.getLogger("ocspd.server")
 
@@ -36,11 +37,9 @@ SHUTDOWN_TIMEOUT = 10.0
 WORKER_REPORT_SECONDS = 1.0
 
 
-def summary(config: Config) -> None:
+def summary(config: Config, signers: Mapping[str, Signer]) -> None:
     """The start-up summary: issuers, key types, listeners, tiers (never a key or passphrase)."""
-    from ocspd.signer import load_signers
-
-    for issuer_id, signer in load_signers(config).items():
+    for issuer_id, signer in signers.items():
         issuer = next(i for i in config.issuers if i.id == issuer_id)
         event(
             log, "issuer", id=issuer_id, key_type=signer.key_type,
@@ -77,10 +76,12 @@ class Process:
         self.notifier = Notifier(None) if worker_fd is not None else Notifier.from_env()
 
     async def run(self) -> None:
-        from ocspd.http import METRICS, app_readiness, init_admin_app, init_app, reload_app
+        from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app, init_app, reload_app
         from ocspd.replication import LISTENER
 
-        app = init_app(self.config)
+        app = init_app(self.config)  # keys are loaded here, once
+        if self.worker_fd is None:
+            summary(self.config, {issuer_id: i.signer for issuer_id, i in app[ENGINE].issuers.items()})
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False)
         admin_runner: web.AppRunner | None = None
         stop = asyncio.Event()
@@ -167,8 +168,6 @@ def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = N
         from ocspd.workers import Supervisor
 
         return Supervisor(config_path, config).run()
-    if worker_fd is None:
-        summary(config)
     _use_uvloop()
     asyncio.run(Process(config_path, config, worker_fd=worker_fd).run())
     return 0

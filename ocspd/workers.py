@@ -70,6 +70,11 @@ class Supervisor:
 
     async def _main(self) -> None:
         from ocspd.http import init_admin_app
+        from ocspd.server import summary
+        from ocspd.signer import load_signers
+
+        # Keys are checked here once, so that a bad one fails before any worker starts.
+        summary(self.config, load_signers(self.config))
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

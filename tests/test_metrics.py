@@ -215,9 +215,10 @@ async def test_logs_never_contain_key_material(
     ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
 ) -> None:
     from ocspd.server import summary
+    from ocspd.signer import load_signers
 
     with caplog.at_level(logging.DEBUG):
-        summary(test_pki.config())
+        summary(test_pki.config(), load_signers(test_pki.config()))
         client = await ocspd_client(test_pki, env={"OCSPD_LOG_REQUESTS": "true"})
         await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
         await asyncio.sleep(0)
