@@ -110,10 +110,12 @@ def init_app(
                 heartbeat=heartbeat,
             )
         )
-    handlers = _Handlers(engine, metrics, config, clock)
-    prefix = config.server.path_prefix
-    app.router.add_post(prefix, handlers.post)
-    app.router.add_get(prefix + "{tail:.*}", handlers.get)
+    handlers = OcspHandlers(engine, metrics, config, clock)
+    app[HANDLERS] = handlers
+    # ocspd serves these through front.OcspRunner, which calls the same
+    # handlers without the router; the routes keep the app servable by AppRunner.
+    app.router.add_post(handlers.prefix, handlers.post)
+    app.router.add_get(handlers.prefix + "{tail:.*}", handlers.get)
     return app
 
 
@@ -197,7 +199,7 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-class _Handlers:
+class OcspHandlers:
     """The OCSP handlers. The hit path is kept short on purpose (SPEC §7).
 
     A request seen before (the same POST body, the same GET path) is mapped
@@ -207,7 +209,9 @@ class _Handlers:
 
     def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
         self._engine = engine
-        self._prefix_len = len(config.server.path_prefix)
+        self.prefix = config.server.path_prefix
+        self.max_request_bytes = config.server.max_request_bytes
+        self._prefix_len = len(self.prefix)
         self._clock = clock
         self._count = metrics.request_counter
         self._hit_post = metrics.request_counter[("POST", "successful")]
@@ -217,7 +221,7 @@ class _Handlers:
         # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
         self._known = engine.known_requests
 
-    async def post(self, request: web.Request) -> web.StreamResponse:
+    async def post(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         # A wrong Content-Type is tolerated when the body parses (SPEC §2).
         try:
@@ -235,7 +239,7 @@ class _Handlers:
                 return response
         return await self._answer(request, body, None, "POST", started, body)
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
         raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
@@ -255,9 +259,9 @@ class _Handlers:
 
     async def _answer(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         der: bytes,
-        conditional: web.Request | None,
+        conditional: web.BaseRequest | None,
         method: str,
         started: float,
         raw: bytes | str,
@@ -309,7 +313,7 @@ class _Handlers:
             "ETag": entry.etag,
         }
 
-    def _ok(self, entry: Entry, conditional: web.Request | None) -> tuple[web.Response, str]:
+    def _ok(self, entry: Entry, conditional: web.BaseRequest | None) -> tuple[web.Response, str]:
         headers = self._headers(entry)
         if conditional is not None:
             h = conditional.headers
@@ -329,6 +333,9 @@ class _Handlers:
         elif exc is not None and log.isEnabledFor(logging.DEBUG):
             event(log, "request_refused", logging.DEBUG, kind=type(exc).__name__, reason=str(exc))
         return web.Response(body=body, headers=ERROR_HEADERS)
+
+
+HANDLERS = web.AppKey("handlers", OcspHandlers)
 
 
 # -- admin ---------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from typing import Any
 import psycopg2
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
+from ocspd.front import OcspRunner
 from ocspd.http import init_app
 from ocspd.store import Store
 from tests.faults import PgProxy
@@ -27,16 +29,43 @@ def test_pki(tmp_path: Path) -> TestPki:
     return build_pki(tmp_path / "pki")
 
 
+class OcspTestServer(TestServer):
+    """A test server that serves the app as ``ocspd serve`` does (front.OcspRunner)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return OcspRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 def ocspd_client(aiohttp_client: Any) -> AppClient:
-    """Start an ocspd app for a TestPki and return a test client for it."""
+    """Start an ocspd app for a TestPki, served as ``ocspd serve`` serves it, and return a test client for it.
 
-    async def start(test_pki: TestPki, **kwargs: Any) -> TestClient[Any, Any]:
+    ``router=True`` serves the same app through aiohttp's AppRunner and router instead.
+    """
+
+    async def start(test_pki: TestPki, *, router: bool = False, **kwargs: Any) -> TestClient[Any, Any]:
         env = kwargs.pop("env", {})
         app: web.Application = init_app(test_pki.config(**env), index_poll=0.05, **kwargs)
-        return await aiohttp_client(app)  # type: ignore[no-any-return]
+        server: BaseTestServer = TestServer(app) if router else OcspTestServer(app)
+        return await aiohttp_client(server)  # type: ignore[no-any-return]
 
     return start
+
+
+@pytest.fixture
+async def ocspd_server() -> AsyncIterator[Callable[[web.Application], Awaitable[OcspTestServer]]]:
+    """Serve apps on 127.0.0.1 as ``ocspd serve`` does (for clients we did not write); closed afterwards."""
+    servers: list[OcspTestServer] = []
+
+    async def start(app: web.Application) -> OcspTestServer:
+        server = OcspTestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield start
+    while servers:
+        await servers.pop().close()
 
 
 # -- PostgreSQL ---------------------------------------------------------------------

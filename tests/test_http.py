@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -403,3 +404,51 @@ async def test_remembered_requests_stay_bounded(ocspd_client: AppClient, test_pk
             assert len(known) <= 3
     finally:
         http.KNOWN_REQUESTS_MAX = old_max
+
+
+# -- the serving front (front.OcspRunner) and aiohttp's router answer alike ------------------
+
+
+def _get_path(der: bytes, prefix: str = "/") -> str:
+    return prefix + quote(base64.b64encode(der).decode(), safe="")
+
+
+@pytest.mark.parametrize("router", [False, True], ids=["front", "router"])
+async def test_front_and_router_route_alike(ocspd_client: AppClient, test_pki: TestPki, router: bool) -> None:
+    client = await ocspd_client(test_pki, router=router, env={"OCSPD_SERVER_PATH_PREFIX": "/ocsp/"})
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    resp = await client.post("/ocsp/", data=der, headers=OCSP_REQ)
+    assert resp.status == 200
+    assert verify_response(await resp.read(), test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    resp = await client.get(_get_path(der, "/ocsp/"))
+    assert resp.status == 200
+    assert verify_response(await resp.read(), test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    head = await client.head(_get_path(der, "/ocsp/"))
+    assert head.status == 200 and await head.read() == b""
+    assert head.headers["ETag"] == resp.headers["ETag"]
+    for method, path in (("POST", "/"), ("GET", "/other"), ("POST", "/ocs")):
+        assert (await client.request(method, path, data=der)).status == 404, (method, path)
+    put = await client.put("/ocsp/", data=der)
+    assert put.status == 405 and set(put.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+    post_below = await client.post("/ocsp/x", data=der)
+    assert post_below.status == 405 and set(post_below.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+@pytest.mark.parametrize("router", [False, True], ids=["front", "router"])
+async def test_expect_100_continue_is_answered(ocspd_client: AppClient, test_pki: TestPki, router: bool) -> None:
+    client = await ocspd_client(test_pki, router=router)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    # Bounded: without the interim answer, client and server would wait for each other.
+    resp = await client.post("/", data=der, headers=OCSP_REQ, expect100=True, timeout=aiohttp.ClientTimeout(total=5))
+    assert resp.status == 200
+    assert verify_response(await resp.read(), test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    odd = await client.post("/", data=der, headers={**OCSP_REQ, "Expect": "something-else"})
+    assert odd.status == 417
+
+
+@pytest.mark.parametrize("router", [False, True], ids=["front", "router"])
+async def test_front_and_router_limit_the_body_alike(ocspd_client: AppClient, test_pki: TestPki, router: bool) -> None:
+    client = await ocspd_client(test_pki, router=router, env={"OCSPD_SERVER_MAX_REQUEST_BYTES": "2000"})
+    assert (await client.post("/", data=b"\x30" * 2001, headers=OCSP_REQ)).status == 413
+    _, body = await post(client, b"\x30" * 2000)
+    assert body == MALFORMED_REQUEST

@@ -29,8 +29,8 @@ async def openssl_ocsp(test_pki: TestPki, url: str, *names: str, extra: tuple[st
     return proc.returncode or 0, out.decode()
 
 
-async def serve(aiohttp_server: Any, test_pki: TestPki) -> str:
-    server = await aiohttp_server(init_app(test_pki.config()))
+async def serve(ocspd_server: Any, test_pki: TestPki) -> str:
+    server = await ocspd_server(init_app(test_pki.config()))
     return f"http://127.0.0.1:{server.port}/"
 
 
@@ -54,10 +54,10 @@ SIGNERS = [
 @pytest.mark.parametrize(("key_type", "delegated"), SIGNERS)
 @pytest.mark.parametrize("nonce", [True, False], ids=["nonce", "no-nonce"])
 async def test_openssl_verifies_every_status(
-    aiohttp_server: Any, tmp_path: Path, key_type: pki.KeyType, delegated: bool, nonce: bool
+    ocspd_server: Any, tmp_path: Path, key_type: pki.KeyType, delegated: bool, nonce: bool
 ) -> None:
     test_pki = build_pki(tmp_path, key_type=key_type, delegated=delegated)
-    url = await serve(aiohttp_server, test_pki)
+    url = await serve(ocspd_server, test_pki)
     extra = () if nonce else ("-no_nonce",)
     for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
         code, output = await openssl_ocsp(test_pki, url, name, extra=extra)
@@ -66,28 +66,28 @@ async def test_openssl_verifies_every_status(
             assert "Reason: keyCompromise" in output, output
 
 
-async def test_openssl_verifies_a_sha256_certid(aiohttp_server: Any, tmp_path: Path) -> None:
+async def test_openssl_verifies_a_sha256_certid(ocspd_server: Any, tmp_path: Path) -> None:
     test_pki = build_pki(tmp_path)
-    url = await serve(aiohttp_server, test_pki)
+    url = await serve(ocspd_server, test_pki)
     code, output = await openssl_ocsp(test_pki, url, "revoked", extra=("-sha256",))
     assert_verified(code, output, test_pki.leaf_paths["revoked"], "revoked")
 
 
 @pytest.mark.parametrize("key_type", ["p256", "rsa2048", "ed25519"])
 async def test_openssl_verifies_a_multi_certid_response(
-    aiohttp_server: Any, tmp_path: Path, key_type: pki.KeyType
+    ocspd_server: Any, tmp_path: Path, key_type: pki.KeyType
 ) -> None:
     test_pki = build_pki(tmp_path, key_type=key_type)
-    url = await serve(aiohttp_server, test_pki)
+    url = await serve(ocspd_server, test_pki)
     code, output = await openssl_ocsp(test_pki, url, "good", "revoked", "unissued")
     assert_verified(code, output, test_pki.leaf_paths["good"], "good")
     assert f"{test_pki.leaf_paths['revoked']}: revoked" in output
     assert f"{test_pki.leaf_paths['unissued']}: unknown" in output
 
 
-async def test_openssl_rejects_a_response_for_a_tampered_nonce(aiohttp_server: Any, tmp_path: Path) -> None:
+async def test_openssl_rejects_a_response_for_a_tampered_nonce(ocspd_server: Any, tmp_path: Path) -> None:
     """The oracle itself works: openssl notices when the nonce does not match."""
     test_pki = build_pki(tmp_path)
-    server = await aiohttp_server(init_app(test_pki.config(OCSPD_RESPONSES_NONCE="ignore")))
+    server = await ocspd_server(init_app(test_pki.config(OCSPD_RESPONSES_NONCE="ignore")))
     _, output = await openssl_ocsp(test_pki, f"http://127.0.0.1:{server.port}/", "good")
     assert "WARNING: no nonce in response" in output, output

@@ -191,11 +191,11 @@ async def test_refresher_task_keeps_stored_responses_fresh(
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
-async def test_openssl_verifies_answers_from_the_postgres_source(aiohttp_server: Any, db_pki: TestPki) -> None:
+async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: Any, db_pki: TestPki) -> None:
     from ocspd.http import init_app
     from tests.test_interop import assert_verified, openssl_ocsp
 
-    server = await aiohttp_server(init_app(db_pki.config()))
+    server = await ocspd_server(init_app(db_pki.config()))
     url = f"http://127.0.0.1:{server.port}/"
     for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
         code, output = await openssl_ocsp(db_pki, url, name)
