@@ -212,13 +212,19 @@ class MemoryTier:
         return self._bytes
 
 
-class Flight:
-    """One production in progress; ``stale`` is set when its key is invalidated."""
+class Flight(Generic[T]):
+    """One production in progress; ``stale`` is set when its key is invalidated.
 
-    __slots__ = ("stale",)
+    ``future`` exists only once a second caller waits: most misses have no
+    waiter, and a future per miss (with the running-loop lookup it takes) was
+    measurable on the cold-miss path.
+    """
+
+    __slots__ = ("future", "stale")
 
     def __init__(self) -> None:
         self.stale = False
+        self.future: asyncio.Future[T] | None = None
 
 
 def _cancelling() -> bool:
@@ -238,15 +244,17 @@ class Singleflight(Generic[T]):
     """
 
     def __init__(self) -> None:
-        self._flights: dict[Hashable, tuple[Flight, asyncio.Future[T]]] = {}
+        self._flights: dict[Hashable, Flight[T]] = {}
 
-    async def do(self, key: Hashable, work: Callable[[Flight], Awaitable[T]]) -> T:
+    async def do(self, key: Hashable, work: Callable[[Flight[T]], Awaitable[T]]) -> T:
         """Run ``work`` for key unless a run is already in flight; share its result."""
         while True:
             current = self._flights.get(key)
             if current is None:
                 break
-            future = current[1]
+            future = current.future
+            if future is None:
+                future = current.future = asyncio.get_running_loop().create_future()
             try:
                 # shield: a waiter that is cancelled must not cancel the others' result.
                 return await asyncio.shield(future)
@@ -254,23 +262,25 @@ class Singleflight(Generic[T]):
                 if future.cancelled() and not _cancelling():
                     continue  # the leader was cancelled, not us: take over
                 raise
-        entry = (Flight(), asyncio.get_running_loop().create_future())
-        flight, future = entry
-        self._flights[key] = entry
+        flight: Flight[T] = Flight()
+        self._flights[key] = flight
         try:
             result = await work(flight)
         except asyncio.CancelledError:
-            future.cancel()
+            if flight.future is not None:
+                flight.future.cancel()
             raise
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: there may be no waiter to read it
+            if flight.future is not None:
+                flight.future.set_exception(exc)
+                flight.future.exception()  # retrieved: a waiter may be gone already
             raise
         else:
-            future.set_result(result)
+            if flight.future is not None:
+                flight.future.set_result(result)
             return result
         finally:
-            if self._flights.get(key) is entry:
+            if self._flights.get(key) is flight:
                 del self._flights[key]
 
     def invalidate(self, keys: Iterable[Hashable]) -> None:
@@ -278,11 +288,11 @@ class Singleflight(Generic[T]):
         for key in keys:
             current = self._flights.get(key)
             if current is not None:
-                current[0].stale = True
+                current.stale = True
 
     def invalidate_all(self) -> None:
         """Mark every flight stale (e.g. notifications may have been missed)."""
-        for flight, _ in self._flights.values():
+        for flight in self._flights.values():
             flight.stale = True
 
     def __len__(self) -> int:
@@ -294,6 +304,11 @@ class Singleflight(Generic[T]):
 
     async def drain(self) -> None:
         """Wait for every flight in progress to end (used at shutdown and in tests)."""
-        futures = [f for _, f in self._flights.values()]
+        loop = asyncio.get_running_loop()
+        futures = []
+        for flight in self._flights.values():
+            if flight.future is None:
+                flight.future = loop.create_future()
+            futures.append(flight.future)
         if futures:
             await asyncio.wait(futures)

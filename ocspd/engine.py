@@ -188,7 +188,9 @@ class Engine:
         """The memory-tier key of (issuer, CertID hash, serial), e.g. to inspect the tier."""
         return make_key(self.issuers[issuer_id].index, hash_name, serial)
 
-    async def _produce(self, key: Key, issuer: Issuer, certid: CertId, flight: Flight) -> tuple[Entry, str]:
+    async def _produce(
+        self, key: Key, issuer: Issuer, certid: CertId, flight: Flight[tuple[Entry, str]]
+    ) -> tuple[Entry, str]:
         with self._signing_slot():
             for _ in range(MAX_PRODUCTION_ROUNDS):
                 flight.stale = False
@@ -196,6 +198,8 @@ class Engine:
                 issuer = self.issuers.get(issuer.config.id, issuer)
                 issuer_id, signer = issuer.config.id, issuer.signer
                 lookup = await issuer.source.fetch(issuer_id, certid.serial, certid.hash_name, signer.fingerprint)
+                if flight.stale:
+                    continue  # invalidated while the status was read: it may be older than the change
                 stored = lookup.stored
                 if stored is not None and self.clock() < stored.refresh_at:
                     entry, tier = stored, POSTGRES
@@ -204,14 +208,13 @@ class Engine:
                     if issuer.needs_channel:
                         self.metrics.postgres_miss.n += 1
                     entry, tier = self.sign_entry(issuer, certid, lookup.status), SIGNED
-                    # A status change since we read it (an invalidation arrived,
-                    # or the store refused the write-back): read again.
-                    if flight.stale or not await issuer.source.store(
+                    # Off the request path; the database keeps it only while the
+                    # status is still the version it was signed from (SPEC §3.2).
+                    issuer.source.write_back(
                         issuer_id, certid.serial, certid.hash_name, entry, lookup.status.version, signer.fingerprint
-                    ):
-                        continue
-                if flight.stale:
-                    continue
+                    )
+                # Nothing since the flight.stale check awaited: an invalidation
+                # arriving from here on finds the entry in memory and drops it.
                 if self.channel_up or not issuer.needs_channel:
                     self.memory.put(key, entry)
                 return entry, tier

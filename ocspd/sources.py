@@ -34,14 +34,11 @@ class StatusSource(Protocol):
         """
         ...
 
-    async def store(
-        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
-    ) -> bool:
-        """Write a response signed by ``signer`` back, only if status ``version`` is still current.
+    def write_back(self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str) -> None:
+        """Keep a response signed by ``signer`` for others, only if status ``version`` is still current then.
 
-        Returns False when the status may have changed since ``entry`` was
-        signed (the caller must read it again), True otherwise, including
-        when the source keeps no response tier.
+        Asynchronous and best effort (the answer does not wait for it); a
+        no-op where the source keeps no response tier.
         """
         ...
 
@@ -56,8 +53,6 @@ class IndexSource:
         status = self.files[issuer_id].lookup(serial)
         return Lookup(UNKNOWN if status is None else status)
 
-    async def store(
-        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
-    ) -> bool:
+    def write_back(self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str) -> None:
         # No response tier; a change reaches the engine through invalidate().
-        return True
+        return None

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app
 from ocspd.logs import JsonFormatter, KeyValueFormatter, event
-from ocspd.replication import LISTENER
+from ocspd.replication import LISTENER, STORE
 from tests.conftest import AppClient
 from tests.helpers import GOOD_SERIAL, TestPki, request_der
 from tests.test_cache import counting_signers
@@ -101,6 +101,7 @@ async def test_postgres_tier_notify_and_listener_metrics(
     app = client.app
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     await post(client, der)  # memory miss, postgres miss, signed and stored
+    await app[STORE].flush()  # the write-back is asynchronous
     app[ENGINE].memory.clear()
     await post(client, der)  # memory miss, postgres hit
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="miss") == 1

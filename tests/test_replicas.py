@@ -147,36 +147,67 @@ async def test_certificate_added_after_an_unknown_answer_becomes_good(
     await eventually(good_everywhere, what="the new certificate answered good")
 
 
-async def test_signature_racing_a_revocation_is_never_written_back(
+async def test_status_read_before_a_notified_revocation_is_read_again(
     ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
 ) -> None:
-    """Invariant 2: a response signed from the status before a revocation is stored in neither tier."""
+    """Invariant 2, memory: a status read before a revocation that is then notified is not signed or kept."""
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
     engine, store = client.app[ENGINE], client.app[STORE]
     entered, release = asyncio.Event(), asyncio.Event()
-    real_store = store.store
+    real_fetch = store.fetch
 
-    async def held_store(*args: Any) -> bool:
-        # The status was read as "good" and signed; hold the write-back here.
-        entered.set()
-        await release.wait()
-        return await real_store(*args)
+    async def held_fetch(*args: Any) -> Any:
+        lookup = await real_fetch(*args)
+        if not release.is_set():
+            # The status has been read as "good"; hold it here until the revocation is processed.
+            entered.set()
+            await release.wait()
+        return lookup
 
-    store.store = held_store  # type: ignore[method-assign]
+    store.fetch = held_fetch  # type: ignore[method-assign]
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     request = asyncio.create_task(status_of(client, der, db_pki))
     await asyncio.wait_for(entered.wait(), 10)
     sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
 
     async def notified() -> bool:
-        return all(flight.stale for flight, _ in engine.flights._flights.values())
+        return all(flight.stale for flight in engine.flights._flights.values())
 
     await eventually(notified, what="notification processed")
     release.set()
-    assert await request == Status.REVOKED  # the held round was discarded and the status read again
+    assert await request == Status.REVOKED  # the held status was discarded and read again
     cached = engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL))
-    assert cached is None or cached.status == "revoked"
+    assert cached is not None and cached.status == "revoked"
+    await store.flush()
     assert stored_rows(pg_dsn, GOOD_SERIAL) and all(s == "revoked" for _, s in stored_rows(pg_dsn, GOOD_SERIAL))
+
+
+async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    """Invariant 2, Postgres: a "good" written back after the revocation committed is not stored."""
+    client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
+    engine, store = client.app[ENGINE], client.app[STORE]
+    release = asyncio.Event()
+    real_write = store._write
+
+    async def held_write(batch: Any) -> None:
+        await release.wait()
+        await real_write(batch)
+
+    store._write = held_write  # type: ignore[method-assign]
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    assert await status_of(client, der, db_pki) == Status.GOOD  # answered; its write-back is held
+    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+
+    async def dropped() -> bool:
+        return engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL)) is None
+
+    await eventually(dropped, what="notification processed")
+    release.set()
+    await store.flush()
+    assert stored_rows(pg_dsn, GOOD_SERIAL) == []  # the late "good" was refused
+    await assert_never_good([client], der, db_pki)
 
 
 async def _listener_down(client: Any) -> bool:

@@ -25,10 +25,15 @@ class Batcher(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
+        # The loop of the last submit: asking asyncio for the running loop on
+        # every submit costs a getpid() system call each (CPython's check).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, item: T) -> R:
         """The result for ``item``, from the batch it ends up in."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
         if not self._scheduled:
@@ -40,7 +45,8 @@ class Batcher(Generic[T, R]):
         self._scheduled = False
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), self._max):
-            task = asyncio.create_task(self._run_batch(pending[start : start + self._max]))
+            assert self._loop is not None
+            task = self._loop.create_task(self._run_batch(pending[start : start + self._max]))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 

@@ -8,6 +8,7 @@ database cannot be reached: the caller answers tryLater) or ``StoreError``
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -23,6 +24,7 @@ from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from ocspd.cache import Entry
 from ocspd.exceptions import SourceUnavailable, StoreError
+from ocspd.logs import event
 from ocspd.sources import Lookup
 from ocspd.status import UNKNOWN, CertStatus, Status
 from ocspd.store.batching import Batcher
@@ -34,6 +36,13 @@ log = logging.getLogger("ocspd.store")
 # request gets tryLater instead of waiting on.
 OPERATION_TIMEOUT = 5.0
 POOL_MAX = 10
+# Write-backs queued within this many seconds, or this many of them, go to
+# the database as one statement (a statement per miss cost more CPU, here and
+# in the server, than the signature). Beyond MAX_PENDING queued (the database
+# is slow or down) new ones are dropped: the response tier is a cache.
+WRITE_BEHIND_SECONDS = 0.01
+WRITE_BEHIND_BATCH = 256
+WRITE_BEHIND_MAX_PENDING = 10_000
 MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
 
 REASON_NAMES: dict[str, x509.ReasonFlags] = {
@@ -106,7 +115,11 @@ class Store:
         self._q = queries()
         # Concurrent misses share round trips (see batching.py).
         self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch)
-        self._stores: Batcher[StoreRequest, bool] = Batcher(self._store_batch)
+        # Write-backs are off the request path: queued, and sent in batches.
+        self._writes: list[StoreRequest] = []
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self.writes_dropped = 0
 
     async def open(self) -> None:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
@@ -119,8 +132,10 @@ class Store:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
 
     async def close(self) -> None:
+        """Send what is queued (within the operation timeout), then close the pool."""
         await self._fetches.close()
-        await self._stores.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), self._timeout)
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
@@ -192,30 +207,56 @@ class Store:
             lookups.append(Lookup(status, stored))
         return lookups
 
-    async def store(
-        self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str
-    ) -> bool:
-        """Conditional write-back; False when the status version is no longer current.
+    def write_back(self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str) -> None:
+        """Queue a conditional write-back: it goes out with the others of the next few milliseconds.
 
+        The database keeps it only while the certificate still has status
+        ``version`` (``store_responses``), so a response signed from a status
+        that has changed since is never stored, however late it arrives.
         Answers for serials the table does not list (version 0) are never
         stored: a certificate inserted later cannot race with them here, and
         its NOTIFY drops them from memory.
         """
         if version == 0:
-            return True
-        # No row written: the version moved on, or (rarely) a newer response of
-        # the same version is already stored; either way, reading again is right.
-        return await self._stores.submit((issuer_id, signer, (serial, hash_name, entry, version)))
+            return
+        if len(self._writes) >= WRITE_BEHIND_MAX_PENDING:
+            # The database is slow or gone: this is a cache, not a journal.
+            self.writes_dropped += 1
+            return
+        self._writes.append((issuer_id, signer, (serial, hash_name, entry, version)))
+        if len(self._writes) >= WRITE_BEHIND_BATCH:
+            self._flush_writes()
+        elif self._write_timer is None:
+            loop = asyncio.get_running_loop()
+            self._write_timer = loop.call_later(WRITE_BEHIND_SECONDS, self._flush_writes)
 
-    async def _store_batch(self, requests: Sequence[StoreRequest]) -> list[bool]:
+    def _flush_writes(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if not self._writes:
+            return
+        batch, self._writes = self._writes, []
+        task = asyncio.get_running_loop().create_task(self._write(batch))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, batch: Sequence[StoreRequest]) -> None:
         groups: dict[tuple[str, str], list[StoreItem]] = {}
-        for issuer_id, signer, item in requests:
+        for issuer_id, signer, item in batch:
             groups.setdefault((issuer_id, signer), []).append(item)
-        written: set[tuple[str, str, str]] = set()
         for (issuer_id, signer), items in groups.items():
-            rows = await self._query("store_responses", _store_params(issuer_id, signer, items))
-            written.update((issuer_id, serial, hash_alg) for serial, hash_alg in rows)
-        return [(issuer_id, serial_hex(item[0]), item[1]) in written for issuer_id, _, item in requests]
+            try:
+                await self._query("store_responses", _store_params(issuer_id, signer, items))
+            except (SourceUnavailable, StoreError) as exc:
+                self.writes_dropped += len(items)
+                event(log, "write_back_failed", logging.WARNING, responses=len(items), error=str(exc))
+
+    async def flush(self) -> None:
+        """Send the queued write-backs now and wait for every write-back in flight."""
+        self._flush_writes()
+        if self._writing:
+            await asyncio.gather(*self._writing, return_exceptions=True)
 
     async def store_many(self, issuer_id: str, signer: str, items: Sequence[StoreItem]) -> int:
         """Conditional write-back of responses signed by ``signer``; returns how many were written."""
