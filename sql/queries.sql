@@ -19,18 +19,20 @@ LEFT JOIN ocspd_responses r
 ORDER BY k.n;
 
 -- name: store_responses
--- Conditional write-back of signed responses (arrays of equal length): a row
--- is written only while its certificate still has the status version it was
--- signed from. FOR SHARE makes a concurrent status change wait for us, or us
--- for it; either way the trigger's DELETE runs after any row we write.
+-- Conditional write-back of signed responses (arrays of equal length; the
+-- DERs travel as one bytea, cut by offset and length: one parameter to
+-- escape instead of one per response): a row is written only while its
+-- certificate still has the status version it was signed from. FOR SHARE
+-- makes a concurrent status change wait for us, or us for it; either way
+-- the trigger's DELETE runs after any row we write.
 INSERT INTO ocspd_responses AS r
     (issuer_id, serial, hash_alg, der, status, this_update, next_update, refresh_at, cert_version, signer)
-SELECT c.issuer_id, c.serial, b.hash_alg, b.der, b.status,
-       to_timestamp(b.this_update), to_timestamp(b.next_update), to_timestamp(b.refresh_at), c.version, b.signer
-FROM unnest(%(serials)s::text[], %(hash_algs)s::text[], %(ders)s::bytea[], %(statuses)s::text[],
-            %(this_updates)s::float8[], %(next_updates)s::float8[], %(refresh_ats)s::float8[],
-            %(versions)s::bigint[], %(signers)s::text[])
-     AS b(serial, hash_alg, der, status, this_update, next_update, refresh_at, version, signer)
+SELECT c.issuer_id, c.serial, b.hash_alg, substring(%(ders)s::bytea FROM b.der_at FOR b.der_len), b.status,
+       to_timestamp(b.this_update), to_timestamp(b.next_update), to_timestamp(b.refresh_at), c.version, %(signer)s
+FROM unnest(%(serials)s::text[], %(hash_algs)s::text[], %(der_ats)s::int[], %(der_lens)s::int[],
+            %(statuses)s::text[], %(this_updates)s::float8[], %(next_updates)s::float8[],
+            %(refresh_ats)s::float8[], %(versions)s::bigint[])
+     AS b(serial, hash_alg, der_at, der_len, status, this_update, next_update, refresh_at, version)
 JOIN ocspd_certificates c
   ON c.issuer_id = %(issuer)s AND c.serial = b.serial AND c.version = b.version
 FOR SHARE OF c

@@ -200,3 +200,14 @@ async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: A
     for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
         code, output = await openssl_ocsp(db_pki, url, name)
         assert_verified(code, output, db_pki.leaf_paths[name], status)
+
+
+def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
+    from ocspd.store.db import _number_array, _text_array
+
+    texts = ["plain", 'quo"te', "back\\slash", "com,ma", "{brace}", " spaced ", "", "NULL", "ünï", "a\\\"b"]
+    assert query(pg_dsn, "SELECT %s::text[]", _text_array(texts)) == [(texts,)]
+    numbers = [0, -1, 2**62, 1764233000.5]
+    assert query(pg_dsn, "SELECT %s::float8[], %s::bigint[]", _number_array(numbers), _number_array([7, 2**62])) == [
+        (numbers, [7, 2**62])
+    ]
