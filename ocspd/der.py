@@ -25,7 +25,13 @@ def length(n: int) -> bytes:
 
 def tlv(tag: int, content: bytes) -> bytes:
     """Tag, length, value (tags below 0x1f only, which is all we need)."""
-    return bytes((tag,)) + length(len(content)) + content
+    n = len(content)
+    # The short forms inline: this runs ~20 times per signed response.
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    if n < 0x100:
+        return bytes((tag, 0x81, n)) + content
+    return bytes((tag,)) + length(n) + content
 
 
 def sequence(*parts: bytes) -> bytes:
@@ -70,7 +76,11 @@ def generalized_time(moment: dt.datetime) -> bytes:
     Remembered per second: the responses signed in one second share their
     producedAt, thisUpdate and nextUpdate, and strftime is not cheap.
     """
-    second = math.floor(moment.timestamp())
+    return generalized_time_at(math.floor(moment.timestamp()))
+
+
+def generalized_time_at(second: int) -> bytes:
+    """GeneralizedTime of a POSIX second (see ``generalized_time``)."""
     found = _TIMES.get(second)
     if found is None:
         if len(_TIMES) >= _TIMES_MAX:

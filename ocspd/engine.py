@@ -108,6 +108,8 @@ class Engine:
         self._by_certid = by_certid
         self._validity = config.responses.validity
         self._backdate = config.responses.backdate
+        self._window_second = -1  # (thisUpdate, nextUpdate) are remembered for one second
+        self._window_times = (dt.datetime.min, dt.datetime.min)
         self._echo_nonce = config.responses.nonce == "echo"
         self._max_certids = config.responses.max_certids_per_request
         self._max_signing = config.responses.max_inflight_signatures
@@ -279,8 +281,10 @@ class Engine:
         # Whole seconds: the DER holds whole seconds, and the HTTP headers
         # (Last-Modified, Expires) must say the same as the DER.
         now = int(self.clock())
-        this_update = dt.datetime.fromtimestamp(now, dt.UTC) - self._backdate
-        return this_update, this_update + self._validity
+        if now != self._window_second:
+            this_update = dt.datetime.fromtimestamp(now, dt.UTC) - self._backdate
+            self._window_second, self._window_times = now, (this_update, this_update + self._validity)
+        return self._window_times
 
     @staticmethod
     def _answer(issuer: Issuer, status: CertStatus) -> Answer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,10 @@ class Answer:
     reason: x509.ReasonFlags | None = None
     extended_revoke: bool = False  # RFC 6960 §2.2 answer for an unissued serial
 
+
+# thisUpdate and [0] nextUpdate, encoded, per (thisUpdate, nextUpdate): every
+# response signed in one second shares them.
+_TIME_PAIRS: dict[tuple[dt.datetime, dt.datetime], bytes] = {}
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -101,6 +106,8 @@ class Signer:
         algorithm = der.oid(_SIGNATURE_OIDS[self._signature_algorithm()])
         # RFC 4055: RSA PKCS#1 v1.5 identifiers carry NULL parameters; ECDSA and Ed25519 none.
         self._signature_id = der.sequence(algorithm, der.NULL if isinstance(key, rsa.RSAPrivateKey) else b"")
+        # (hash, issuer name hash, issuer key hash) -> the CertID's fields before the serial.
+        self._certid_prefixes: dict[tuple[str, bytes, bytes], bytes] = {}
         self._certs_der = (
             der.explicit(0, der.sequence(responder_cert.public_bytes(serialization.Encoding.DER)))
             if responder_cert is not None
@@ -140,12 +147,13 @@ class Signer:
         The same bytes cryptography's OCSPResponseBuilder produces (tests/test_signer.py
         compares them), at a fraction of its cost (see ocspd/der.py).
         """
-        cert_id = der.sequence(
-            _CERTID_ALGORITHMS[certid.hash_name],
-            der.octet_string(certid.name_hash),
-            der.octet_string(certid.key_hash),
-            der.integer(certid.serial),
-        )
+        cert_id = self._certid_prefixes.get((certid.hash_name, certid.name_hash, certid.key_hash))
+        if cert_id is None:
+            cert_id = self._certid_prefixes[(certid.hash_name, certid.name_hash, certid.key_hash)] = (
+                _CERTID_ALGORITHMS[certid.hash_name] + der.octet_string(certid.name_hash)
+                + der.octet_string(certid.key_hash)
+            )
+        cert_id = der.sequence(cert_id, der.integer(certid.serial))
         if answer.status == "good":
             status = b"\x80\x00"  # good [0] IMPLICIT NULL
         elif answer.status == "unknown":
@@ -156,9 +164,14 @@ class Signer:
             if answer.reason is not None:
                 info += der.explicit(0, der.tlv(0x0A, bytes((_REASON_CODES[answer.reason],))))
             status = der.tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
-        single = der.sequence(
-            cert_id, status, der.generalized_time(this_update), der.explicit(0, der.generalized_time(next_update))
-        )
+        times = _TIME_PAIRS.get((this_update, next_update))
+        if times is None:
+            if len(_TIME_PAIRS) >= 1024:
+                _TIME_PAIRS.clear()
+            times = _TIME_PAIRS[(this_update, next_update)] = der.generalized_time(this_update) + der.explicit(
+                0, der.generalized_time(next_update)
+            )
+        single = der.sequence(cert_id, status, times)
         extensions = []
         if nonce is not None:
             extensions.append(der.sequence(_NONCE_OID, der.octet_string(der.octet_string(nonce))))
@@ -166,7 +179,7 @@ class Signer:
             extensions.append(der.sequence(_EXTENDED_REVOKE_OID, der.octet_string(der.NULL)))
         tbs = der.sequence(
             self._responder_id,
-            der.generalized_time(dt.datetime.now(dt.UTC)),
+            der.generalized_time_at(int(time.time())),  # producedAt
             der.sequence(single),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
