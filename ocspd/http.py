@@ -181,6 +181,11 @@ def update_gauges(app: web.Application) -> None:
     listener = app.get(LISTENER)
     if listener is not None:
         metrics.listener_connected.set(1 if listener.connected else 0)
+    store = app.get(STORE)
+    if store is not None:
+        for result, n in store.take_write_back_counts().items():
+            if n:
+                metrics.write_backs.labels(result).inc(n)
 
 
 async def _gauges(app: web.Application) -> AsyncIterator[None]:

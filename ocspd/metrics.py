@@ -29,6 +29,7 @@ STATUSES = (
 )
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
+WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SIGNING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -138,6 +139,12 @@ class Metrics:
             "1 while the LISTEN connection is up (with several workers: 1 only if every worker's is)",
             registry=r, multiprocess_mode="livemin",
         )
+        self.write_backs = Counter(
+            "ocspd_write_backs",
+            "Signed responses sent to the Postgres tier, by result: written, refused (the status changed since "
+            "it was read, or a newer response was there), failed (database error), dropped (queue full)",
+            ["result"], registry=r,
+        )
         self.listener_reconnects = Counter(
             "ocspd_listener_reconnects", "LISTEN connections re-established after a loss", registry=r
         )
@@ -159,6 +166,8 @@ class Metrics:
         ]
         self._signing: dict[tuple[str, str], tuple[Tally, Timing, Counter]] = {}
         self.invalidation = {cause: self.invalidations.labels(cause) for cause in INVALIDATION_CAUSES}
+        for result in WRITE_BACK_RESULTS:
+            self.write_backs.labels(result)  # present (at 0) before the first write-back
 
     def signing(self, issuer_id: str, key_type: str) -> tuple[Tally, Timing, Counter]:
         """The signature count, signing time and error counter of an issuer's key.

@@ -102,6 +102,7 @@ async def test_postgres_tier_notify_and_listener_metrics(
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     await post(client, der)  # memory miss, postgres miss, signed and stored
     await app[STORE].flush()  # the write-back is asynchronous
+    assert value(app, "ocspd_write_backs_total", result="written") == 1
     app[ENGINE].memory.clear()
     await post(client, der)  # memory miss, postgres hit
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="miss") == 1

@@ -207,7 +207,34 @@ async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
     release.set()
     await store.flush()
     assert stored_rows(pg_dsn, GOOD_SERIAL) == []  # the late "good" was refused
+    assert store.take_write_back_counts()["refused"] == 1
     await assert_never_good([client], der, db_pki)
+
+
+async def test_queued_write_backs_are_written_when_the_app_stops(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
+    store = client.app[STORE]
+    store.write_back = _queue_only(store)  # type: ignore[method-assign]
+    der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
+    assert await status_of(client, der, db_pki) == Status.GOOD
+    assert stored_rows(pg_dsn, GOOD_SERIAL) == []  # still queued
+    await client.close()  # stops the app: the queue is sent before the pool closes
+    assert stored_rows(pg_dsn, GOOD_SERIAL) == [("sha1", "good")]
+
+
+def _queue_only(store: Any) -> Any:
+    """Store.write_back with its timer never firing: only a flush sends the queue."""
+    real = store.write_back
+
+    def write_back(*args: Any) -> None:
+        real(*args)
+        if store._write_timer is not None:
+            store._write_timer.cancel()
+            store._write_timer = None
+
+    return write_back
 
 
 async def _listener_down(client: Any) -> bool:

@@ -119,7 +119,7 @@ class Store:
         self._writes: list[StoreRequest] = []
         self._write_timer: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
-        self.writes_dropped = 0
+        self._write_counts = {"written": 0, "refused": 0, "failed": 0, "dropped": 0}
 
     async def open(self) -> None:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
@@ -221,7 +221,7 @@ class Store:
             return
         if len(self._writes) >= WRITE_BEHIND_MAX_PENDING:
             # The database is slow or gone: this is a cache, not a journal.
-            self.writes_dropped += 1
+            self._write_counts["dropped"] += 1
             return
         self._writes.append((issuer_id, signer, (serial, hash_name, entry, version)))
         if len(self._writes) >= WRITE_BEHIND_BATCH:
@@ -245,12 +245,22 @@ class Store:
         groups: dict[tuple[str, str], list[StoreItem]] = {}
         for issuer_id, signer, item in batch:
             groups.setdefault((issuer_id, signer), []).append(item)
+        counts = self._write_counts
         for (issuer_id, signer), items in groups.items():
             try:
-                await self._query("store_responses", _store_params(issuer_id, signer, items))
+                written = len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
             except (SourceUnavailable, StoreError) as exc:
-                self.writes_dropped += len(items)
+                counts["failed"] += len(items)
                 event(log, "write_back_failed", logging.WARNING, responses=len(items), error=str(exc))
+            else:
+                counts["written"] += written
+                counts["refused"] += len(items) - written
+
+    def take_write_back_counts(self) -> dict[str, int]:
+        """Write-backs by result (written, refused, failed, dropped) since the last call."""
+        counts = self._write_counts
+        self._write_counts = dict.fromkeys(counts, 0)
+        return counts
 
     async def flush(self) -> None:
         """Send the queued write-backs now and wait for every write-back in flight."""
