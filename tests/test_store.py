@@ -211,3 +211,22 @@ def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
     assert query(pg_dsn, "SELECT %s::float8[], %s::bigint[]", _number_array(numbers), _number_array([7, 2**62])) == [
         (numbers, [7, 2**62])
     ]
+
+
+async def test_write_backs_beyond_the_bound_are_dropped_not_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The response tier is a cache: with the database unusable, write-backs are counted and let go."""
+    from ocspd.cache import Entry
+    from ocspd.store import db
+
+    monkeypatch.setattr(db, "WRITE_BEHIND_MAX_PENDING", 2)
+    monkeypatch.setattr(db, "WRITE_BEHIND_BATCH", 2)  # the second write-back sends the batch
+    store = db.Store("host=127.0.0.1 port=1 dbname=none")  # never opened: every write fails
+    entry = Entry(b"\x30\x00", "good", dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    for serial in (1, 2, 3):  # the third finds two being written
+        store.write_back("ca", serial, "sha1", entry, 1, "signer")
+    await store.flush()
+    assert store.take_write_back_counts() == {"written": 0, "refused": 0, "failed": 2, "dropped": 1}
+    store.write_back("ca", 4, "sha1", entry, 1, "signer")  # room again once the failed ones are let go
+    await store.flush()
+    assert store.take_write_back_counts()["failed"] == 1
+    await store.close()

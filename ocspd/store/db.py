@@ -38,8 +38,9 @@ OPERATION_TIMEOUT = 5.0
 POOL_MAX = 10
 # Write-backs queued within this many seconds, or this many of them, go to
 # the database as one statement (a statement per miss cost more CPU, here and
-# in the server, than the signature). Beyond MAX_PENDING queued (the database
-# is slow or down) new ones are dropped: the response tier is a cache.
+# in the server, than the signature). Beyond MAX_PENDING queued or being
+# written (the database is slow or down) new ones are dropped: the response
+# tier is a cache.
 WRITE_BEHIND_SECONDS = 0.01
 WRITE_BEHIND_BATCH = 256
 WRITE_BEHIND_MAX_PENDING = 10_000
@@ -119,6 +120,7 @@ class Store:
         self._writes: list[StoreRequest] = []
         self._write_timer: asyncio.TimerHandle | None = None
         self._writing: set[asyncio.Task[None]] = set()
+        self._unsent = 0  # queued or being written
         self._write_counts = {"written": 0, "refused": 0, "failed": 0, "dropped": 0}
 
     async def open(self) -> None:
@@ -219,10 +221,11 @@ class Store:
         """
         if version == 0:
             return
-        if len(self._writes) >= WRITE_BEHIND_MAX_PENDING:
+        if self._unsent >= WRITE_BEHIND_MAX_PENDING:
             # The database is slow or gone: this is a cache, not a journal.
             self._write_counts["dropped"] += 1
             return
+        self._unsent += 1
         self._writes.append((issuer_id, signer, (serial, hash_name, entry, version)))
         if len(self._writes) >= WRITE_BEHIND_BATCH:
             self._flush_writes()
@@ -245,16 +248,18 @@ class Store:
         groups: dict[tuple[str, str], list[StoreItem]] = {}
         for issuer_id, signer, item in batch:
             groups.setdefault((issuer_id, signer), []).append(item)
-        counts = self._write_counts
-        for (issuer_id, signer), items in groups.items():
-            try:
-                written = len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
-            except (SourceUnavailable, StoreError) as exc:
-                counts["failed"] += len(items)
-                event(log, "write_back_failed", logging.WARNING, responses=len(items), error=str(exc))
-            else:
-                counts["written"] += written
-                counts["refused"] += len(items) - written
+        try:
+            for (issuer_id, signer), items in groups.items():
+                try:
+                    written = len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
+                except (SourceUnavailable, StoreError) as exc:
+                    self._write_counts["failed"] += len(items)
+                    event(log, "write_back_failed", logging.WARNING, responses=len(items), error=str(exc))
+                else:
+                    self._write_counts["written"] += written
+                    self._write_counts["refused"] += len(items) - written
+        finally:
+            self._unsent -= len(batch)
 
     def take_write_back_counts(self) -> dict[str, int]:
         """Write-backs by result (written, refused, failed, dropped) since the last call."""
