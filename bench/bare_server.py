@@ -13,7 +13,10 @@ attribute the difference (hit_path.py --variants runs them):
 - ``parse-metrics``: that, plus a labelled prometheus_client Counter.inc()
   and Histogram.observe() per request, as ocspd counts requests;
 - ``rawcache``: a dict from the raw request (POST body, GET path) to the
-  cache key, parsing only a request never seen before.
+  cache key, parsing only a request never seen before;
+- ``lowlevel``: no extra work, but served by aiohttp's low-level server
+  (``web.Server``, no router) as ``ocspd serve`` serves its app
+  (ocspd/front.py): the bare handler ocspd's front competes with.
 
     python bench/bare_server.py --port 8081 --body response.der --headers headers.json [--loop uvloop]
 """
@@ -31,12 +34,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-WORK = ("none", "parse", "parse-metrics", "rawcache")
+WORK = ("none", "parse", "parse-metrics", "rawcache", "lowlevel")
 
 
 def make_work(work: str) -> Callable[[bytes | str], object]:
     """The per-request extra of ``--work``: called with the POST body or the GET path tail."""
-    if work == "none":
+    if work in ("none", "lowlevel"):
         return lambda raw: None
     from ocspd.protocol import decode_get_path, parse_request
 
@@ -97,8 +100,24 @@ def make_app(body: bytes, headers: dict[str, str], work: str = "none") -> web.Ap
     return app
 
 
-async def serve(port: int, app: web.Application) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+def make_lowlevel(body: bytes, headers: dict[str, str]) -> web.Server:
+    """The same answers from aiohttp's low-level server: a handler per method, no router."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST":
+            await request.read()
+        return web.Response(body=body, headers=headers)
+
+    return web.Server(handler, access_log=None)
+
+
+async def serve(port: int, app: web.Application | None, lowlevel: tuple[bytes, dict[str, str]] | None = None) -> None:
+    runner: web.BaseRunner
+    if lowlevel is not None:
+        runner = web.ServerRunner(make_lowlevel(*lowlevel), handle_signals=False)
+    else:
+        assert app is not None
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,14 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--work", choices=WORK, default="none", help="per-request work to add (default none)")
     args = parser.parse_args(argv)
-    headers = json.loads(args.headers.read_text())
-    app = make_app(args.body.read_bytes(), {str(k): str(v) for k, v in headers.items()}, args.work)
+    headers = {str(k): str(v) for k, v in json.loads(args.headers.read_text()).items()}
+    body = args.body.read_bytes()
+    if args.work == "lowlevel":
+        main_coro = serve(args.port, None, (body, headers))
+    else:
+        main_coro = serve(args.port, make_app(body, headers, args.work))
     if args.loop == "uvloop":
         import uvloop
 
-        uvloop.run(serve(args.port, app))
+        uvloop.run(main_coro)
     else:
-        asyncio.run(serve(args.port, app))
+        asyncio.run(main_coro)
     return 0
 
 
