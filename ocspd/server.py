@@ -11,7 +11,6 @@ workers' metrics (prometheus-client multiprocess mode) and their readiness.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import json
 import logging
@@ -179,16 +178,18 @@ def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = N
         from ocspd.workers import Supervisor
 
         return Supervisor(config_path, config).run()
-    _use_uvloop()
     gc.set_threshold(*GC_THRESHOLDS)
-    asyncio.run(Process(config_path, config, worker_fd=worker_fd).run())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(Process(config_path, config, worker_fd=worker_fd).run())
     return 0
 
 
-def _use_uvloop() -> None:
-    """uvloop, when installed (the ``speed`` extra), is a faster event loop."""
-    with contextlib.suppress(ImportError):
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's, when it is installed (the ``speed`` extra): a faster event loop. Else asyncio's."""
+    try:
         import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
@@ -161,3 +163,22 @@ def verify_response(der: bytes, test_pki: TestPki) -> ocsp.OCSPResponse:
             response.signature, response.tbs_response_bytes, padding.PKCS1v15(), response.signature_hash_algorithm
         )
     return response
+
+
+def hold_after_fetch(source: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make ``source.fetch`` stop after reading a status until ``release`` is set; ``entered`` says it did.
+
+    Only the fetches before ``release`` are held: the engine's next read goes through.
+    """
+    entered, release = asyncio.Event(), asyncio.Event()
+    real_fetch = source.fetch
+
+    async def held_fetch(*args: Any) -> Any:
+        lookup = await real_fetch(*args)
+        if not release.is_set():
+            entered.set()
+            await release.wait()
+        return lookup
+
+    source.fetch = held_fetch
+    return entered, release

@@ -17,7 +17,7 @@ from ocspd.http import ENGINE
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer, load_signers
 from tests.conftest import AppClient
-from tests.helpers import TestPki, build_pki, request_der, verify_response
+from tests.helpers import TestPki, build_pki, hold_after_fetch, request_der, verify_response
 
 T0 = 1_800_000_000.0
 
@@ -328,18 +328,7 @@ async def test_production_caught_by_a_reload_signs_with_the_new_key(
 
     client = await ocspd_client(test_pki)
     engine = client.app[ENGINE]  # type: ignore[index]
-    source = engine.issuers["test-ca"].source
-    real_fetch = source.fetch
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def held_fetch(*args: Any) -> Any:
-        lookup = await real_fetch(*args)
-        if not release.is_set():
-            entered.set()
-            await release.wait()
-        return lookup
-
-    source.fetch = held_fetch
+    entered, release = hold_after_fetch(engine.issuers["test-ca"].source)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     request = asyncio.create_task(client.post("/", data=der))
     await asyncio.wait_for(entered.wait(), 10)

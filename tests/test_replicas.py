@@ -20,7 +20,7 @@ from ocspd.protocol import TRY_LATER
 from ocspd.replication import LISTENER, STORE
 from tests.conftest import AppClient
 from tests.faults import PgProxy
-from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
+from tests.helpers import GOOD_SERIAL, TestPki, hold_after_fetch, request_der, verify_response
 from tests.pg import PgServer
 
 Status = ocsp.OCSPCertStatus
@@ -153,18 +153,8 @@ async def test_status_read_before_a_notified_revocation_is_read_again(
     """Invariant 2, memory: a status read before a revocation that is then notified is not signed or kept."""
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
     engine, store = client.app[ENGINE], client.app[STORE]
-    entered, release = asyncio.Event(), asyncio.Event()
-    real_fetch = store.fetch
-
-    async def held_fetch(*args: Any) -> Any:
-        lookup = await real_fetch(*args)
-        if not release.is_set():
-            # The status has been read as "good"; hold it here until the revocation is processed.
-            entered.set()
-            await release.wait()
-        return lookup
-
-    store.fetch = held_fetch  # type: ignore[method-assign]
+    # The status is read as "good", then held until the revocation has been processed.
+    entered, release = hold_after_fetch(store)
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     request = asyncio.create_task(status_of(client, der, db_pki))
     await asyncio.wait_for(entered.wait(), 10)
