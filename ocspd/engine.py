@@ -149,15 +149,19 @@ class Engine:
             raise Unauthorized("issuer not served by this responder")
         return issuer
 
-    async def respond(self, request: OcspRequest) -> tuple[Entry, str]:
+    async def respond(
+        self, request: OcspRequest, cacheable: tuple[Key, Issuer] | None = None
+    ) -> tuple[Entry, str]:
         """The successful response for a request and where it came from (MEMORY, POSTGRES, SIGNED, LIVE).
 
+        ``cacheable``: what ``cacheable(request)`` returned, when the caller has it already.
         Raises MalformedRequest, Unauthorized or TryLater (and subclasses).
         """
         certids = request.certids
         if len(certids) > self._max_certids:
             raise MalformedRequest(f"{len(certids)} CertIDs in one request (limit {self._max_certids})")
-        cacheable = self.cacheable(request)
+        if cacheable is None:
+            cacheable = self.cacheable(request)
         if cacheable is not None:
             key, issuer = cacheable
             entry = self.cached(key, issuer)
@@ -177,13 +181,19 @@ class Engine:
         return make_key(issuer.index, certid.hash_name, certid.serial), issuer
 
     def cached(self, key: Key, issuer: Issuer) -> Entry | None:
-        """The memory tier's answer for key, if it may be served (the hit path: synchronous)."""
+        """The memory tier's answer for key, if it may be served; counted as a hit or a miss."""
         if self.channel_up or not issuer.needs_channel:
             entry = self.memory.get(key)
             if entry is not None:
                 self.metrics.memory_hit.n += 1
                 return entry
             self.metrics.memory_miss.n += 1
+        return None
+
+    def peek(self, key: Key, issuer: Issuer) -> Entry | None:
+        """``cached`` without counting (the hit path counts its hits; a miss is counted by ``respond``)."""
+        if self.channel_up or not issuer.needs_channel:
+            return self.memory.get(key)
         return None
 
     def key(self, issuer_id: str, hash_name: str, serial: int) -> Key:

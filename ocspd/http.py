@@ -220,7 +220,7 @@ class OcspHandlers:
         self._clock = clock
         self._count = metrics.request_counter
         self._hit_post = metrics.request_counter[("POST", "successful")]
-        self._hit_get = metrics.request_counter[("GET", "successful")]
+        self._memory_hit = metrics.memory_hit
         self._latency = metrics.request_latency
         self._txlog = config.log.requests
         # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
@@ -236,8 +236,9 @@ class OcspHandlers:
             raise
         known = self._known.get(body)
         if known is not None and not self._txlog:
-            entry = self._engine.cached(*known)
+            entry = self._engine.peek(*known)
             if entry is not None:
+                self._memory_hit.n += 1
                 self._hit_post.n += 1
                 response = web.Response(body=entry.der, headers=self._headers(entry))
                 self._latency["POST"].observe(time.perf_counter() - started)
@@ -250,8 +251,9 @@ class OcspHandlers:
         raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
         known = self._known.get(raw)
         if known is not None and not self._txlog:
-            entry = self._engine.cached(*known)
+            entry = self._engine.peek(*known)
             if entry is not None:
+                self._memory_hit.n += 1
                 response, status = self._ok(entry, request)
                 self._count[("GET", status)].n += 1
                 self._latency["GET"].observe(time.perf_counter() - started)
@@ -276,7 +278,7 @@ class OcspHandlers:
             cacheable = self._engine.cacheable(parsed)
             if cacheable is not None:
                 self._remember(raw, cacheable)
-            entry, tier = await self._engine.respond(parsed)
+            entry, tier = await self._engine.respond(parsed, cacheable)
         except MalformedRequest as exc:
             return self._error(MALFORMED_REQUEST, "malformedRequest", exc, method, started)
         except Unauthorized as exc:

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class Signer:
             self._hash = hashes.SHA384() if key.curve.key_size > 256 else hashes.SHA256()
         else:
             self._hash, self.key_type = hashes.SHA256(), f"rsa-{key.key_size}"
+        self._sign_data = self._signing_function()
         # CertID hashes of this issuer for every algorithm, computed once so
         # the request path only compares bytes (RFC 6960 §4.1.1).
         name_der = ca_cert.subject.public_bytes()
@@ -183,10 +184,23 @@ class Signer:
             der.sequence(single),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
-        basic = der.sequence(
-            tbs, self._signature_id, der.tlv(0x03, b"\x00" + self._raw_sign(tbs)), self._certs_der
+        signature = self._raw_sign(tbs)
+        bits = b"\x03" + der.length(len(signature) + 1) + b"\x00"  # BIT STRING, no unused bits
+        basic_len = len(tbs) + len(self._signature_id) + len(bits) + len(signature) + len(self._certs_der)
+        basic_header = b"\x30" + der.length(basic_len)
+        # OCSPResponse { successful, [0] { id-pkix-ocsp-basic, OCTET STRING { basic } } }, headers
+        # computed from the lengths and joined once: the nested wrappers were a third of the encoding time.
+        octet = b"\x04" + der.length(len(basic_header) + basic_len)
+        inner_len = len(_BASIC_OID) + len(octet) + len(basic_header) + basic_len
+        inner = b"\x30" + der.length(inner_len)
+        explicit = b"\xa0" + der.length(len(inner) + inner_len)
+        outer_len = 3 + len(explicit) + len(inner) + inner_len
+        return b"".join(
+            (
+                b"\x30", der.length(outer_len), b"\x0a\x01\x00", explicit, inner, _BASIC_OID, octet,
+                basic_header, tbs, self._signature_id, bits, signature, self._certs_der,
+            )
         )
-        return der.sequence(b"\x0a\x01\x00", der.explicit(0, der.sequence(_BASIC_OID, der.octet_string(basic))))
 
     def _sign_many(
         self,
@@ -243,13 +257,20 @@ class Signer:
         return bytes(response.dump())
 
     def _raw_sign(self, data: bytes) -> bytes:
+        return self._sign_data(data)
+
+    def _signing_function(self) -> Callable[[bytes], bytes]:
+        """The key's sign() with its algorithm objects made once (ECDSA() alone was ~4 µs a call)."""
         key = self._key
         if isinstance(key, ed25519.Ed25519PrivateKey):
-            return key.sign(data)
-        assert self._hash is not None
+            return key.sign
+        hash_algorithm = self._hash
+        assert hash_algorithm is not None
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, ec.ECDSA(self._hash))
-        return key.sign(data, padding.PKCS1v15(), self._hash)
+            ecdsa = ec.ECDSA(hash_algorithm)
+            return lambda data: key.sign(data, ecdsa)
+        pkcs1 = padding.PKCS1v15()
+        return lambda data: key.sign(data, pkcs1, hash_algorithm)
 
     def _signature_algorithm(self) -> str:
         if self._hash is None:

@@ -234,3 +234,19 @@ async def test_logs_never_contain_key_material(
     assert body[:40] not in text and "PRIVATE KEY" not in text
     assert "event=issuer" in text and "key_type=ecdsa-secp256r1" in text
     assert TestServer  # imported for type use above
+
+
+async def test_a_known_request_past_its_refresh_point_counts_one_memory_miss(
+    ocspd_client: AppClient, test_pki: TestPki
+) -> None:
+    from tests.test_cache import Clock
+
+    clock = Clock()
+    client = await ocspd_client(test_pki, clock=clock)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    await post(client, der)  # miss: signed, and the raw request remembered
+    await post(client, der)  # hit through the raw-request map
+    clock.now += 2 * 86400  # past the entry's refresh point and nextUpdate
+    await post(client, der)  # known request, entry gone: one miss, signed again
+    assert value(client.app, "ocspd_cache_lookups_total", tier="memory", result="hit") == 1
+    assert value(client.app, "ocspd_cache_lookups_total", tier="memory", result="miss") == 2
