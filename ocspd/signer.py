@@ -107,7 +107,8 @@ class Signer:
         algorithm = der.oid(_SIGNATURE_OIDS[self._signature_algorithm()])
         # RFC 4055: RSA PKCS#1 v1.5 identifiers carry NULL parameters; ECDSA and Ed25519 none.
         self._signature_id = der.sequence(algorithm, der.NULL if isinstance(key, rsa.RSAPrivateKey) else b"")
-        # (hash, issuer name hash, issuer key hash) -> the CertID's fields before the serial.
+        # (hash, issuer name hash, issuer key hash) -> the CertID's fields before
+        # the serial. Bounded: only CertIDs that matched one of our issuers get here.
         self._certid_prefixes: dict[tuple[str, bytes, bytes], bytes] = {}
         self._certs_der = (
             der.explicit(0, der.sequence(responder_cert.public_bytes(serialization.Encoding.DER)))
