@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -126,14 +127,36 @@ def _throwaway_cluster() -> Iterator[PgServer]:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"could not start a throwaway cluster: {exc}") from exc
+    stop = _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"])
+    # If this process is killed (a timeout, Ctrl-C twice), the finally below
+    # never runs: a watchdog in its own session stops the cluster then.
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
+        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
         yield PgServer(f"host={workdir} port={port} user=postgres dbname=postgres", "throwaway cluster", workdir, port)
     finally:
-        subprocess.run(
-            _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"]),
-            capture_output=True, env=env, timeout=60, check=False,
-        )
+        subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
+        watchdog.terminate()
+        watchdog.wait(timeout=10)
+
+
+# argv: parent pid, cluster directory, the command that stops the cluster.
+_WATCHDOG = """
+import os, shutil, subprocess, sys, time
+parent, workdir, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+while os.path.isdir(workdir):
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
+        subprocess.run(stop, capture_output=True, timeout=60, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        break
+    time.sleep(1)
+"""
 
 
 @contextlib.contextmanager
