@@ -26,9 +26,11 @@ import time
 from typing import Any
 
 import common
-from common import LoadResult, LoadSpec, Row, log
+import load
+from common import Row, log
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from load import LoadResult, LoadSpec
 
 
 def raw_sign_rate(bench_pki: common.BenchPki, seconds: float) -> dict[str, float]:
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="PostgreSQL server to create the database on (default: see above)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    client = common.choose_client(args.client)
+    client = load.choose_client(args.client)
     # Never ask the same serial twice: a repeat would be a memory hit. wrk has
     # no request-count bound, so the table holds more than the run can ask for.
     per_run = max(100_000, int(30_000 * args.duration) + 10_000)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             config = bench_pki.write_config(work / "ocspd.toml", port, database=dsn, use_index=False)
             runs: list[LoadResult] = []
             cpu: list[dict[str, float]] = []
-            with common.ocspd_server("ocspd", config, port, work) as proc:
+            with load.ocspd_server("ocspd", config, port, work) as proc:
                 # Warm the pool with serials outside the measured range.
                 for i in range(20):
                     warm = common.ocsp_post(port, template.der(rows_wanted - 1 - i))
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         check_body=True,
                     )
                     cpu0, busy0 = common.cpu_seconds(proc.pid), common.machine_busy_seconds()
-                    result = common.run_load(spec, client, work, "miss")
+                    result = load.run_load(spec, client, work, "miss")
                     per_request = 1e6 / max(result.requests, 1)
                     cpu.append(
                         {

@@ -22,7 +22,9 @@ import time
 from typing import Any
 
 import common
-from common import LoadResult, LoadSpec, Row, log
+import load
+from common import Row, log
+from load import LoadResult, LoadSpec
 
 from ocspd.pki import KEY_TYPES
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    client = common.choose_client(args.client)
+    client = load.choose_client(args.client)
     methods = [m.strip().upper() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= {"POST", "GET"}:
         parser.error("--methods: POST and/or GET")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         der = bench_pki.request_for(bench_pki.leaves[0].cert.serial_number)
         port = common.free_port()
         config = bench_pki.write_config(work / "ocspd.toml", port)
-        with common.ocspd_server("ocspd", config, port, work) as ocspd_proc:
+        with load.ocspd_server("ocspd", config, port, work) as ocspd_proc:
             # Warm-up: the first answer is signed and cached; later ones are hits.
             first = common.ocsp_post(port, der)
             if first.status != 200 or common.certificate_status(first.body) != "good":
@@ -113,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--work",
                         extra,
                     ]
-                    proc = common.start_process(name, cmd, work, env={"PYTHONPATH": str(common.REPO)})
+                    proc = load.start_process(name, cmd, work, env={"PYTHONPATH": str(common.REPO)})
                     bare_procs.append(proc)
-                    common.wait_ready(proc, common.port_open(bare_port))
+                    load.wait_ready(proc, load.port_open(bare_port))
                     servers[name] = bare_port
                     pids[name] = proc.pid
                     check = common.ocsp_post(bare_port, der)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                                 duration=args.duration,
                             )
                             cpu0 = common.cpu_seconds(pids[server])
-                            result = common.run_load(spec, client, work, f"{server}-{method}")
+                            result = load.run_load(spec, client, work, f"{server}-{method}")
                             cpu = common.cpu_seconds(pids[server]) - cpu0
                             runs[method][server].append(result)
                             cpu_us[method][server].append(cpu / max(result.requests, 1) * 1e6)
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                             )
             finally:
                 for proc in bare_procs:
-                    common.stop_process(proc)
+                    load.stop_process(proc)
 
     same_loop = "bare-uvloop" if ocspd_uvloop and "bare-uvloop" in servers else "bare-asyncio"
     rows: list[Row] = []

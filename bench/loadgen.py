@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-from common import HOST, LoadResult, LoadSpec, percentile
+from common import HOST, percentile
+from load import LoadResult, LoadSpec
 
 
 async def generate(spec: LoadSpec) -> LoadResult:

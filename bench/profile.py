@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import BackgroundLoad, LoadSpec, Row, log
+import load
+from common import Row, log
+from load import BackgroundLoad, LoadSpec
 
 _LINE = re.compile(r":\d+\)$")
 
@@ -73,7 +75,7 @@ def _package(frame: str) -> str:
 
 
 @contextlib.contextmanager
-def server_under_test(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, common.Process, LoadSpec]]:
+def server_under_test(args: argparse.Namespace, work: Path) -> Iterator[tuple[int, load.Process, LoadSpec]]:
     bench_pki = common.make_pki(work, key_type=args.key_type)
     port = common.free_port()
     if args.path in ("hit", "bare"):
@@ -88,7 +90,7 @@ def server_under_test(args: argparse.Namespace, work: Path) -> Iterator[tuple[in
             connections=args.connections,
             duration=args.duration + 4,
         )
-        with common.ocspd_server("ocspd", config, port, work) as proc:
+        with load.ocspd_server("ocspd", config, port, work) as proc:
             answer = common.ocsp_post(port, der)
             if args.path == "hit":
                 yield port, proc, spec
@@ -100,7 +102,7 @@ def server_under_test(args: argparse.Namespace, work: Path) -> Iterator[tuple[in
         bare_port = common.free_port()
         cmd = [common.PYTHON, str(common.BENCH / "bare_server.py"), "--port", str(bare_port), "--body",
                str(work / "body.der"), "--headers", str(work / "headers.json"), "--loop", loop]  # fmt: skip
-        with common.running("bare", cmd, work, common.port_open(bare_port)) as bare:
+        with load.running("bare", cmd, work, load.port_open(bare_port)) as bare:
             yield bare_port, bare, dataclasses.replace(spec, port=bare_port)
         return
     template = common.serial_template(bench_pki)
@@ -108,7 +110,7 @@ def server_under_test(args: argparse.Namespace, work: Path) -> Iterator[tuple[in
     with common.postgres(args.dsn) as server, common.fresh_database(server, "profile") as dsn:
         common.insert_serials(dsn, bench_pki.issuer_id, common.SERIAL_BASE, rows)
         config = bench_pki.write_config(work / "ocspd.toml", port, database=dsn, use_index=False)
-        with common.ocspd_server("ocspd", config, port, work) as proc:
+        with load.ocspd_server("ocspd", config, port, work) as proc:
             common.ocsp_post(port, template.der(rows - 1))
             spec = LoadSpec(
                 port=port, template=template, connections=args.connections, duration=args.duration + 4, check_body=True
@@ -136,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     py_spy = shutil.which("py-spy") or str(Path(common.PYTHON).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
-    client = common.choose_client(args.client)
+    client = load.choose_client(args.client)
     name = args.out or f"profile_{args.path}" + ("_get" if args.path != "miss" and args.method == "GET" else "")
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     collapsed_path = common.RESULTS / f"{name}.collapsed.txt"
 
     with common.work_dir("profile", args.keep) as work, server_under_test(args, work) as (_, proc, spec):
-        load = BackgroundLoad(spec, client, work, "profile-load")
+        background = BackgroundLoad(spec, client, work, "profile-load")
         try:
             time.sleep(2)
             command = [
@@ -165,9 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"py-spy failed: {done.stderr.strip()[-1000:]}")
-            result = load.stop()
+            result = background.stop()
         finally:
-            load.kill()
+            background.kill()
     log(f"load while sampled: {result.brief()}")
     summary = summarise(collapsed_path.read_text(), args.top)
     for kind in ("own_by_package", "own", "inclusive"):

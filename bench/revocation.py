@@ -25,7 +25,9 @@ from typing import Any
 import aiohttp
 import aiopg
 import common
-from common import BackgroundLoad, LoadSpec, Row, log
+import load
+from common import Row, log
+from load import BackgroundLoad, LoadSpec
 
 REPLICAS = 3
 TIMEOUT = 5.0  # seconds a replica may take before the revocation counts as lost
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="PostgreSQL server to create the database on (default: see cold_miss.py)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    client = common.choose_client(args.client)
+    client = load.choose_client(args.client)
     details: dict[str, Any] = {
         "client": client,
         "replicas": REPLICAS,
@@ -128,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         with common.fresh_database(server, "revoke") as dsn:
             common.insert_serials(dsn, bench_pki.issuer_id, common.SERIAL_BASE, n + 1000)
             ports = [common.free_port() for _ in range(REPLICAS)]
-            procs: list[common.Process] = []
+            procs: list[load.Process] = []
             loads: list[BackgroundLoad] = []
             try:
                 for i, port in enumerate(ports):
                     config = bench_pki.write_config(work / f"ocspd-{i}.toml", port, database=dsn, use_index=False)
-                    proc = common.start_process(f"ocspd-{i}", common.ocspd_args(config), work, env=common.OCSPD_ENV)
+                    proc = load.start_process(f"ocspd-{i}", load.ocspd_args(config), work, env=load.OCSPD_ENV)
                     procs.append(proc)
                 for proc, port in zip(procs, ports, strict=True):
-                    common.wait_ready(proc, common.port_open(port))
+                    load.wait_ready(proc, load.port_open(port))
                 load_der = bench_pki.request_for(load_serial)
                 for port in ports:
                     for _ in range(3):
@@ -157,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)
                 log(f"{REPLICAS} replicas under load; revoking {args.revocations} certificates one at a time")
                 results = asyncio.run(measure(dsn, ports, bench_pki, targets, args.poll_ms / 1000, args.gap_ms / 1000))
-                load_results = [load.stop() for load in loads]
+                load_results = [background.stop() for background in loads]
             finally:
-                for load in loads:
-                    load.kill()
+                for background in loads:
+                    background.kill()
                 for proc in procs:
-                    common.stop_process(proc)
+                    load.stop_process(proc)
 
     canary, measured = results[0], results[1:]
     if canary["all_ms"] == float("inf"):

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import common
+import load
 from common import Row, log
 
 
@@ -97,16 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name}: {count:,} rows in {seconds:.0f} s, {details[f'{name}_table_size']}")
             ports = {name: common.free_port() for name in sizes}
             ders = {name: [template.der(i) for i in rng.sample(range(count), wanted)] for name, count in sizes.items()}
-            procs: dict[str, common.Process] = {}
+            procs: dict[str, load.Process] = {}
             try:
                 for name in sizes:
                     config = bench_pki.write_config(
                         work / f"ocspd-{name}.toml", ports[name], database=dsns[name], use_index=False
                     )
-                    procs[name] = common.start_process(
-                        f"ocspd-{name}", common.ocspd_args(config), work, env=common.OCSPD_ENV
-                    )
-                    waited = common.wait_ready(procs[name], common.port_open(ports[name]))
+                    procs[name] = load.start_process(f"ocspd-{name}", load.ocspd_args(config), work, env=load.OCSPD_ENV)
+                    waited = load.wait_ready(procs[name], load.port_open(ports[name]))
                     details[f"{name}_start_seconds"] = waited
                     log(f"{name}: ocspd listening after {waited:.2f} s")
                 warm = {name: d[: args.warmup] for name, d in ders.items()}
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 latencies = asyncio.run(sequential_misses(ports, measured, args.batch))
             finally:
                 for proc in procs.values():
-                    common.stop_process(proc)
+                    load.stop_process(proc)
 
     p50 = {name: statistics.median(values) for name, values in latencies.items()}
     p99 = {name: common.percentile(values, 99) for name, values in latencies.items()}

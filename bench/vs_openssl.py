@@ -26,7 +26,9 @@ import time
 from typing import Any
 
 import common
-from common import LoadResult, LoadSpec, Row, log
+import load
+from common import Row, log
+from load import LoadResult, LoadSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    client = common.choose_client(args.client)
+    client = load.choose_client(args.client)
     openssl = shutil.which("openssl")
     if openssl is None:
         raise SystemExit("the openssl CLI is not installed (apt-get install openssl)")
@@ -69,22 +71,22 @@ def main(argv: list[str] | None = None) -> int:
                 "-CA", bench_pki.ca_path.name, "-ndays", "1",
             ]  # fmt: skip
             # Readiness by a real request: a bare connect would make it spin.
-            probe = common.answers_ocsp(openssl_port, der)
-            with common.running(f"openssl-{rnd}", cmd, work, probe, cwd=work) as _:
+            probe = load.answers_ocsp(openssl_port, der)
+            with load.running(f"openssl-{rnd}", cmd, work, probe, cwd=work) as _:
                 check = common.ocsp_post(openssl_port, der)
                 if common.certificate_status(check.body) != "good":
                     raise SystemExit(f"openssl answered {check.body[:40]!r}")
                 details.setdefault("openssl_response_bytes", len(check.body))
-                result = common.run_load(spec(openssl_port), client, work, "openssl")
+                result = load.run_load(spec(openssl_port), client, work, "openssl")
             runs["openssl"].append(result)
             log(f"round {rnd + 1} openssl {result.brief()}")
 
         def ocspd_run(rnd: int) -> None:
-            result = common.run_load(spec(port), client, work, "ocspd")
+            result = load.run_load(spec(port), client, work, "ocspd")
             runs["ocspd"].append(result)
             log(f"round {rnd + 1} ocspd   {result.brief()}")
 
-        with common.ocspd_server("ocspd", config, port, work):
+        with load.ocspd_server("ocspd", config, port, work):
             warm = common.ocsp_post(port, der)
             if warm.status != 200 or common.certificate_status(warm.body) != "good":
                 raise SystemExit(f"ocspd answered {warm.status} {warm.body[:40]!r}")
