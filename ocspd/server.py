@@ -63,6 +63,14 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
     )
 
 
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """From now on SIGINT/SIGTERM are ignored: a second one during the drain must
+    not kill us half-way (systemd escalates to SIGKILL after TimeoutStopSec anyway)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+
+
 async def _start_site(runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool) -> None:
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     try:
@@ -122,11 +130,7 @@ class Process:
                 tasks.append(asyncio.create_task(watchdog_loop(self.notifier, interval, lambda: True)))
             await stop.wait()
         finally:
-            # A second SIGTERM during the drain must not kill us half-way
-            # (systemd escalates to SIGKILL after TimeoutStopSec anyway).
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-                signal.signal(signum, signal.SIG_IGN)
+            ignore_stop_signals(loop)
             event(log, "stopping", pid=os.getpid())
             self.notifier.stopping()
             for task in tasks:

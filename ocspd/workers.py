@@ -70,7 +70,7 @@ class Supervisor:
 
     async def _main(self) -> None:
         from ocspd.http import init_admin_app
-        from ocspd.server import summary
+        from ocspd.server import ignore_stop_signals, summary
         from ocspd.signer import load_signers
 
         # Keys are checked here once, so that a bad one fails before any worker starts.
@@ -97,9 +97,7 @@ class Supervisor:
         try:
             await stop.wait()
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(signum)
-                signal.signal(signum, signal.SIG_IGN)
+            ignore_stop_signals(loop)
             self.stopping = True
             event(log, "stopping", workers=len(self.workers))
             self.notifier.stopping()
