@@ -85,18 +85,19 @@ class Entry:
     __slots__ = ("blob", "status", "window")
 
     def __init__(self, der: bytes, status: str, this_update: dt.datetime, next_update: dt.datetime) -> None:
-        self.blob = der + hashlib.sha256(der).digest()
-        self.status = status
-        self.window = window(this_update.timestamp(), next_update.timestamp())
+        self._fill(der, status, window(this_update.timestamp(), next_update.timestamp()))
 
     @classmethod
     def at(cls, der: bytes, status: str, this_ts: float, next_ts: float) -> Entry:
         """An entry from POSIX timestamps (as the store reads them)."""
         entry = cls.__new__(cls)
-        entry.blob = der + hashlib.sha256(der).digest()
-        entry.status = status
-        entry.window = window(this_ts, next_ts)
+        entry._fill(der, status, window(this_ts, next_ts))
         return entry
+
+    def _fill(self, der: bytes, status: str, times: Window) -> None:
+        self.blob = der + hashlib.sha256(der).digest()
+        self.status = status
+        self.window = times
 
     @property
     def der(self) -> bytes:

@@ -180,9 +180,13 @@ class Engine:
         issuer = self.issuer_for(certid)
         return make_key(issuer.index, certid.hash_name, certid.serial), issuer
 
+    def memory_trusted(self, issuer: Issuer) -> bool:
+        """Whether memory answers for this issuer may be served and kept (SPEC §3.3)."""
+        return self.channel_up or not issuer.needs_channel
+
     def cached(self, key: Key, issuer: Issuer) -> Entry | None:
         """The memory tier's answer for key, if it may be served; counted as a hit or a miss."""
-        if self.channel_up or not issuer.needs_channel:
+        if self.memory_trusted(issuer):
             entry = self.memory.get(key)
             if entry is not None:
                 self.metrics.memory_hit.n += 1
@@ -192,9 +196,7 @@ class Engine:
 
     def peek(self, key: Key, issuer: Issuer) -> Entry | None:
         """``cached`` without counting (the hit path counts its hits; a miss is counted by ``respond``)."""
-        if self.channel_up or not issuer.needs_channel:
-            return self.memory.get(key)
-        return None
+        return self.memory.get(key) if self.memory_trusted(issuer) else None
 
     def key(self, issuer_id: str, hash_name: str, serial: int) -> Key:
         """The memory-tier key of (issuer, CertID hash, serial), e.g. to inspect the tier."""
@@ -227,7 +229,7 @@ class Engine:
                     )
                 # Nothing since the flight.stale check awaited: an invalidation
                 # arriving from here on finds the entry in memory and drops it.
-                if self.channel_up or not issuer.needs_channel:
+                if self.memory_trusted(issuer):
                     self.memory.put(key, entry)
                 return entry, tier
         raise TryLater("status changed during every attempt to answer")

@@ -219,7 +219,6 @@ class OcspHandlers:
         self._prefix_len = len(self.prefix)
         self._clock = clock
         self._count = metrics.request_counter
-        self._hit_post = metrics.request_counter[("POST", "successful")]
         self._memory_hit = metrics.memory_hit
         self._latency = metrics.request_latency
         self._txlog = config.log.requests
@@ -236,12 +235,8 @@ class OcspHandlers:
             raise
         known = self._known.get(body)
         if known is not None and not self._txlog:
-            entry = self._engine.peek(*known)
-            if entry is not None:
-                self._memory_hit.n += 1
-                self._hit_post.n += 1
-                response = web.Response(body=entry.der, headers=self._headers(entry))
-                self._latency["POST"].observe(time.perf_counter() - started)
+            response = self._from_memory(known, None, "POST", started)
+            if response is not None:
                 return response
         return await self._answer(request, body, None, "POST", started, body)
 
@@ -251,12 +246,8 @@ class OcspHandlers:
         raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
         known = self._known.get(raw)
         if known is not None and not self._txlog:
-            entry = self._engine.peek(*known)
-            if entry is not None:
-                self._memory_hit.n += 1
-                response, status = self._ok(entry, request)
-                self._count[("GET", status)].n += 1
-                self._latency["GET"].observe(time.perf_counter() - started)
+            response = self._from_memory(known, request, "GET", started)
+            if response is not None:
                 return response
         try:
             der = decode_get_path(raw)
@@ -298,6 +289,19 @@ class OcspHandlers:
                 txlog, "request", method=method, hash=certid.hash_name, serial=f"{certid.serial:X}",
                 certids=len(parsed.certids), status=entry.status, tier=tier, ms=round(elapsed * 1000, 3),
             )
+        return response
+
+    def _from_memory(
+        self, known: tuple[int, Issuer], conditional: web.BaseRequest | None, method: str, started: float
+    ) -> web.Response | None:
+        """The hit path: the answer for a request seen before, if memory has it (no parse)."""
+        entry = self._engine.peek(*known)
+        if entry is None:
+            return None  # counted as a miss by the full path
+        self._memory_hit.n += 1
+        response, status = self._ok(entry, conditional)
+        self._count[(method, status)].n += 1
+        self._latency[method].observe(time.perf_counter() - started)
         return response
 
     def _remember(self, raw: bytes | str, cacheable: tuple[int, Issuer]) -> None:

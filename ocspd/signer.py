@@ -185,7 +185,7 @@ class Signer:
             der.sequence(single),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
-        signature = self._raw_sign(tbs)
+        signature = self._sign_data(tbs)
         bits = b"\x03" + der.length(len(signature) + 1) + b"\x00"  # BIT STRING, no unused bits
         basic_len = len(tbs) + len(self._signature_id) + len(bits) + len(signature) + len(self._certs_der)
         basic_header = b"\x30" + der.length(basic_len)
@@ -239,7 +239,7 @@ class Signer:
         if extensions:
             tbs["response_extensions"] = extensions
         tbs_data = asn1_ocsp.ResponseData(tbs)
-        signature = self._raw_sign(tbs_data.dump())
+        signature = self._sign_data(tbs_data.dump())
         basic: dict[str, Any] = {
             "tbs_response_data": tbs_data,
             "signature_algorithm": {"algorithm": self._signature_algorithm()},
@@ -256,9 +256,6 @@ class Signer:
             }
         )
         return bytes(response.dump())
-
-    def _raw_sign(self, data: bytes) -> bytes:
-        return self._sign_data(data)
 
     def _signing_function(self) -> Callable[[bytes], bytes]:
         """The key's sign() with its algorithm objects made once (ECDSA() alone was ~4 µs a call)."""

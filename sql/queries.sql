@@ -43,7 +43,7 @@ ON CONFLICT (issuer_id, serial, hash_alg) DO UPDATE
     WHERE r.cert_version < EXCLUDED.cert_version
        OR (r.cert_version = EXCLUDED.cert_version
            AND (r.this_update <= EXCLUDED.this_update OR r.signer <> EXCLUDED.signer))
-RETURNING r.serial, r.hash_alg;
+RETURNING 1;
 
 -- name: claim_refresh
 -- Rows due for re-signing, locked so that other replicas skip them.

@@ -251,7 +251,7 @@ class Store:
         try:
             for (issuer_id, signer), items in groups.items():
                 try:
-                    written = len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
+                    written = await self.store_many(issuer_id, signer, items)
                 except (SourceUnavailable, StoreError) as exc:
                     self._write_counts["failed"] += len(items)
                     event(log, "write_back_failed", logging.WARNING, responses=len(items), error=str(exc))
