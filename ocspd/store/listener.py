@@ -63,6 +63,11 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, psycopg2.Error, OSError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # aiopg can turn a cancellation into its own error (seen
+                    # while connecting): going on would hang the app's cleanup.
+                    raise asyncio.CancelledError from exc
                 event(log, "listener_down", logging.WARNING, error=" ".join(str(exc).split()))
             finally:
                 was_up = self.connected
