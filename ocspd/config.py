@@ -41,6 +41,7 @@ class ServerConfig:
     path_prefix: str = "/"
     workers: int = 1
     max_request_bytes: int = 10000
+    fast_http: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +282,7 @@ def _listen(value: object, from_env: bool) -> tuple[tuple[str, int], ...]:
 # the "unknown key" suggestions and dump_config all come from this one table.
 _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "server": {"listen": (_listen, None), "path_prefix": (_str, None), "workers": (_int, 1),
-               "max_request_bytes": (_int, 100)},
+               "max_request_bytes": (_int, 100), "fast_http": (_bool, None)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None)},
     "cache": {"max_entries": (_int, 1), "max_bytes": (_size, 1)},

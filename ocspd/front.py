@@ -1,11 +1,13 @@
-"""How ``ocspd serve`` serves the OCSP app: aiohttp's low-level server in
-front of the app's two handlers.
+"""How ``ocspd serve`` serves the OCSP app: ocspd's fast HTTP path
+(``ocspd/fasthttp.py``) and aiohttp's low-level server in front of the app's
+handlers.
 
 ``OcspRunner(app)`` behaves like ``web.AppRunner(app)`` (the app's startup,
 cleanup_ctx and shutdown run the same way, the handlers and limits are the
 same) but dispatches to the OCSP handlers itself instead of through the
 router and the middleware chain (the app has no middlewares): ~10 % of a
-memory hit (bench/README.md).
+memory hit (bench/README.md). With ``[server] fast_http`` (the default)
+the common requests do not reach aiohttp's request objects at all.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
+from ocspd.fasthttp import FastServer
 from ocspd.http import HANDLERS, OcspHandlers
 
 
@@ -69,6 +72,8 @@ def _front(handlers: OcspHandlers, **kwargs: Any) -> web.Server:
             return await handlers.get(request)
         raise web.HTTPMethodNotAllowed(method, post_allowed if path == prefix else get_allowed)
 
+    if handlers.fast_http:
+        return FastServer(handlers, dispatch, request_factory=make_request, **kwargs)
     return web.Server(dispatch, request_factory=make_request, **kwargs)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -204,18 +205,34 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+class Reply(NamedTuple):
+    """What the OCSP handlers answer, before any HTTP framing: 200 or 304, headers, body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+# If-None-Match and If-Modified-Since of a GET (None: absent), or None for a POST.
+Conditional = tuple[str | None, str | None] | None
+
+
 class OcspHandlers:
     """The OCSP handlers. The hit path is kept short on purpose (SPEC §7).
 
     A request seen before (the same POST body, the same GET path) is mapped
     straight to its memory-tier key: identical bytes parse identically, so the
     parse is skipped. Anything not answerable from memory takes the full path.
+
+    ``hit``, ``answer_post`` and ``answer_get`` produce a ``Reply`` for either
+    front: ``post`` and ``get`` (aiohttp handlers) and ``ocspd/fasthttp.py``.
     """
 
     def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
         self._engine = engine
         self.prefix = config.server.path_prefix
         self.max_request_bytes = config.server.max_request_bytes
+        self.fast_http = config.server.fast_http
         self._prefix_len = len(self.prefix)
         self._clock = clock
         self._count = metrics.request_counter
@@ -231,39 +248,57 @@ class OcspHandlers:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            self._count[("POST", "request_too_large")].n += 1
+            self.too_large()
             raise
-        known = self._known.get(body)
-        if known is not None and not self._txlog:
-            response = self._from_memory(known, None, "POST", started)
-            if response is not None:
-                return response
-        return await self._answer(request, body, None, "POST", started, body)
+        reply = self.hit(body, None, "POST", started) or await self.answer_post(body, started)
+        return _response(reply)
 
     async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
         raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
+        h = request.headers
+        conditional = (h.get("If-None-Match"), h.get("If-Modified-Since"))
+        reply = self.hit(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
+        return _response(reply)
+
+    def too_large(self) -> None:
+        """Count a POST refused for its size (HTTP 413)."""
+        self._count[("POST", "request_too_large")].n += 1
+
+    def hit(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
+        """The hit path: the answer for a request seen before, if memory has it (no parse).
+
+        ``raw`` is the POST body or the GET path below the prefix. None means
+        the full path must answer (a miss there is counted there).
+        """
         known = self._known.get(raw)
-        if known is not None and not self._txlog:
-            response = self._from_memory(known, request, "GET", started)
-            if response is not None:
-                return response
+        if known is None or self._txlog:
+            return None
+        entry = self._engine.peek(*known)
+        if entry is None:
+            return None
+        self._memory_hit.n += 1
+        reply, status = self._ok(entry, conditional)
+        self._count[(method, status)].n += 1
+        self._latency[method].observe(time.perf_counter() - started)
+        return reply
+
+    async def answer_post(self, body: bytes, started: float) -> Reply:
+        """The full path for a POST body."""
+        return await self._answer(body, None, "POST", started, body)
+
+    async def answer_get(self, raw: str, conditional: Conditional, started: float) -> Reply:
+        """The full path for a GET path below the prefix."""
         try:
             der = decode_get_path(raw)
         except MalformedRequest as exc:
             return self._error(MALFORMED_REQUEST, "malformedRequest", exc, "GET", started)
-        return await self._answer(request, der, request, "GET", started, raw)
+        return await self._answer(der, conditional, "GET", started, raw)
 
     async def _answer(
-        self,
-        request: web.BaseRequest,
-        der: bytes,
-        conditional: web.BaseRequest | None,
-        method: str,
-        started: float,
-        raw: bytes | str,
-    ) -> web.StreamResponse:
+        self, der: bytes, conditional: Conditional, method: str, started: float, raw: bytes | str
+    ) -> Reply:
         try:
             parsed = parse_request(der)
             cacheable = self._engine.cacheable(parsed)
@@ -279,7 +314,7 @@ class OcspHandlers:
         except Exception:
             log.exception("internal error answering a %s request", method)
             return self._error(INTERNAL_ERROR, "internalError", None, method, started)
-        response, status = self._ok(entry, conditional)
+        reply, status = self._ok(entry, conditional)
         self._count[(method, status)].n += 1
         elapsed = time.perf_counter() - started
         self._latency[method].observe(elapsed)
@@ -289,20 +324,7 @@ class OcspHandlers:
                 txlog, "request", method=method, hash=certid.hash_name, serial=f"{certid.serial:X}",
                 certids=len(parsed.certids), status=entry.status, tier=tier, ms=round(elapsed * 1000, 3),
             )
-        return response
-
-    def _from_memory(
-        self, known: tuple[int, Issuer], conditional: web.BaseRequest | None, method: str, started: float
-    ) -> web.Response | None:
-        """The hit path: the answer for a request seen before, if memory has it (no parse)."""
-        entry = self._engine.peek(*known)
-        if entry is None:
-            return None  # counted as a miss by the full path
-        self._memory_hit.n += 1
-        response, status = self._ok(entry, conditional)
-        self._count[(method, status)].n += 1
-        self._latency[method].observe(time.perf_counter() - started)
-        return response
+        return reply
 
     def _remember(self, raw: bytes | str, cacheable: tuple[int, Issuer]) -> None:
         if len(raw) > KNOWN_REQUEST_MAX_BYTES:
@@ -314,27 +336,23 @@ class OcspHandlers:
             known.clear()
         known[raw] = cacheable
 
-    def _headers(self, entry: Entry) -> dict[str, str]:
+    def _ok(self, entry: Entry, conditional: Conditional) -> tuple[Reply, str]:
         window = entry.window
-        return {
+        etag = entry.etag
+        headers = {
             "Content-Type": OCSP_RESPONSE_TYPE,
             "Cache-Control": cache_control(window.next.ts, self._clock()),
             "Last-Modified": window.this.http,
             "Expires": window.next.http,
-            "ETag": entry.etag,
+            "ETag": etag,
         }
-
-    def _ok(self, entry: Entry, conditional: web.BaseRequest | None) -> tuple[web.Response, str]:
-        headers = self._headers(entry)
         if conditional is not None:
-            h = conditional.headers
-            inm = h.get("If-None-Match")
-            ims = h.get("If-Modified-Since")
-            if (inm is not None or ims is not None) and not_modified(inm, ims, headers["ETag"], entry.window.this.ts):
-                return web.Response(status=304, headers=headers), "not_modified"
-        return web.Response(body=entry.der, headers=headers), "successful"
+            inm, ims = conditional
+            if (inm is not None or ims is not None) and not_modified(inm, ims, etag, window.this.ts):
+                return Reply(304, headers, b""), "not_modified"
+        return Reply(200, headers, entry.der), "successful"
 
-    def _error(self, body: bytes, status: str, exc: Exception | None, method: str, started: float) -> web.Response:
+    def _error(self, body: bytes, status: str, exc: Exception | None, method: str, started: float) -> Reply:
         self._count[(method, status)].n += 1
         elapsed = time.perf_counter() - started
         self._latency[method].observe(elapsed)
@@ -343,7 +361,13 @@ class OcspHandlers:
             event(txlog, "request", method=method, status=status, reason=reason, ms=round(elapsed * 1000, 3))
         elif exc is not None and log.isEnabledFor(logging.DEBUG):
             event(log, "request_refused", logging.DEBUG, kind=type(exc).__name__, reason=str(exc))
-        return web.Response(body=body, headers=ERROR_HEADERS)
+        return Reply(200, ERROR_HEADERS, body)
+
+
+def _response(reply: Reply) -> web.Response:
+    if reply.status == 304:
+        return web.Response(status=304, headers=reply.headers)
+    return web.Response(body=reply.body, headers=reply.headers)
 
 
 HANDLERS = web.AppKey("handlers", OcspHandlers)

@@ -1,0 +1,388 @@
+"""A minimal HTTP/1.1 path for the requests OCSP clients send, in front of aiohttp.
+
+Each new connection on the OCSP port starts here. A request of the common
+shape (``POST {prefix}`` with a Content-Length, or ``GET {prefix}<base64>``
+without a body, HTTP/1.1, plain header fields) is answered by this module
+directly from the OCSP handlers' ``Reply``: a memory hit is written from
+``data_received`` with no task, no request or response object. Anything
+else (another method or path, HTTP/1.0, chunked or over-size bodies,
+``Expect``, ``Upgrade``, odd header syntax, an incomplete head past the size
+limit) hands the connection, with the bytes not yet answered, to aiohttp's
+own protocol for the rest of its life, so every answer off this path is
+aiohttp's.
+
+Why: aiohttp's request and response objects cost more per request than the
+whole hit path; below them a memory hit takes a few µs (bench/README.md).
+Connections here keep the order of pipelined requests (one at a time), the
+keep-alive timeout the aiohttp side uses, write flow control, and the
+runner's drain on shutdown (``FastServer.pre_shutdown``/``shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable
+from email.utils import formatdate
+from typing import Any, cast
+
+from aiohttp import web
+
+from ocspd.http import OcspHandlers, Reply
+
+log = logging.getLogger("ocspd.http")
+
+# A head (request line and fields) longer than this, or not complete within
+# it, goes to aiohttp, which answers 400/431 by its own limits (8190 a line).
+MAX_HEAD = 8192
+# Bytes read ahead while a request is being answered (pipelining): past this
+# the socket is not read until the answer is out.
+MAX_BUFFERED = 65536
+# aiohttp's RequestHandler default, used when the runner sets none.
+KEEPALIVE_TIMEOUT = 3630.0
+
+# Header fields as RFC 9112 §5 has them, with no obs-fold and no bare CR or LF:
+# a token, a colon, visible characters, spaces and tabs.
+_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
+# Visible ASCII but "#": aiohttp's raw_path would differ on a fragment.
+_TARGET = re.compile(rb'/[!"$-~]*')
+# Fields that make a request leave this path whatever their value.
+_HAND_OFF_FIELDS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
+_REASONS = {200: "OK", 304: "Not Modified"}
+
+
+class FastServer(web.Server):
+    """aiohttp's low-level server whose connections start on this module's path.
+
+    ``dispatch`` and ``kwargs`` are what a ``web.Server`` takes: they serve
+    every connection handed to aiohttp.
+    """
+
+    def __init__(self, handlers: OcspHandlers, dispatch: Any, **kwargs: Any) -> None:
+        super().__init__(dispatch, **kwargs)
+        self.handlers = handlers
+        self.prefix = handlers.prefix.encode()
+        self.keepalive_timeout = float(kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT))
+        self.fast: set[FastProtocol] = set()
+        self._date_second = -1
+        self._date = ""
+
+    def __call__(self) -> FastProtocol:  # type: ignore[override]
+        return FastProtocol(self)
+
+    def aiohttp_protocol(self) -> asyncio.Protocol:
+        """A protocol of aiohttp's own, for a connection handed over."""
+        return super().__call__()
+
+    def date(self) -> str:
+        """The Date header value, formatted once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = formatdate(now, usegmt=True)
+        return self._date
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for conn in list(self.fast):
+            conn.close_when_idle()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        # Answers being produced finish (up to the timeout), as aiohttp's do.
+        busy = [conn.busy for conn in self.fast if conn.busy is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+        for conn in list(self.fast):
+            conn.abort()
+        await super().shutdown(timeout)
+
+
+class FastProtocol(asyncio.Protocol):
+    """One connection on the fast path (see the module docstring)."""
+
+    __slots__ = (
+        "_buf",
+        "_closing",
+        "_eof",
+        "_handlers",
+        "_idle_since",
+        "_loop",
+        "_read_paused",
+        "_server",
+        "_timer",
+        "_transport",
+        "_write_paused",
+        "busy",
+    )  # fmt: skip
+
+    def __init__(self, server: FastServer) -> None:
+        self._server = server
+        self._handlers = server.handlers
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._buf = b""
+        self.busy: asyncio.Task[None] | None = None
+        self._closing = False
+        self._write_paused = False
+        self._read_paused = False
+        self._eof = False
+        self._idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server.fast.add(self)
+        timeout = self._server.keepalive_timeout
+        if timeout > 0:
+            self._idle_since = self._loop.time()
+            self._timer = self._loop.call_at(self._idle_since + timeout, self._check_idle)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+        self._server.fast.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        if self.busy is not None or self._write_paused:
+            if len(self._buf) > MAX_BUFFERED:
+                self._pause_reading()
+            return
+        try:
+            self._process()
+        except Exception:  # a bug here must cost one connection, not the process
+            log.exception("internal error on the fast HTTP path")
+            self.abort()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        # Keep the transport open while an answer is still to be written.
+        return self.busy is not None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._resume()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer the complete requests in the buffer, in order, while they stay on this path."""
+        buf = self._buf
+        pos = 0
+        handlers = self._handlers
+        transport = self._transport
+        while pos < len(buf) and transport is not None and not self._closing:
+            if self._write_paused:
+                self._pause_reading()
+                break
+            end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
+            if end < 0:
+                if len(buf) - pos >= MAX_HEAD:
+                    self._hand_off(buf[pos:])
+                    return
+                break  # the head is not complete yet
+            started = time.perf_counter()
+            request = _parse_head(buf, pos, end + 2, self._server.prefix, handlers.max_request_bytes)
+            if request is None:
+                self._hand_off(buf[pos:])
+                return
+            is_post, target, length, close, conditional = request
+            body_start = end + 4
+            if len(buf) < body_start + length:
+                break  # the body is not complete yet
+            pos = body_start + length
+            answer: Awaitable[Reply] | None = None
+            if is_post:
+                body = buf[body_start:pos]
+                reply = handlers.hit(body, None, "POST", started)
+                if reply is None:
+                    answer = handlers.answer_post(body, started)
+            else:
+                path = target.split(b"?", 1)[0].decode("ascii")
+                reply = handlers.hit(path, conditional, "GET", started)
+                if reply is None:
+                    answer = handlers.answer_get(path, conditional, started)
+            if answer is not None:
+                self._buf = buf[pos:]
+                self.busy = self._loop.create_task(self._answer_later(answer, close))
+                return
+            assert reply is not None
+            self._write(reply, close)
+            if close:
+                self._finish()
+                return
+        self._buf = buf[pos:] if pos else buf
+        if self._eof and not self._write_paused:
+            self._finish()  # what is left can no longer become a request
+
+    async def _answer_later(self, answer: Awaitable[Reply], close: bool) -> None:
+        try:
+            reply = await answer
+        except Exception:  # the handlers answer every error themselves: this is a bug
+            log.exception("internal error on the fast HTTP path")
+            self.busy = None
+            self.abort()
+            return
+        self.busy = None
+        if self._transport is None:
+            return  # the client went away meanwhile
+        self._write(reply, close)
+        if close or self._closing or (self._eof and not self._buf):
+            self._finish()
+            return
+        self._resume()
+
+    def _write(self, reply: Reply, close: bool) -> None:
+        status, headers, body = reply
+        lines = [f"HTTP/1.1 {status} {_REASONS[status]}\r\n"]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        if status != 304:
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append(f"Date: {self._server.date()}\r\n")
+        if close:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        assert self._transport is not None
+        self._transport.write("".join(lines).encode("latin-1") + body)
+        self._idle_since = self._loop.time()
+
+    def _resume(self) -> None:
+        """Go on with what was read ahead, and read again."""
+        if self._transport is None or self.busy is not None or self._write_paused:
+            return
+        if self._read_paused:
+            self._read_paused = False
+            self._transport.resume_reading()
+        if self._buf or self._eof:
+            try:
+                self._process()
+            except Exception:
+                log.exception("internal error on the fast HTTP path")
+                self.abort()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    # -- the connection's end, or its hand-over --------------------------------------------
+
+    def _hand_off(self, unanswered: bytes) -> None:
+        """From here on aiohttp serves this connection, starting with ``unanswered``."""
+        transport = self._transport
+        assert transport is not None
+        self.connection_lost(None)  # forget it here: timer, server's set
+        protocol = self._server.aiohttp_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._write_paused:
+            protocol.pause_writing()
+        if self._read_paused:
+            transport.resume_reading()
+        protocol.data_received(unanswered)
+        if self._eof:
+            protocol.eof_received()
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self._transport is None:
+            return
+        timeout = self._server.keepalive_timeout
+        due = self._idle_since + timeout
+        if self.busy is None and self._loop.time() >= due:
+            self._finish()
+            return
+        self._timer = self._loop.call_at(max(due, self._loop.time() + 1.0), self._check_idle)
+
+    def close_when_idle(self) -> None:
+        """Shutdown: no further request; close now, or after the answer being produced."""
+        self._closing = True
+        if self.busy is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._transport is not None:
+            self._transport.close()  # after what is buffered has been written
+
+    def abort(self) -> None:
+        """Close at once (shutdown timeout, or a bug)."""
+        if self.busy is not None:
+            self.busy.cancel()
+            self.busy = None
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _parse_head(
+    buf: bytes, start: int, end: int, prefix: bytes, max_body: int
+) -> tuple[bool, bytes, int, bool, tuple[str | None, str | None] | None] | None:
+    """The request at ``buf[start:end]`` (its head, up to the last field's CRLF), if it is
+    one this path answers: (is POST, target, body length, close after, GET's conditional
+    fields). None sends the connection to aiohttp.
+    """
+    line_end = buf.find(b"\r\n", start, end)
+    parts = buf[start:line_end].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return None
+    method, target, _ = parts
+    if not target.startswith(prefix) or _TARGET.fullmatch(target) is None:
+        return None
+    fields = buf[line_end + 2 : end]
+    if _FIELDS.fullmatch(fields) is None:
+        return None
+    lowered = b"\r\n" + fields.lower()  # every name now follows a CRLF
+    for name in _HAND_OFF_FIELDS:
+        if name in lowered:
+            return None
+    length_at = lowered.find(b"\r\ncontent-length:")
+    if length_at >= 0:
+        if lowered.find(b"\r\ncontent-length:", length_at + 2) >= 0:
+            return None  # aiohttp refuses two; so do we, by handing it over
+        value = _value(fields, lowered, length_at + 17)
+        if not value.isdigit() or len(value) > 9:
+            return None
+        length = int(value)
+    else:
+        length = -1
+    close = False
+    connection_at = lowered.find(b"\r\nconnection:")
+    if connection_at >= 0:
+        value = _value(fields, lowered, connection_at + 13).lower()
+        if value == b"close":
+            close = True
+        elif value != b"keep-alive" or lowered.find(b"\r\nconnection:", connection_at + 2) >= 0:
+            return None
+    if method == b"POST":
+        if target != prefix or length < 0 or length > max_body:
+            return None  # aiohttp answers 404/405, 411, 413
+        return True, target, length, close, None
+    if method != b"GET" or length > 0:
+        return None
+    return (
+        False,
+        target[len(prefix) :],
+        0,
+        close,
+        (_field(fields, lowered, b"\r\nif-none-match:"), _field(fields, lowered, b"\r\nif-modified-since:")),
+    )
+
+
+def _value(fields: bytes, lowered: bytes, at: int) -> bytes:
+    """The value of the field whose name ends at ``lowered[at]``, without its blanks."""
+    return fields[at - 2 : lowered.find(b"\r\n", at) - 2].strip(b" \t")
+
+
+def _field(fields: bytes, lowered: bytes, name: bytes) -> str | None:
+    at = lowered.find(name)
+    if at < 0:
+        return None
+    return _value(fields, lowered, at + len(name)).decode("latin-1")
