@@ -1,0 +1,362 @@
+"""The fast HTTP/1.1 path (ocspd/fasthttp.py), on raw sockets: it answers the
+common requests as aiohttp would, keeps pipelined answers in order, hands
+everything else to aiohttp, and closes idle connections."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from cryptography.x509 import ocsp
+
+from ocspd import fasthttp
+from ocspd.http import ENGINE, init_app
+from ocspd.protocol import MALFORMED_REQUEST
+from tests.conftest import OcspTestServer
+from tests.helpers import TestPki, hold_after_fetch, request_der, verify_response
+
+Serve = Callable[..., Awaitable[OcspTestServer]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Serve a TestPki's app on 127.0.0.1 as ``ocspd serve`` does; ``fast_http`` and runner kwargs as given."""
+    servers: list[OcspTestServer] = []
+
+    async def start(test_pki: TestPki, fast_http: bool = True, **kwargs: Any) -> OcspTestServer:
+        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false")
+        server = OcspTestServer(init_app(config, index_poll=0.05), host="127.0.0.1")
+        await server.start_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    while servers:
+        await servers.pop().close()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+async def read_answer(reader: asyncio.StreamReader, *, head_request: bool = False) -> Answer:
+    """One HTTP/1.1 response (Content-Length framed; 304 and HEAD answers carry no body)."""
+    status_line = await reader.readuntil(b"\r\n")
+    version, status, _ = status_line.decode("latin-1").split(" ", 2)
+    assert version in ("HTTP/1.1", "HTTP/1.0"), status_line
+    answer = Answer(int(status))
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.decode("latin-1").partition(":")
+        answer.headers[name.strip().lower()] = value.strip()
+    if answer.status != 304 and not head_request:
+        answer.body = await reader.readexactly(int(answer.headers.get("content-length", "0")))
+    return answer
+
+
+async def exchange(port: int, data: bytes | list[bytes], answers: int, pause: float = 0.0) -> list[Answer]:
+    """Send ``data`` (chunks ``pause`` s apart) on one connection and read ``answers`` responses."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for chunk in [data] if isinstance(data, bytes) else data:
+            writer.write(chunk)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        return [await asyncio.wait_for(read_answer(reader), 10) for _ in range(answers)]
+    finally:
+        writer.close()
+
+
+def post_bytes(der: bytes, *extra: str, path: str = "/") -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: ocsp.test", "Content-Type: application/ocsp-request",
+            f"Content-Length: {len(der)}", *extra]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + der
+
+
+def get_bytes(der: bytes, *extra: str, version: str = "HTTP/1.1") -> bytes:
+    path = "/" + quote(base64.b64encode(der).decode(), safe="")
+    return ("\r\n".join([f"GET {path} {version}", "Host: ocsp.test", *extra]) + "\r\n\r\n").encode()
+
+
+def status_of(answer: Answer, test_pki: TestPki) -> ocsp.OCSPCertStatus:
+    assert answer.status == 200, answer
+    return verify_response(answer.body, test_pki).certificate_status
+
+
+# -- the same answers as aiohttp's --------------------------------------------------------------
+
+# Headers that differ between two servers for reasons other than the front:
+# the time of the request, the signature (and so its length), aiohttp's Server banner.
+_VARYING = {"date", "server", "etag", "cache-control", "last-modified", "expires", "content-length"}
+
+
+def _requests(test_pki: TestPki) -> dict[str, bytes]:
+    good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    revoked = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    return {
+        "post good": post_bytes(good),
+        "post revoked, lowercase names": post_bytes(revoked).replace(b"Content-Length", b"content-length"),
+        "post garbage": post_bytes(b"\x30\x03\x02\x01\x01"),
+        "get good": get_bytes(good),
+        "get with a query": get_bytes(good).replace(b" HTTP/1.1", b"?x=1 HTTP/1.1", 1),
+        "get bad base64": b"GET /%%%% HTTP/1.1\r\nHost: x\r\n\r\n",
+        "get with Content-Length 0": get_bytes(good, "Content-Length: 0"),
+        "get not modified": get_bytes(good, 'If-None-Match: "nope", *'),
+        "get modified": get_bytes(good, 'If-None-Match: "nope"'),
+        "head": get_bytes(good).replace(b"GET", b"HEAD", 1),
+        "put": post_bytes(good).replace(b"POST", b"PUT", 1),
+        "post below the prefix": post_bytes(good, path="/x"),
+        "post chunked": (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + f"{len(good):x}\r\n".encode() + good + b"\r\n0\r\n\r\n"
+        ),
+        "post too large": post_bytes(b"\x30" * 10001),
+        "http/1.0 get": get_bytes(good, version="HTTP/1.0"),
+        "absolute-form target": get_bytes(good).replace(b"GET /", b"GET http://ocsp.test/", 1),
+    }
+
+
+async def test_fast_path_answers_as_aiohttp_does(serve: Serve, test_pki: TestPki) -> None:
+    fast = await serve(test_pki, fast_http=True)
+    plain = await serve(test_pki, fast_http=False)
+    for label, raw in _requests(test_pki).items():
+        got = []
+        for server in (fast, plain):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(raw)
+            try:
+                got.append(await asyncio.wait_for(read_answer(reader, head_request=raw.startswith(b"HEAD")), 10))
+            finally:
+                writer.close()
+        ours, theirs = got
+        assert ours.status == theirs.status, label
+        assert set(ours.headers) - _VARYING == set(theirs.headers) - _VARYING, label
+        assert {k: v for k, v in ours.headers.items() if k not in _VARYING} == {
+            k: v for k, v in theirs.headers.items() if k not in _VARYING
+        }, label
+        if ours.status == 200 and ours.body and ours.body != theirs.body:
+            # Signed answers differ (ECDSA); what they say must not.
+            assert status_of(ours, test_pki) == status_of(theirs, test_pki), label
+        else:
+            assert ours.body == theirs.body, label
+
+
+async def test_fast_path_is_what_answers_unless_turned_off(serve: Serve, test_pki: TestPki) -> None:
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    fast = await serve(test_pki)
+    plain = await serve(test_pki, fast_http=False)
+    # aiohttp names itself in a Server header; the fast path sends none.
+    assert all("server" not in a.headers for a in await exchange(fast.port, post_bytes(der) * 2, 2))
+    assert all("aiohttp" in a.headers["server"] for a in await exchange(plain.port, post_bytes(der) * 2, 2))
+    # A request off the fast path hands the connection to aiohttp, which then answers the rest.
+    answers = await exchange(fast.port, post_bytes(der, path="/x") + post_bytes(der), 2)
+    assert [a.status for a in answers] == [405, 200]
+    assert all("aiohttp" in a.headers["server"] for a in answers)
+
+
+# -- connections ---------------------------------------------------------------------------------
+
+
+async def test_pipelined_requests_are_answered_in_order(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    ders = {name: request_der(test_pki.leaves[name].cert, test_pki.ca.cert) for name in ("good", "revoked", "unissued")}
+    expected = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
+                "unissued": ocsp.OCSPCertStatus.UNKNOWN}  # fmt: skip
+    await exchange(server.port, post_bytes(ders["good"]) + get_bytes(ders["good"]), 2)  # memory hits from now on
+    # Hits (answered at once) after misses and errors (answered in a task), all in one write.
+    order = ["revoked", "good", "garbage", "good", "unissued", "revoked", "garbage", "unissued", "good"]
+    data = b"".join(
+        post_bytes(b"\x30\x00") if name == "garbage" else
+        (get_bytes(ders[name]) if i % 2 else post_bytes(ders[name]))
+        for i, name in enumerate(order)
+    )  # fmt: skip
+    answers = await exchange(server.port, data, len(order))
+    for name, answer in zip(order, answers, strict=True):
+        if name == "garbage":
+            assert answer.body == MALFORMED_REQUEST
+        else:
+            assert status_of(answer, test_pki) is expected[name], name
+
+
+async def test_a_request_split_across_reads_is_answered(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    for raw in (post_bytes(der), get_bytes(der)):
+        cuts = [0, 3, len(raw) // 3, len(raw) - len(der) - 2, len(raw) - 1, len(raw)]
+        chunks = [raw[a:b] for a, b in itertools.pairwise(cuts)]
+        (answer,) = await exchange(server.port, chunks, 1, pause=0.02)
+        assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.REVOKED
+
+
+async def test_connection_close_is_honoured(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    for raw in (post_bytes(der, "Connection: close"), get_bytes(der, "Connection: close")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            # A second request after "close" is not answered.
+            writer.write(raw + post_bytes(der))
+            answer = await asyncio.wait_for(read_answer(reader), 10)
+            assert answer.headers["connection"] == "close"
+            assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        finally:
+            writer.close()
+
+
+async def test_idle_and_stalled_connections_are_closed_after_the_keepalive_timeout(
+    serve: Serve, test_pki: TestPki
+) -> None:
+    server = await serve(test_pki, keepalive_timeout=0.3)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    for first, then in ((post_bytes(der), b""), (b"", post_bytes(der)[:20])):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            if first:
+                writer.write(first)
+                assert (await asyncio.wait_for(read_answer(reader), 10)).status == 200
+            writer.write(then)  # nothing, or the start of a request that never ends
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            assert loop.time() - started < 5
+        finally:
+            writer.close()
+
+
+async def test_half_closed_client_still_gets_its_answers(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    ders = [request_der(test_pki.leaves[name].cert, test_pki.ca.cert) for name in ("unissued", "good")]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        # Two requests, misses both, then the start of a third that the EOF cuts short.
+        writer.write(b"".join(post_bytes(der) for der in ders) + post_bytes(ders[0])[:30])
+        writer.write_eof()
+        statuses = [status_of(await asyncio.wait_for(read_answer(reader), 10), test_pki) for _ in ders]
+        assert statuses == [ocsp.OCSPCertStatus.UNKNOWN, ocsp.OCSPCertStatus.GOOD]
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n\x30\x03\x02\x01\x01",
+        b"POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n\x30\x03\x02\x01\x01",
+        b"POST / HTTP/1.1\r\nX: a\r\n folded\r\nContent-Length: 5\r\n\r\n\x30\x03\x02\x01\x01",
+        b"POST / HTTP/1.1\r\nX: a\x00b\r\nContent-Length: 5\r\n\r\n\x30\x03\x02\x01\x01",
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 5x\r\n\r\n\x30\x03\x02\x01\x01",
+        b"POST  /  HTTP/1.1\r\nContent-Length: 5\r\n\r\n\x30\x03\x02\x01\x01",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        b"GET /" + b"A" * 20000 + b" HTTP/1.1\r\n\r\n",
+        b"BREW / HTCPCP/1.0\r\n\r\n",
+        b"Host: x\r\n\r\n",
+    ],
+    ids=["two lengths", "space before colon", "obs-fold", "NUL", "negative length", "bad length",
+         "extra spaces", "non-ASCII target", "huge target", "other protocol", "no request line"],
+)  # fmt: skip
+async def test_odd_requests_get_an_http_error_and_the_server_goes_on(
+    serve: Serve, test_pki: TestPki, raw: bytes
+) -> None:
+    server = await serve(test_pki)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.read(65536), 10)
+    finally:
+        writer.close()
+    # aiohttp's answer: a 4xx (or a well-formed OCSP error); never a 5xx.
+    assert re.match(rb"HTTP/1\.[01] (4\d\d|200) ", head), head[:100]
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (answer,) = await exchange(server.port, post_bytes(der), 1)
+    assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD
+
+
+# -- flow control ----------------------------------------------------------------------------------
+
+
+class FakeTransport:
+    """Records what the protocol asks of its transport."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (warm,) = await exchange(server.port, post_bytes(der), 1)  # now a memory hit
+    fast = server.runner.server
+    assert isinstance(fast, fasthttp.FastServer)
+    protocol = fast()
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    try:
+        protocol.pause_writing()  # the socket's send buffer is full
+        request = post_bytes(der)
+        sent = 0
+        while transport.reading and sent < 10 * fasthttp.MAX_BUFFERED:
+            protocol.data_received(request)
+            sent += len(request)
+        assert not transport.reading and not transport.written  # stopped reading, answered nothing
+        assert sent <= fasthttp.MAX_BUFFERED + len(request)
+        protocol.resume_writing()  # the client reads again: everything is answered, in order
+        answers = b"".join(transport.written)
+        assert answers.count(b"HTTP/1.1 200 OK") == sent // len(request)
+        assert answers.count(warm.body) == sent // len(request)
+    finally:
+        protocol.connection_lost(None)
+
+
+async def test_stopping_lets_the_answer_being_produced_finish(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        idle_writer.write(get_bytes(request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)))
+        assert (await asyncio.wait_for(read_answer(idle_reader), 10)).status == 200  # a connection, served
+        entered, release = hold_after_fetch(server.app[ENGINE].issuers["test-ca"].source)
+        writer.write(post_bytes(der))
+        await asyncio.wait_for(entered.wait(), 10)  # the miss is being answered
+        stopping = asyncio.create_task(server.close())
+        # An idle connection is closed at once; the busy one waits for its answer.
+        assert await asyncio.wait_for(idle_reader.read(), 10) == b""
+        assert not stopping.done()
+        release.set()
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+        assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.REVOKED
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        writer.close()
+        idle_writer.close()
