@@ -66,6 +66,7 @@ class FastServer(web.Server):
         self.prefix = handlers.prefix.encode()
         self.keepalive_timeout = float(kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT))
         self.fast: set[FastProtocol] = set()
+        self.loop = asyncio.get_running_loop()
         self._date_second = -1
         self._date = ""
 
@@ -121,7 +122,7 @@ class FastProtocol(asyncio.Protocol):
         self._server = server
         self._handlers = server.handlers
         self._transport: asyncio.Transport | None = None
-        self._loop = asyncio.get_running_loop()
+        self._loop = server.loop
         self._buf = b""
         self.busy: asyncio.Task[None] | None = None
         self._closing = False
