@@ -17,6 +17,11 @@ attribute the difference (hit_path.py --variants runs them):
 - ``lowlevel``: no extra work, but served by aiohttp's low-level server
   (``web.Server``, no router) as ``ocspd serve`` serves its app
   (ocspd/front.py): the bare handler ocspd's front competes with.
+- ``protocol``: no aiohttp at all, a bare ``asyncio.Protocol`` that finds
+  the end of each request (head, then Content-Length bytes) and writes the
+  same response bytes: the ceiling for a Python server on this loop, next to
+  which ocspd's fast path (ocspd/fasthttp.py) shows what its parsing, checks
+  and lookup cost.
 
     python bench/bare_server.py --port 8081 --body response.der --headers headers.json [--loop uvloop]
 """
@@ -34,12 +39,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-WORK = ("none", "parse", "parse-metrics", "rawcache", "lowlevel")
+WORK = ("none", "parse", "parse-metrics", "rawcache", "lowlevel", "protocol")
 
 
 def make_work(work: str) -> Callable[[bytes | str], object]:
     """The per-request extra of ``--work``: called with the POST body or the GET path tail."""
-    if work in ("none", "lowlevel"):
+    if work in ("none", "lowlevel", "protocol"):
         return lambda raw: None
     from ocspd.protocol import decode_get_path, parse_request
 
@@ -111,6 +116,46 @@ def make_lowlevel(body: bytes, headers: dict[str, str]) -> web.Server:
     return web.Server(handler, access_log=None)
 
 
+class FixedAnswer(asyncio.Protocol):
+    """Answers every complete request on the connection with ``answer`` (keep-alive, in order)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        while (end := buf.find(b"\r\n\r\n", pos)) >= 0:
+            head = buf[pos:end].lower() + b"\r\n"
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
+            if len(buf) < end + 4 + length:
+                break
+            pos = end + 4 + length
+            assert self.transport is not None
+            self.transport.write(self.answer)
+        self.buf = buf[pos:]
+
+
+async def serve_protocol(port: int, body: bytes, headers: dict[str, str]) -> None:
+    head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    answer = f"{head}Content-Length: {len(body)}\r\n\r\n".encode("latin-1") + body
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: FixedAnswer(answer), "127.0.0.1", port, reuse_address=True)
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+
+
 async def serve(port: int, app: web.Application | None, lowlevel: tuple[bytes, dict[str, str]] | None = None) -> None:
     runner: web.BaseRunner
     if lowlevel is not None:
@@ -142,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     body = args.body.read_bytes()
     if args.work == "lowlevel":
         main_coro = serve(args.port, None, (body, headers))
+    elif args.work == "protocol":
+        main_coro = serve_protocol(args.port, body, headers)
     else:
         main_coro = serve(args.port, make_app(body, headers, args.work))
     if args.loop == "uvloop":

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             ocspd_loop = details["ocspd_loop"]
             variants = [(loop, "none") for loop in loops]
             if args.variants:
-                variants += [(ocspd_loop, w) for w in ("parse", "parse-metrics", "rawcache", "lowlevel")]
+                variants += [(ocspd_loop, w) for w in ("parse", "parse-metrics", "rawcache", "lowlevel", "protocol")]
             servers: dict[str, int] = {"ocspd": port}
             pids: dict[str, int] = {"ocspd": ocspd_proc.pid}
             bare_procs = []
