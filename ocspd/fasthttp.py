@@ -2,10 +2,10 @@
 
 Each new connection on the OCSP port starts here. A request of the common
 shape (``POST {prefix}`` with a Content-Length, or ``GET {prefix}<base64>``
-without a body, HTTP/1.1, plain header fields) is answered by this module
+without a body, HTTP/1.1 or 1.0, plain header fields) is answered by this module
 directly from the OCSP handlers' ``Reply``: a memory hit is written from
 ``data_received`` with no task, no request or response object. Anything
-else (another method or path, HTTP/1.0, chunked or over-size bodies,
+else (another method or path, chunked or over-size bodies,
 ``Expect``, ``Upgrade``, odd header syntax, an incomplete head past the size
 limit) hands the connection, with the bytes not yet answered, to aiohttp's
 own protocol for the rest of its life, so every answer off this path is
@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from ocspd.http import OcspHandlers, Reply
+from ocspd.http import Conditional, OcspHandlers, Reply
 
 log = logging.getLogger("ocspd.http")
 
@@ -51,6 +51,14 @@ _TARGET = re.compile(rb'/[!"$-~]*')
 # Fields that make a request leave this path whatever their value.
 _HAND_OFF_FIELDS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
 _REASONS = {200: "OK", 304: "Not Modified"}
+
+# How an answer is framed, as aiohttp frames it: the status line's version,
+# the Connection field, and whether the connection closes after the answer.
+Framing = tuple[str, str, bool]
+_KEEP_ALIVE_11: Framing = ("HTTP/1.1", "", False)
+_CLOSE_11: Framing = ("HTTP/1.1", "Connection: close\r\n", True)
+_KEEP_ALIVE_10: Framing = ("HTTP/1.0", "Connection: keep-alive\r\n", False)
+_CLOSE_10: Framing = ("HTTP/1.0", "", True)  # HTTP/1.0 closes unless asked otherwise (stapling clients)
 
 
 class FastServer(web.Server):
@@ -196,7 +204,7 @@ class FastProtocol(asyncio.Protocol):
             if request is None:
                 self._hand_off(buf[pos:])
                 return
-            is_post, target, length, close, conditional = request
+            is_post, target, length, framing, conditional = request
             body_start = end + 4
             if len(buf) < body_start + length:
                 break  # the body is not complete yet
@@ -214,18 +222,18 @@ class FastProtocol(asyncio.Protocol):
                     answer = handlers.answer_get(path, conditional, started)
             if answer is not None:
                 self._buf = buf[pos:]
-                self.busy = self._loop.create_task(self._answer_later(answer, close))
+                self.busy = self._loop.create_task(self._answer_later(answer, framing))
                 return
             assert reply is not None
-            self._write(reply, close)
-            if close:
+            self._write(reply, framing)
+            if framing[2]:
                 self._finish()
                 return
         self._buf = buf[pos:] if pos else buf
         if self._eof and not self._write_paused:
             self._finish()  # what is left can no longer become a request
 
-    async def _answer_later(self, answer: Awaitable[Reply], close: bool) -> None:
+    async def _answer_later(self, answer: Awaitable[Reply], framing: Framing) -> None:
         try:
             reply = await answer
         except Exception:  # the handlers answer every error themselves: this is a bug
@@ -236,21 +244,21 @@ class FastProtocol(asyncio.Protocol):
         self.busy = None
         if self._transport is None:
             return  # the client went away meanwhile
-        self._write(reply, close)
-        if close or self._closing or (self._eof and not self._buf):
+        self._write(reply, framing)
+        if framing[2] or self._closing or (self._eof and not self._buf):
             self._finish()
             return
         self._resume()
 
-    def _write(self, reply: Reply, close: bool) -> None:
+    def _write(self, reply: Reply, framing: Framing) -> None:
         status, headers, body = reply
-        lines = [f"HTTP/1.1 {status} {_REASONS[status]}\r\n"]
+        version, connection, _ = framing
+        lines = [f"{version} {status} {_REASONS[status]}\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         if status != 304:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append(f"Date: {self._server.date()}\r\n")
-        if close:
-            lines.append("Connection: close\r\n")
+        lines.append(connection)
         lines.append("\r\n")
         assert self._transport is not None
         self._transport.write("".join(lines).encode("latin-1") + body)
@@ -325,15 +333,16 @@ class FastProtocol(asyncio.Protocol):
 
 def _parse_head(
     buf: bytes, start: int, end: int, prefix: bytes, max_body: int
-) -> tuple[bool, bytes, int, bool, tuple[str | None, str | None] | None] | None:
+) -> tuple[bool, bytes, int, Framing, Conditional] | None:
     """The request at ``buf[start:end]`` (its head, up to the last field's CRLF), if it is
-    one this path answers: (is POST, target, body length, close after, GET's conditional
+    one this path answers: (is POST, target, body length, framing of the answer, GET's conditional
     fields). None sends the connection to aiohttp.
     """
     line_end = buf.find(b"\r\n", start, end)
     parts = buf[start:line_end].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         return None
+    http10 = parts[2] == b"HTTP/1.0"
     method, target, _ = parts
     if not target.startswith(prefix) or _TARGET.fullmatch(target) is None:
         return None
@@ -354,25 +363,27 @@ def _parse_head(
         length = int(value)
     else:
         length = -1
-    close = False
+    framing = _CLOSE_10 if http10 else _KEEP_ALIVE_11
     connection_at = lowered.find(b"\r\nconnection:")
     if connection_at >= 0:
         value = _value(fields, lowered, connection_at + 13).lower()
-        if value == b"close":
-            close = True
-        elif value != b"keep-alive" or lowered.find(b"\r\nconnection:", connection_at + 2) >= 0:
+        if value not in (b"close", b"keep-alive") or lowered.find(b"\r\nconnection:", connection_at + 2) >= 0:
             return None
+        if value == b"keep-alive":
+            framing = _KEEP_ALIVE_10 if http10 else _KEEP_ALIVE_11
+        else:
+            framing = _CLOSE_10 if http10 else _CLOSE_11
     if method == b"POST":
         if target != prefix or length < 0 or length > max_body:
             return None  # aiohttp answers 404/405, 411, 413
-        return True, target, length, close, None
+        return True, target, length, framing, None
     if method != b"GET" or length > 0:
         return None
     return (
         False,
         target[len(prefix) :],
         0,
-        close,
+        framing,
         (_field(fields, lowered, b"\r\nif-none-match:"), _field(fields, lowered, b"\r\nif-modified-since:")),
     )
 
