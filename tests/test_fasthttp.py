@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
+import os
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -366,3 +369,61 @@ async def test_stopping_lets_the_answer_being_produced_finish(serve: Serve, test
     finally:
         writer.close()
         idle_writer.close()
+
+
+def _mutate(rng: random.Random, raw: bytes) -> bytes:
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(data) + 1)
+        kind = rng.randrange(6)
+        if kind == 0 and data:  # one byte changed
+            data[min(at, len(data) - 1)] = rng.randrange(256)
+        elif kind == 1:  # bytes inserted: separators, digits, noise
+            data[at:at] = rng.choice([b"\r\n", b"\n", b":", b" ", b"\t", b"0", b"9" * 12, b"\x00", os.urandom(4)])
+        elif kind == 2:  # a range deleted
+            del data[at : at + rng.randint(1, 16)]
+        elif kind == 3:  # a header line repeated
+            lines = bytes(data).split(b"\r\n")
+            pick = rng.randrange(len(lines))
+            data = bytearray(b"\r\n".join(lines[: pick + 1] + lines[pick:]))
+        elif kind == 4:  # cut short
+            del data[at:]
+        else:  # CRLF as bare LF
+            data = bytearray(bytes(data).replace(b"\r\n", b"\n", 1))
+    return bytes(data)
+
+
+async def test_mutated_requests_never_get_a_5xx_nor_stop_the_server(
+    serve: Serve, test_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await serve(test_pki)
+    good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    bases = [post_bytes(good), get_bytes(good, 'If-None-Match: "x"'), post_bytes(good, "Connection: close") * 2,
+             get_bytes(good, version="HTTP/1.0")]  # fmt: skip
+    rng = random.Random(6960)  # fixed: a failure names a reproducible case
+    cases = [_mutate(rng, bases[case % len(bases)]) for case in range(300)]
+
+    async def send(raw: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        data = b""
+        try:
+            writer.write(raw)
+            # What comes within a second: an incomplete request is (rightly) waited on.
+            while chunk := await asyncio.wait_for(reader.read(65536), 1.0):
+                data += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            writer.close()
+        return data
+
+    answers = await asyncio.gather(*(send(raw) for raw in cases))  # all at once: one second in all
+    for case, (raw, data) in enumerate(zip(cases, answers, strict=True)):
+        assert re.search(rb"HTTP/1\.[01] 5\d\d ", data) is None, (case, raw, data[:200])
+    answered = [re.match(rb"HTTP/1\.[01] (\d)", data) for data in answers]
+    # The mutations reach both fronts: answers from the fast path and 4xx from aiohttp.
+    assert sum(1 for m in answered if m and m[1] == b"2") > 20
+    assert sum(1 for m in answered if m and m[1] == b"4") > 20
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ocspd")]
+    (answer,) = await exchange(server.port, post_bytes(good), 1)
+    assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD
