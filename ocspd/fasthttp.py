@@ -171,8 +171,10 @@ class FastProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        # Keep the transport open while an answer is still to be written.
-        return self.busy is not None
+        # Keep the transport open while answers are still to be written: one
+        # being produced, or complete requests held back by flow control.
+        # Otherwise what is buffered is an incomplete request: close.
+        return self.busy is not None or self._write_paused
 
     def pause_writing(self) -> None:
         self._write_paused = True

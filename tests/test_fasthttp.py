@@ -338,10 +338,13 @@ async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test
             sent += len(request)
         assert not transport.reading and not transport.written  # stopped reading, answered nothing
         assert sent <= fasthttp.MAX_BUFFERED + len(request)
-        protocol.resume_writing()  # the client reads again: everything is answered, in order
+        assert protocol.eof_received() is True  # the client is done sending; answers are still owed
+        assert not transport.closed
+        protocol.resume_writing()  # the client reads again: everything is answered, in order, then closed
         answers = b"".join(transport.written)
         assert answers.count(b"HTTP/1.1 200 OK") == sent // len(request)
         assert answers.count(warm.body) == sent // len(request)
+        assert transport.closed
     finally:
         protocol.connection_lost(None)
 
