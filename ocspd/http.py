@@ -248,7 +248,7 @@ class OcspHandlers:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            self.too_large()
+            self._count[("POST", "request_too_large")].n += 1
             raise
         reply = self.hit(body, None, "POST", started) or await self.answer_post(body, started)
         return _response(reply)
@@ -261,10 +261,6 @@ class OcspHandlers:
         conditional = (h.get("If-None-Match"), h.get("If-Modified-Since"))
         reply = self.hit(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
         return _response(reply)
-
-    def too_large(self) -> None:
-        """Count a POST refused for its size (HTTP 413)."""
-        self._count[("POST", "request_too_large")].n += 1
 
     def hit(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
         """The hit path: the answer for a request seen before, if memory has it (no parse).
