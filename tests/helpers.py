@@ -182,3 +182,34 @@ def hold_after_fetch(source: Any) -> tuple[asyncio.Event, asyncio.Event]:
 
     source.fetch = held_fetch
     return entered, release
+
+
+# -- raw HTTP/1.1, for what the aiohttp client would not send -------------------------------------
+
+
+@dataclass
+class Answer:
+    version: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+async def read_answer(reader: asyncio.StreamReader, *, head_request: bool = False) -> Answer:
+    """One HTTP/1.1 response (Content-Length framed; 304 and HEAD answers carry no body)."""
+    status_line = await reader.readuntil(b"\r\n")
+    version, status, _ = status_line.decode("latin-1").split(" ", 2)
+    assert version in ("HTTP/1.1", "HTTP/1.0"), status_line
+    answer = Answer(version, int(status))
+    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        name, _, value = line.decode("latin-1").partition(":")
+        answer.headers[name.strip().lower()] = value.strip()
+    if answer.status != 304 and not head_request:
+        answer.body = await reader.readexactly(int(answer.headers.get("content-length", "0")))
+    return answer
+
+
+def post_bytes(der: bytes, *extra: str, path: str = "/") -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: ocsp.test", "Content-Type: application/ocsp-request",
+            f"Content-Length: {len(der)}", *extra]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + der

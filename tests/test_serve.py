@@ -18,7 +18,7 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from tests.faults import PgProxy
-from tests.helpers import TestPki, build_pki, request_der
+from tests.helpers import TestPki, build_pki, post_bytes, read_answer, request_der
 
 
 def free_port() -> int:
@@ -241,6 +241,33 @@ async def test_two_workers_share_the_port_and_metrics_add_up(tmp_path: Path) -> 
     finally:
         await served.stop()
         notify.close()
+
+
+@pytest.mark.timeout(60)
+async def test_served_port_answers_on_the_fast_path_and_hands_odd_requests_to_aiohttp(tmp_path: Path) -> None:
+    # `ocspd serve` runs on uvloop when it is installed (the test extra installs it):
+    # the hand-over of a connection is checked on the loop that production uses.
+    test_pki = build_pki(tmp_path / "pki")
+    served = await start_serve(test_pki, {})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        good, revoked = (request_der(test_pki.leaves[n].cert, test_pki.ca.cert) for n in ("good", "revoked"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        try:
+            # Fast, then a PUT that hands the connection to aiohttp, which answers what follows.
+            writer.write(post_bytes(good) + post_bytes(good).replace(b"POST", b"PUT", 1))
+            answers = [await asyncio.wait_for(read_answer(reader), 10) for _ in range(2)]
+            writer.write(post_bytes(revoked))
+            answers.append(await asyncio.wait_for(read_answer(reader), 10))
+        finally:
+            writer.close()
+        assert [a.status for a in answers] == [200, 405, 200]
+        assert "server" not in answers[0].headers and "aiohttp" in answers[2].headers["server"]
+        statuses = [ocsp.load_der_ocsp_response(answers[i].body).certificate_status for i in (0, 2)]
+        assert statuses == [ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED]
+        assert await served.stop() == 0
+    finally:
+        await served.stop()
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
