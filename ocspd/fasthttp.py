@@ -355,6 +355,9 @@ def _parse_head(
     for name in _HAND_OFF_FIELDS:
         if name in lowered:
             return None
+    host_at = lowered.find(b"\r\nhost:")
+    if (host_at < 0 and not http10) or (host_at >= 0 and lowered.find(b"\r\nhost:", host_at + 2) >= 0):
+        return None  # RFC 9112 §3.2: exactly one Host in HTTP/1.1 (aiohttp answers 400)
     length_at = lowered.find(b"\r\ncontent-length:")
     if length_at >= 0:
         if lowered.find(b"\r\ncontent-length:", length_at + 2) >= 0:

@@ -100,6 +100,13 @@ def _requests(test_pki: TestPki) -> dict[str, bytes]:
         "http/1.0 post": post_bytes(good).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
         "http/1.0 post, keep-alive": post_bytes(good, "Connection: keep-alive").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
         "http/1.1 post, close": post_bytes(good, "Connection: close"),
+        "http/1.1 without Host": post_bytes(good).replace(b"Host: ocsp.test\r\n", b""),
+        "http/1.0 without Host": (
+            post_bytes(good).replace(b"Host: ocsp.test\r\n", b"").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        ),
+        "two Hosts": post_bytes(good, "Host: other.test"),
+        "get with unusual target characters": b'GET /MA{}|\\^`"<>!$&()*,;=@[]~ HTTP/1.1\r\nHost: x\r\n\r\n',
+        "header value with obs-text": post_bytes(good, "X-Note: caf\u00e9"),  # UTF-8 bytes above 0x7f
         "absolute-form target": get_bytes(good).replace(b"GET /", b"GET http://ocsp.test/", 1),
     }
 
