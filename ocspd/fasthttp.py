@@ -9,7 +9,7 @@ else (another method or path, chunked or over-size bodies,
 ``Expect``, ``Upgrade``, odd header syntax, an incomplete head past the size
 limit) hands the connection, with the bytes not yet answered, to aiohttp's
 own protocol for the rest of its life, so every answer off this path is
-aiohttp's.
+aiohttp's. What counts as the common shape is ``ocspd/httphead.py``.
 
 Why: aiohttp's request and response objects cost more per request than the
 whole hit path; below them a memory hit takes a few µs (bench/README.md).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable
 from email.utils import formatdate
@@ -30,7 +29,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from ocspd.http import Conditional, OcspHandlers, Reply
+from ocspd.http import OcspHandlers, Reply
+from ocspd.httphead import Framing, may_become_head, parse_head
 
 log = logging.getLogger("ocspd.http")
 
@@ -43,23 +43,7 @@ MAX_BUFFERED = 65536
 # aiohttp's RequestHandler default, used when the runner sets none.
 KEEPALIVE_TIMEOUT = 3630.0
 
-# Header fields as RFC 9112 §5 has them, with no obs-fold and no bare CR or LF:
-# a token, a colon, visible characters, spaces and tabs.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Visible ASCII but "#": aiohttp's raw_path would differ on a fragment.
-_TARGET = re.compile(rb'/[!"$-~]*')
-# Fields that make a request leave this path whatever their value.
-_HAND_OFF_FIELDS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
 _REASONS = {200: "OK", 304: "Not Modified"}
-
-# How an answer is framed, as aiohttp frames it: the status line's version,
-# the Connection field, and whether the connection closes after the answer.
-Framing = tuple[str, str, bool]
-_KEEP_ALIVE_11: Framing = ("HTTP/1.1", "", False)
-_CLOSE_11: Framing = ("HTTP/1.1", "Connection: close\r\n", True)
-_KEEP_ALIVE_10: Framing = ("HTTP/1.0", "Connection: keep-alive\r\n", False)
-_CLOSE_10: Framing = ("HTTP/1.0", "", True)  # HTTP/1.0 closes unless asked otherwise (stapling clients)
-
 
 class FastServer(web.Server):
     """aiohttp's low-level server whose connections start on this module's path.
@@ -197,12 +181,13 @@ class FastProtocol(asyncio.Protocol):
                 break
             end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
             if end < 0:
-                if len(buf) - pos >= MAX_HEAD:
+                if len(buf) - pos >= MAX_HEAD or not may_become_head(buf, pos, self._server.prefix):
+                    # aiohttp answers at once what is already wrong (400), not after a timeout.
                     self._hand_off(buf[pos:])
                     return
                 break  # the head is not complete yet
             started = time.perf_counter()
-            request = _parse_head(buf, pos, end + 2, self._server.prefix, handlers.max_request_bytes)
+            request = parse_head(buf, pos, end + 2, self._server.prefix, handlers.max_request_bytes)
             if request is None:
                 self._hand_off(buf[pos:])
                 return
@@ -331,75 +316,3 @@ class FastProtocol(asyncio.Protocol):
             self.busy = None
         if self._transport is not None:
             self._transport.abort()
-
-
-def _parse_head(
-    buf: bytes, start: int, end: int, prefix: bytes, max_body: int
-) -> tuple[bool, bytes, int, Framing, Conditional] | None:
-    """The request at ``buf[start:end]`` (its head, up to the last field's CRLF), if it is
-    one this path answers: (is POST, target, body length, framing of the answer, GET's conditional
-    fields). None sends the connection to aiohttp.
-    """
-    line_end = buf.find(b"\r\n", start, end)
-    parts = buf[start:line_end].split(b" ")
-    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        return None
-    http10 = parts[2] == b"HTTP/1.0"
-    method, target, _ = parts
-    if not target.startswith(prefix) or _TARGET.fullmatch(target) is None:
-        return None
-    fields = buf[line_end + 2 : end]
-    if _FIELDS.fullmatch(fields) is None:
-        return None
-    lowered = b"\r\n" + fields.lower()  # every name now follows a CRLF
-    for name in _HAND_OFF_FIELDS:
-        if name in lowered:
-            return None
-    host_at = lowered.find(b"\r\nhost:")
-    if (host_at < 0 and not http10) or (host_at >= 0 and lowered.find(b"\r\nhost:", host_at + 2) >= 0):
-        return None  # RFC 9112 §3.2: exactly one Host in HTTP/1.1 (aiohttp answers 400)
-    length_at = lowered.find(b"\r\ncontent-length:")
-    if length_at >= 0:
-        if lowered.find(b"\r\ncontent-length:", length_at + 2) >= 0:
-            return None  # aiohttp refuses two; so do we, by handing it over
-        value = _value(fields, lowered, length_at + 17)
-        if not value.isdigit() or len(value) > 9:
-            return None
-        length = int(value)
-    else:
-        length = -1
-    framing = _CLOSE_10 if http10 else _KEEP_ALIVE_11
-    connection_at = lowered.find(b"\r\nconnection:")
-    if connection_at >= 0:
-        value = _value(fields, lowered, connection_at + 13).lower()
-        if value not in (b"close", b"keep-alive") or lowered.find(b"\r\nconnection:", connection_at + 2) >= 0:
-            return None
-        if value == b"keep-alive":
-            framing = _KEEP_ALIVE_10 if http10 else _KEEP_ALIVE_11
-        else:
-            framing = _CLOSE_10 if http10 else _CLOSE_11
-    if method == b"POST":
-        if target != prefix or length < 0 or length > max_body:
-            return None  # aiohttp answers 404/405, 411, 413
-        return True, target, length, framing, None
-    if method != b"GET" or length > 0:
-        return None
-    return (
-        False,
-        target[len(prefix) :],
-        0,
-        framing,
-        (_field(fields, lowered, b"\r\nif-none-match:"), _field(fields, lowered, b"\r\nif-modified-since:")),
-    )
-
-
-def _value(fields: bytes, lowered: bytes, at: int) -> bytes:
-    """The value of the field whose name ends at ``lowered[at]``, without its blanks."""
-    return fields[at - 2 : lowered.find(b"\r\n", at) - 2].strip(b" \t")
-
-
-def _field(fields: bytes, lowered: bytes, name: bytes) -> str | None:
-    at = lowered.find(name)
-    if at < 0:
-        return None
-    return _value(fields, lowered, at + len(name)).decode("latin-1")

@@ -374,18 +374,19 @@ def _mutate(rng: random.Random, raw: bytes) -> bytes:
     return bytes(data)
 
 
-async def test_mutated_requests_never_get_a_5xx_nor_stop_the_server(
+async def test_mutated_requests_get_aiohttp_answers_never_a_5xx(
     serve: Serve, test_pki: TestPki, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = await serve(test_pki)
+    fast = await serve(test_pki)
+    plain = await serve(test_pki, fast_http=False)
     good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     bases = [post_bytes(good), get_bytes(good, 'If-None-Match: "x"'), post_bytes(good, "Connection: close") * 2,
-             get_bytes(good, version="HTTP/1.0")]  # fmt: skip
+             get_bytes(good, version="HTTP/1.0"), post_bytes(good) + get_bytes(good)]  # fmt: skip
     rng = random.Random(6960)  # fixed: a failure names a reproducible case
-    cases = [_mutate(rng, bases[case % len(bases)]) for case in range(300)]
+    cases = [_mutate(rng, bases[case % len(bases)]) for case in range(400)]
 
-    async def send(raw: bytes) -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    async def statuses(port: int, raw: bytes) -> list[bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         data = b""
         try:
             writer.write(raw)
@@ -396,15 +397,23 @@ async def test_mutated_requests_never_get_a_5xx_nor_stop_the_server(
             pass
         finally:
             writer.close()
-        return data
+        return re.findall(rb"HTTP/1\.[01] (\d\d\d) ", data)
 
-    answers = await asyncio.gather(*(send(raw) for raw in cases))  # all at once: one second in all
-    for case, (raw, data) in enumerate(zip(cases, answers, strict=True)):
-        assert re.search(rb"HTTP/1\.[01] 5\d\d ", data) is None, (case, raw, data[:200])
-    answered = [re.match(rb"HTTP/1\.[01] (\d)", data) for data in answers]
+    # All at once, on both servers: about a second in all.
+    ours, theirs = await asyncio.gather(
+        asyncio.gather(*(statuses(fast.port, raw) for raw in cases)),
+        asyncio.gather(*(statuses(plain.port, raw) for raw in cases)),
+    )
+    for case, (raw, got, want) in enumerate(zip(cases, ours, theirs, strict=True)):
+        assert not [s for s in got if s.startswith(b"5")], (case, raw, got)
+        if got != want:
+            # The one difference allowed: aiohttp refuses a whole read (400) when
+            # a valid request in it is followed by garbage or comes after
+            # "Connection: close"; the fast path answers the valid request first.
+            assert want == [b"400"] and got[0] == b"200" and set(got[1:]) <= {b"200", b"400"}, (case, raw, got, want)
     # The mutations reach both fronts: answers from the fast path and 4xx from aiohttp.
-    assert sum(1 for m in answered if m and m[1] == b"2") > 20
-    assert sum(1 for m in answered if m and m[1] == b"4") > 20
+    assert sum(1 for got in ours if got[:1] == [b"200"]) > 20
+    assert sum(1 for got in ours if got[:1] == [b"400"]) > 20
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ocspd")]
-    (answer,) = await exchange(server.port, post_bytes(good), 1)
+    (answer,) = await exchange(fast.port, post_bytes(good), 1)
     assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD
