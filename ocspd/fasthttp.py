@@ -45,6 +45,7 @@ KEEPALIVE_TIMEOUT = 3630.0
 
 _REASONS = {200: "OK", 304: "Not Modified"}
 
+
 class FastServer(web.Server):
     """aiohttp's low-level server whose connections start on this module's path.
 
@@ -88,7 +89,10 @@ class FastServer(web.Server):
         if busy:
             await asyncio.wait(busy, timeout=timeout)
         for conn in list(self.fast):
-            conn.abort()
+            if conn.busy is not None:
+                conn.abort()  # still producing its answer after the timeout
+            else:
+                conn.close_when_idle()  # a close, not an abort: what is written still goes out
         await super().shutdown(timeout)
 
 

@@ -281,6 +281,7 @@ class FakeTransport:
         self.written: list[bytes] = []
         self.reading = True
         self.closed = False
+        self.ended = ""
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -293,9 +294,11 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+        self.ended = "close"  # after what is written has gone out
 
     def abort(self) -> None:
         self.closed = True
+        self.ended = "abort"  # at once, dropping what is not sent yet
 
 
 async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test_pki: TestPki) -> None:
@@ -417,3 +420,17 @@ async def test_mutated_requests_get_aiohttp_answers_never_a_5xx(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("ocspd")]
     (answer,) = await exchange(fast.port, post_bytes(good), 1)
     assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD
+
+
+async def test_stopping_closes_connections_without_dropping_what_is_written(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    fast = server.runner.server
+    assert isinstance(fast, fasthttp.FastServer)
+    protocol = fast()
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    try:
+        await fast.shutdown(1.0)
+        assert transport.ended == "close"
+    finally:
+        protocol.connection_lost(None)
