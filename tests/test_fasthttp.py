@@ -301,15 +301,21 @@ class FakeTransport:
         self.ended = "abort"  # at once, dropping what is not sent yet
 
 
-async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test_pki: TestPki) -> None:
-    server = await serve(test_pki)
-    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
-    (warm,) = await exchange(server.port, post_bytes(der), 1)  # now a memory hit
+def fake_connection(server: OcspTestServer) -> tuple[fasthttp.FastServer, fasthttp.FastProtocol, FakeTransport]:
+    """A connection of ``server``'s fast path over a FakeTransport."""
     fast = server.runner.server
     assert isinstance(fast, fasthttp.FastServer)
     protocol = fast()
     transport = FakeTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
+    return fast, protocol, transport
+
+
+async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (warm,) = await exchange(server.port, post_bytes(der), 1)  # now a memory hit
+    _, protocol, transport = fake_connection(server)
     try:
         protocol.pause_writing()  # the socket's send buffer is full
         request = post_bytes(der)
@@ -424,11 +430,7 @@ async def test_mutated_requests_get_aiohttp_answers_never_a_5xx(
 
 async def test_stopping_closes_connections_without_dropping_what_is_written(serve: Serve, test_pki: TestPki) -> None:
     server = await serve(test_pki)
-    fast = server.runner.server
-    assert isinstance(fast, fasthttp.FastServer)
-    protocol = fast()
-    transport = FakeTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
+    fast, protocol, transport = fake_connection(server)
     try:
         await fast.shutdown(1.0)
         assert transport.ended == "close"
