@@ -26,7 +26,7 @@ _LINE_START = re.compile(rb'(?:G|GE|P|PO|POS|(?:GET|POST)(?: (?:/[!"$-~]*(?: [HT
 _FIELD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?::[\t\x20-\x7e\x80-\xff]*)?\r?")
 _NAMES = re.compile(rb"\r\n([^:\r\n]*):")  # over the fields with a CRLF before the first
 # Fields that make a request leave this path whatever their value.
-_HAND_OFF_FIELDS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
+_HAND_OFF_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 # How an answer is framed, as aiohttp frames it: the status line's version,
 # the Connection field, and whether the connection closes after the answer.
@@ -54,13 +54,12 @@ def parse_head(
         return None
     lowered = b"\r\n" + fields.lower()  # every name now follows a CRLF
     names = _NAMES.findall(lowered)
-    if len(set(names)) != len(names) or (not http10 and b"host" not in names):
+    unique = set(names)
+    if len(unique) != len(names) or (not http10 and b"host" not in unique) or not unique.isdisjoint(_HAND_OFF_NAMES):
         # A repeated field (aiohttp refuses repeated Host, Content-Length,
-        # Content-Type...), or HTTP/1.1 without Host (RFC 9112 §3.2).
+        # Content-Type...), HTTP/1.1 without Host (RFC 9112 §3.2), or a field
+        # whose handling is aiohttp's (chunked bodies, 100-continue, upgrades).
         return None
-    for name in _HAND_OFF_FIELDS:
-        if name in lowered:
-            return None
     length_at = lowered.find(b"\r\ncontent-length:")
     if length_at >= 0:
         value = _value(fields, lowered, length_at + 17)
