@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from cryptography.x509.oid import ExtendedKeyUsageOID as EKU
 
+from ocspd.status import REASONS
+
 KeyType = Literal["rsa2048", "p256", "p384", "ed25519"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -34,8 +36,7 @@ ORGANIZATION = "ocspd demo"
 BACKDATE = timedelta(hours=1)
 
 # The reason names `openssl ca` writes into (and accepts from) index.txt.
-OPENSSL_REASONS: tuple[str, ...] = ("unspecified", "keyCompromise", "CACompromise", "affiliationChanged", "superseded")
-OPENSSL_REASONS += ("cessationOfOperation", "certificateHold", "removeFromCRL")
+OPENSSL_REASONS: tuple[str, ...] = tuple(r.openssl for r in REASONS if r.openssl)
 _REASON_BY_LOWER = {name.lower(): name for name in OPENSSL_REASONS}
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
 

@@ -31,6 +31,7 @@ from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import ConfigError
 from ocspd.logs import event
 from ocspd.protocol import HASH_NAMES, CertId
+from ocspd.status import REASON_BY_FLAG, served_reason
 
 log = logging.getLogger("ocspd.signer")
 
@@ -163,8 +164,9 @@ class Signer:
         else:
             assert answer.revoked_at is not None
             info = der.generalized_time(answer.revoked_at)
-            if answer.reason is not None:
-                info += der.explicit(0, der.tlv(0x0A, bytes((_REASON_CODES[answer.reason],))))
+            reason = served_reason(answer.reason)
+            if reason is not None:
+                info += der.explicit(0, der.tlv(0x0A, bytes((REASON_BY_FLAG[reason].code,))))
             status = der.tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
         times = _TIME_PAIRS.get((this_update, next_update))
         if times is None:
@@ -285,8 +287,9 @@ def _single(certid: CertId, answer: Answer, this_update: dt.datetime, next_updat
         status = asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
     else:
         info: dict[str, Any] = {"revocation_time": answer.revoked_at}
-        if answer.reason is not None:
-            info["revocation_reason"] = _ASN1_REASONS[answer.reason]
+        reason = served_reason(answer.reason)
+        if reason is not None:
+            info["revocation_reason"] = reason.name  # asn1crypto's names are the enum's
         status = asn1_ocsp.CertStatus(name="revoked", value=info)
     return {
         "cert_id": {
@@ -316,32 +319,6 @@ _CERTID_ALGORITHMS = {
 _NONCE_OID = der.oid("1.3.6.1.5.5.7.48.1.2")
 _EXTENDED_REVOKE_OID = der.oid(EXTENDED_REVOKE_OID.dotted_string)
 _BASIC_OID = der.oid("1.3.6.1.5.5.7.48.1.1")
-# CRLReason codes (RFC 5280 §5.3.1); 7 is unused.
-_REASON_CODES = {
-    x509.ReasonFlags.unspecified: 0,
-    x509.ReasonFlags.key_compromise: 1,
-    x509.ReasonFlags.ca_compromise: 2,
-    x509.ReasonFlags.affiliation_changed: 3,
-    x509.ReasonFlags.superseded: 4,
-    x509.ReasonFlags.cessation_of_operation: 5,
-    x509.ReasonFlags.certificate_hold: 6,
-    x509.ReasonFlags.remove_from_crl: 8,
-    x509.ReasonFlags.privilege_withdrawn: 9,
-    x509.ReasonFlags.aa_compromise: 10,
-}
-
-_ASN1_REASONS = {
-    x509.ReasonFlags.unspecified: "unspecified",
-    x509.ReasonFlags.key_compromise: "key_compromise",
-    x509.ReasonFlags.ca_compromise: "ca_compromise",
-    x509.ReasonFlags.affiliation_changed: "affiliation_changed",
-    x509.ReasonFlags.superseded: "superseded",
-    x509.ReasonFlags.cessation_of_operation: "cessation_of_operation",
-    x509.ReasonFlags.certificate_hold: "certificate_hold",
-    x509.ReasonFlags.remove_from_crl: "remove_from_crl",
-    x509.ReasonFlags.privilege_withdrawn: "privilege_withdrawn",
-    x509.ReasonFlags.aa_compromise: "aa_compromise",
-}
 
 
 def load_signers(config: Config) -> dict[str, Signer]:

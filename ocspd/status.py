@@ -1,4 +1,7 @@
-"""What a status source says about one certificate."""
+"""What a status source says about one certificate, and the one table of
+revocation reasons (RFC 5280 §5.3.1) that every source, the signer and the
+CLI read.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,56 @@ class CertStatus:
 
     status: Status
     revoked_at: dt.datetime | None = None  # aware UTC, set when REVOKED
-    reason: x509.ReasonFlags | None = None
+    reason: x509.ReasonFlags | None = None  # never unspecified: see served_reason()
     version: int = 0
 
 
 UNKNOWN = CertStatus(Status.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One CRLReason: its RFC 5280 name is ``flag.value`` (``keyCompromise``)."""
+
+    flag: x509.ReasonFlags
+    code: int  # the CRLReason enumeration value
+    openssl: str  # how `openssl ca` spells it in index.txt ("" where it has no name for it)
+    revocation: bool = True  # can a certificate be revoked with it?
+
+    @property
+    def name(self) -> str:
+        return str(self.flag.value)
+
+
+_F = x509.ReasonFlags
+REASONS: tuple[Reason, ...] = (
+    Reason(_F.unspecified, 0, "unspecified"),
+    Reason(_F.key_compromise, 1, "keyCompromise"),
+    Reason(_F.ca_compromise, 2, "CACompromise"),
+    Reason(_F.affiliation_changed, 3, "affiliationChanged"),
+    Reason(_F.superseded, 4, "superseded"),
+    Reason(_F.cessation_of_operation, 5, "cessationOfOperation"),
+    Reason(_F.certificate_hold, 6, "certificateHold"),
+    # 7 is unused. removeFromCRL marks, in a delta CRL, an entry that left the
+    # base CRL (a released hold): it is not a reason to revoke anything.
+    Reason(_F.remove_from_crl, 8, "removeFromCRL", revocation=False),
+    Reason(_F.privilege_withdrawn, 9, ""),
+    Reason(_F.aa_compromise, 10, ""),
+)
+REASON_BY_FLAG: dict[x509.ReasonFlags, Reason] = {r.flag: r for r in REASONS}
+REASON_BY_NAME: dict[str, Reason] = {r.name: r for r in REASONS}
+# RFC 5280 names (also OpenSSL's: they differ only in case), in lower case.
+REASON_BY_LOWER_NAME: dict[str, Reason] = {r.name.lower(): r for r in REASONS}
+HOLD = REASON_BY_FLAG[_F.certificate_hold]
+
+
+def revocation_reason(name: str) -> Reason | None:
+    """The reason a certificate may be revoked with, by RFC 5280 name in any case; None if there is none."""
+    reason = REASON_BY_LOWER_NAME.get(name.strip().lower())
+    return reason if reason is not None and reason.revocation else None
+
+
+def served_reason(flag: x509.ReasonFlags | None) -> x509.ReasonFlags | None:
+    """The reason as answers carry it: ``unspecified`` is left out (RFC 5280 §5.3.1 says the
+    reasonCode SHOULD be absent rather than unspecified; the CA/Browser Forum says MUST)."""
+    return None if flag is x509.ReasonFlags.unspecified else flag
