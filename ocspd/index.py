@@ -47,7 +47,7 @@ from cryptography import x509
 
 from ocspd.exceptions import SourceUnavailable
 from ocspd.logs import event
-from ocspd.status import CertStatus, Status
+from ocspd.status import REASONS, CertStatus, Status, served_reason
 
 __all__ = ["IndexFile"]
 
@@ -55,19 +55,17 @@ _UTC = dt.UTC
 _GOOD = CertStatus(Status.GOOD)
 _MAX_LINE_WARNINGS = 20  # per load; after that, only a count
 
-# OpenSSL's crl_reasons (apps/ca.c), in lower case -> (reason, needs an argument).
+# OpenSSL's crl_reasons (apps/ca.c), in lower case -> (reason, needs an argument):
+# the names of the one reason table (removeFromCRL is no revocation reason,
+# so a line with it is malformed), and three forms that carry an argument.
 _REASONS: dict[str, tuple[x509.ReasonFlags | None, bool]] = {
-    "unspecified": (None, False),
-    "keycompromise": (x509.ReasonFlags.key_compromise, False),
-    "cacompromise": (x509.ReasonFlags.ca_compromise, False),
-    "affiliationchanged": (x509.ReasonFlags.affiliation_changed, False),
-    "superseded": (x509.ReasonFlags.superseded, False),
-    "cessationofoperation": (x509.ReasonFlags.cessation_of_operation, False),
-    "certificatehold": (x509.ReasonFlags.certificate_hold, False),
+    r.openssl.lower(): (served_reason(r.flag), False) for r in REASONS if r.openssl and r.revocation
+}
+_REASONS.update({
     "holdinstruction": (x509.ReasonFlags.certificate_hold, True),  # ,OID
     "keytime": (x509.ReasonFlags.key_compromise, True),  # ,compromise time
     "cakeytime": (x509.ReasonFlags.ca_compromise, True),  # ,compromise time
-}
+})
 
 _StatKey = tuple[int, int, int]
 
@@ -105,6 +103,12 @@ def _parse_time(s: str) -> dt.datetime:
         )
     except ValueError:
         raise _BadLine(f"bad time {s!r}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _expiry(text: str) -> dt.datetime:
+    """An expiry field's time (many certificates of a batch share one)."""
+    return _parse_time(text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -146,11 +150,16 @@ class IndexFile:
     a worker thread (``watch()`` does this); concurrent loads are serialised.
     """
 
-    def __init__(self, path: Path, *, log: logging.Logger | None = None) -> None:
-        """Remember ``path``; nothing is read until :meth:`load`."""
+    def __init__(self, path: Path, *, log: logging.Logger | None = None, keep_expiry: bool = False) -> None:
+        """Remember ``path``; nothing is read until :meth:`load`.
+
+        ``keep_expiry`` keeps each line's expiry time for :meth:`not_after`
+        (an import wants it; serving does not, and skips the work).
+        """
         self.path = Path(path)
         self._log = log if log is not None else logging.getLogger(__name__)
         self._entries: dict[int, CertStatus] = {}
+        self._expiries: dict[int, dt.datetime] | None = {} if keep_expiry else None
         self._version = 0
         self._stat: _StatKey | None = None
         self._lock = threading.Lock()
@@ -180,6 +189,10 @@ class IndexFile:
     def lookup(self, serial: int) -> CertStatus | None:
         """What the file says about ``serial``; ``None`` when it does not list it."""
         return self._entries.get(serial)
+
+    def not_after(self, serial: int) -> dt.datetime | None:
+        """The expiry time the file gives ``serial`` (None unless ``keep_expiry`` or not listed)."""
+        return self._expiries.get(serial) if self._expiries is not None else None
 
     def changed_on_disk(self) -> bool:
         """Whether the file differs from the last load (mtime, size or inode).
@@ -211,10 +224,12 @@ class IndexFile:
                 with open(self.path, encoding="latin-1", newline="") as f:
                     # stat before reading: a write during the read is seen next time
                     st = os.fstat(f.fileno())
-                    parsed, bad = self._parse(f)
+                    parsed, expiries, bad = self._parse(f)
             except OSError as e:
                 raise SourceUnavailable(f"cannot read index file {self.path}: {e.strerror or e}") from e
             changed = self._swap(parsed)
+            if expiries is not None:
+                self._expiries = expiries
             self._stat = (st.st_mtime_ns, st.st_size, st.st_ino)
             event(
                 self._log, "index_loaded", path=self.path, serials=len(parsed), changed=len(changed),
@@ -222,9 +237,11 @@ class IndexFile:
             )
             return changed
 
-    def _parse(self, lines: Iterable[str]) -> tuple[dict[int, CertStatus], int]:
-        """Parse lines into serial -> status (version 0); also count bad lines."""
+    def _parse(self, lines: Iterable[str]) -> tuple[dict[int, CertStatus], dict[int, dt.datetime] | None, int]:
+        """Parse lines into serial -> status (version 0) and, if kept, serial -> expiry; count bad lines."""
         parsed: dict[int, CertStatus] = {}
+        expiries: dict[int, dt.datetime] | None = {} if self._expiries is not None else None
+        expiry_of = _expiry
         good = _GOOD
         revoked = _revoked
         is_time = _is_time
@@ -250,17 +267,21 @@ class IndexFile:
                     parsed[serial] = revoked(fields[2])
                 else:
                     raise _BadLine(f"unknown status flag {flag!r}")
+                if expiries is not None:
+                    expiries[serial] = expiry_of(fields[1])
             except _BadLine as e:
                 bad += 1
                 if serial is not None:
                     parsed.pop(serial, None)  # never leave an older line in force
+                    if expiries is not None:
+                        expiries.pop(serial, None)
                 if bad <= _MAX_LINE_WARNINGS:
                     event(self._log, "index_line_skipped", logging.WARNING, path=self.path, line=lineno, error=e)
         if bad > _MAX_LINE_WARNINGS:
             event(
                 self._log, "index_lines_skipped", logging.WARNING, path=self.path, count=bad, logged=_MAX_LINE_WARNINGS
             )
-        return parsed, bad
+        return parsed, expiries, bad
 
     def _swap(self, parsed: dict[int, CertStatus]) -> set[int]:
         """Give changed entries the next version, keep the rest, install ``parsed``."""
