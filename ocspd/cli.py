@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocspd import commands, logs, server
+from ocspd import commands, importer, logs, server
 from ocspd.commands import UsageError
 from ocspd.config import dump_config, load_config
 from ocspd.exceptions import ConfigError, OcspdError
@@ -21,7 +21,6 @@ from ocspd.exceptions import ConfigError, OcspdError
 log = logging.getLogger("ocspd")
 
 EXIT_CONFIG = 2
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,8 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--serial", required=True, help="hex, any case, optional 0x or colons")
     rev.add_argument("--reason", help="RFC 5280 reason name, e.g. keyCompromise")
     rev.add_argument("--at", help="revocation time, RFC 3339 (default: now)")
+    rev.add_argument(
+        "--amend", action="store_true",
+        help="change the reason or time of a revocation already recorded (never into certificateHold)",
+    )
 
-    st = sub.add_parser("status", help="what the store says about a certificate")
+    unh = sub.add_parser("unhold", help="release a certificateHold: the only way from revoked back to good")
+    unh.add_argument("--config", type=Path, help=config_help)
+    unh.add_argument("--issuer", required=True)
+    unh.add_argument("--serial", required=True, help="hex, any case, optional 0x or colons")
+
+    st = sub.add_parser("status", help="what the issuer's status source says about a certificate")
     st.add_argument("--config", type=Path, help=config_help)
     st.add_argument("--issuer", required=True)
     st.add_argument("--serial", required=True)
@@ -115,9 +123,11 @@ def _database_command(args: argparse.Namespace) -> int:
     if args.command == "cert" and args.cert_command == "add":
         return commands.cert_add(config, args.issuer, args.serial, args.not_after)
     if args.command == "cert":
-        return commands.cert_import(config, args.issuer, args.files)
+        return importer.cert_import(config, args.issuer, args.files)
     if args.command == "revoke":
-        return commands.revoke(config, args.issuer, args.serial, args.reason, args.at)
+        return commands.revoke(config, args.issuer, args.serial, args.reason, args.at, args.amend)
+    if args.command == "unhold":
+        return commands.unhold(config, args.issuer, args.serial)
     if args.command == "status":
         return commands.status(config, args.issuer, args.serial, args.json)
     if args.command == "presign":

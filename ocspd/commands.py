@@ -1,6 +1,10 @@
-"""The database commands of the CLI: db migrate, cert add/import, revoke,
-status, presign (SPEC §4). Parsing of user input lives here too: serials,
-times, reasons, each refused with one line naming what is wrong.
+"""The database commands of the CLI: db migrate, cert add, revoke, unhold,
+status, presign (SPEC §4); cert import is in ``importer``. Parsing of user
+input lives here too: serials, times, reasons, each refused with one line
+naming what is wrong.
+
+The revocation rules are the database's (sql/migrations/0003): these
+commands say what they found and kept, and turn a refusal into one line.
 """
 
 from __future__ import annotations
@@ -11,25 +15,22 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
-from ocspd.config import Config
-from ocspd.exceptions import ConfigError, OcspdError
+from ocspd.config import Config, IssuerConfig
+from ocspd.exceptions import ConfigError, OcspdError, RuleViolation
 from ocspd.index import IndexFile
-from ocspd.status import Status
-from ocspd.store import REASON_NAMES, REASON_OF_FLAG, CertRecord, Store
+from ocspd.status import REASONS, CertStatus, Status, revocation_reason
+from ocspd.store import Certificates, CertRecord, CertRow, RevokeResult, Store
 
-IMPORT_BATCH = 5000
 PRESIGN_BATCH = 500
 PRESIGN_HASHES = ("sha1", "sha256")
 
 _SERIAL = re.compile(r"^(?:0x)?([0-9a-f]+)$")
-_REASONS_LOWER = {name.lower(): name for name in REASON_NAMES}
+T = TypeVar("T")
 
 
 class UsageError(OcspdError):
@@ -58,12 +59,15 @@ def parse_time(text: str, option: str) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def parse_reason(text: str) -> str:
-    """An RFC 5280 reason name, any case, returned in its canonical spelling."""
-    name = _REASONS_LOWER.get(text.strip().lower())
-    if name is None:
-        raise UsageError(f"--reason: {text!r} is not an RFC 5280 reason (one of {', '.join(REASON_NAMES)})")
-    return name
+def parse_reason(text: str) -> x509.ReasonFlags | None:
+    """An RFC 5280 reason name, any case; None for ``unspecified`` (answers leave it out)."""
+    reason = revocation_reason(text)
+    if reason is None:
+        if text.strip().lower() == "removefromcrl":
+            raise UsageError("--reason: removeFromCRL marks a delta-CRL entry (RFC 5280 §5.3.1), not a revocation")
+        names = ", ".join(r.name for r in REASONS if r.revocation)
+        raise UsageError(f"--reason: {text!r} is not an RFC 5280 revocation reason (one of {names})")
+    return None if reason.flag is x509.ReasonFlags.unspecified else reason.flag
 
 
 def _store(config: Config) -> Store:
@@ -72,19 +76,41 @@ def _store(config: Config) -> Store:
     return Store(config.database.dsn)
 
 
-def _issuer(config: Config, issuer_id: str) -> None:
-    ids = [issuer.id for issuer in config.issuers]
-    if issuer_id not in ids:
-        raise UsageError(f"--issuer: {issuer_id!r} is not configured in {config.source} (known: {', '.join(ids)})")
+def issuer_config(config: Config, issuer_id: str) -> IssuerConfig:
+    """The configured issuer ``issuer_id``, or a UsageError naming the known ones."""
+    for issuer in config.issuers:
+        if issuer.id == issuer_id:
+            return issuer
+    ids = ", ".join(i.id for i in config.issuers)
+    raise UsageError(f"--issuer: {issuer_id!r} is not configured in {config.source} (known: {ids})")
 
 
-async def _with_store(config: Config, work: Any, store: Store | None = None) -> Any:
+def database_issuer(config: Config, issuer_id: str, command: str) -> IssuerConfig:
+    """The issuer, if its status lives in the database: one source of truth per issuer."""
+    issuer = issuer_config(config, issuer_id)
+    if issuer.index is not None:
+        raise UsageError(
+            f"{command}: issuer {issuer_id!r} takes its status from {issuer.index} (`index` in {config.source}), "
+            "not from the database; change it there, with `openssl ca -revoke` or `easyrsa revoke` "
+            "(ocspd reloads the file within a second)"
+        )
+    _store(config)  # a database command needs a database
+    return issuer
+
+
+
+async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]], store: Store | None = None) -> T:
     store = store or _store(config)
     await store.open()
     try:
         return await work(store)
     finally:
         await store.close()
+
+
+def with_certificates(config: Config, work: Callable[[Certificates], Awaitable[T]]) -> T:
+    """Run ``work`` on the certificate table of ``config``'s database."""
+    return asyncio.run(_with_store(config, lambda store: work(Certificates(store))))
 
 
 def db_migrate(config: Config, out: TextIO = sys.stdout) -> int:
@@ -96,38 +122,113 @@ def db_migrate(config: Config, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: str | None) -> int:
-    """``ocspd cert add``: record one issued certificate (status good)."""
-    _issuer(config, issuer_id)
+def describe(row: CertRow | CertStatus) -> str:
+    """``revoked (keyCompromise, since 2026-01-02T03:04:05Z)``, ``on hold (...)`` or ``good``."""
+    if row.status is not Status.REVOKED:
+        return str(row.status.value)
+    assert row.revoked_at is not None
+    since = row.revoked_at.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    reason = str(row.reason.value) if row.reason is not None else "no reason"
+    return f"{'on hold' if row.reason is x509.ReasonFlags.certificate_hold else 'revoked'} ({reason}, since {since})"
+
+
+def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: str | None,
+             out: TextIO = sys.stdout) -> int:
+    """``ocspd cert add``: record one issued certificate; a revocation already there is kept."""
+    database_issuer(config, issuer_id, "cert add")
     record = CertRecord(
         parse_serial(serial_text),
         not_after=parse_time(not_after_text, "--not-after") if not_after_text else None,
     )
-    asyncio.run(_with_store(config, lambda store: store.add_certificates(issuer_id, [record])))
+
+    async def work(table: Certificates) -> tuple[CertRow | None, CertRow | None]:
+        before = await table.status(issuer_id, record.serial)
+        await table.merge_in(issuer_id, [record])
+        return before, await table.status(issuer_id, record.serial)
+
+    before, after = with_certificates(config, work)
+    assert after is not None
+    where = f"issuer={issuer_id} serial={record.serial:X}"
+    if after.status is Status.REVOKED:
+        print(f"already revoked {where}: {describe(after)}, kept", file=out)
+    else:
+        print(f"{'added' if before is None else 'already listed'} {where} version={after.version}", file=out)
     return 0
 
 
-def revoke(config: Config, issuer_id: str, serial_text: str, reason: str | None, at: str | None) -> int:
-    """``ocspd revoke``: every replica answers revoked once this commits."""
-    _issuer(config, issuer_id)
+def revoke(config: Config, issuer_id: str, serial_text: str, reason_text: str | None, at: str | None,
+           amend: bool = False, out: TextIO = sys.stdout) -> int:
+    """``ocspd revoke``: every replica answers revoked once this commits; permanent but for a hold."""
+    database_issuer(config, issuer_id, "revoke")
     serial = parse_serial(serial_text)
-    reason_name = parse_reason(reason) if reason else None
-    when = parse_time(at, "--at") if at else dt.datetime.now(dt.UTC)
-    version = asyncio.run(_with_store(config, lambda store: store.revoke(issuer_id, serial, reason_name, when)))
-    print(f"revoked issuer={issuer_id} serial={serial:X} version={version}")
+    reason = parse_reason(reason_text) if reason_text else None
+    when = parse_time(at, "--at") if at else None
+    if when is not None and when > dt.datetime.now(dt.UTC):
+        raise UsageError(f"--at: {at!r} is in the future (a revocation time says when it happened)")
+    where = f"issuer={issuer_id} serial={serial:X}"
+
+    async def work(table: Certificates) -> RevokeResult:
+        try:
+            return await table.revoke(issuer_id, serial, reason, when, amend=amend)
+        except RuleViolation:
+            before = await table.status(issuer_id, serial)
+            if amend or before is None or before.status is not Status.REVOKED:
+                raise
+            raise RuleViolation(
+                f"{where} is already {describe(before)}: a revocation is not changed silently; "
+                "to correct its reason or time, add --amend"
+            ) from None
+
+    result = with_certificates(config, work)
+    if not result.changed:
+        print(f"already revoked {where}: {describe(result.after)}, unchanged", file=out)
+    else:
+        was_revoked = result.before is not None and result.before.status is Status.REVOKED
+        verb = "amended" if amend and was_revoked else "revoked"
+        print(f"{verb} {where}: {describe(result.after)} version={result.after.version}", file=out)
+    return 0
+
+
+def unhold(config: Config, issuer_id: str, serial_text: str, out: TextIO = sys.stdout) -> int:
+    """``ocspd unhold``: release a certificateHold (the only way from revoked back to good)."""
+    database_issuer(config, issuer_id, "unhold")
+    serial = parse_serial(serial_text)
+    version = with_certificates(config, lambda table: table.unhold(issuer_id, serial))
+    print(f"released issuer={issuer_id} serial={serial:X}: good version={version}", file=out)
     return 0
 
 
 def status(config: Config, issuer_id: str, serial_text: str, as_json: bool, out: TextIO = sys.stdout) -> int:
-    """``ocspd status``: what the store says about one certificate."""
-    _issuer(config, issuer_id)
+    """``ocspd status``: what the issuer's status source says, i.e. what the responder serves."""
+    issuer = issuer_config(config, issuer_id)
     serial = parse_serial(serial_text)
-    row = asyncio.run(_with_store(config, lambda store: store.status(issuer_id, serial)))
     info: dict[str, Any] = {"issuer": issuer_id, "serial": f"{serial:X}"}
-    if row is None:
-        info["status"] = "unknown"
+    if issuer.index is not None:
+        index = IndexFile(issuer.index, keep_expiry=True)
+        index.load()
+        found = index.lookup(serial)
+        info["source"] = f"index {issuer.index}"
+        info["status"] = found.status.value if found is not None else "unknown"
+        if found is not None and found.status is Status.REVOKED:
+            info["revoked_at"] = found.revoked_at
+            info["reason"] = found.reason.value if found.reason is not None else None
+        info["not_after"] = index.not_after(serial)
     else:
-        info.update({k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()})
+        row = with_certificates(config, lambda table: table.status(issuer_id, serial))
+        info["source"] = "postgres"
+        if row is None:
+            info["status"] = "unknown"
+        else:
+            info.update(
+                status=row.status.value, revoked_at=row.revoked_at,
+                reason=row.reason.value if row.reason is not None else None, not_after=row.not_after,
+                version=row.version, updated_at=row.updated_at, stored_responses=row.stored_responses,
+            )
+    if info["status"] == "unknown":
+        info["served"] = {"unknown": "unknown", "revoked": "revoked (extended)", "unauthorized": "unauthorized"}[
+            issuer.unknown_serial
+        ]
+    info = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in info.items()}
     if as_json:
         print(json.dumps(info), file=out)
     else:
@@ -137,87 +238,10 @@ def status(config: Config, issuer_id: str, serial_text: str, as_json: bool, out:
     return 0
 
 
-def cert_import(config: Config, issuer_id: str, files: Sequence[Path], err: TextIO = sys.stderr) -> int:
-    """``ocspd cert import``: PEM/DER certificates or an OpenSSL index.txt, in batches."""
-    _issuer(config, issuer_id)
-    ca = _ca_cert(config, issuer_id)
-    records: list[CertRecord] = []
-    for path in files:
-        records.extend(_read_import_file(path, ca))
-    total = len(records)
-
-    async def work(store: Store) -> None:
-        started = time.monotonic()
-        for done, batch in _batches(records, IMPORT_BATCH):
-            await store.add_certificates(issuer_id, batch)
-            print(f"imported {done}/{total} certificates ({time.monotonic() - started:.1f}s)", file=err, flush=True)
-
-    asyncio.run(_with_store(config, work))
-    print(f"imported {total} certificates for issuer {issuer_id}", file=err)
-    return 0
-
-
-def _batches(items: Sequence[CertRecord], size: int) -> Iterator[tuple[int, Sequence[CertRecord]]]:
-    for start in range(0, len(items), size):
-        batch = items[start : start + size]
-        yield start + len(batch), batch
-
-
-def _ca_cert(config: Config, issuer_id: str) -> x509.Certificate:
-    issuer = next(i for i in config.issuers if i.id == issuer_id)
-    data = issuer.ca_cert.read_bytes()
-    return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-
-
-def _read_import_file(path: Path, ca: x509.Certificate) -> list[CertRecord]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        try:
-            certs = x509.load_pem_x509_certificates(data)
-        except ValueError:
-            raise UsageError(f"{path}: not a readable PEM certificate file") from None
-    elif data[:1] == b"\x30":
-        try:
-            certs = [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            raise UsageError(f"{path}: not a DER certificate") from None
-    elif _looks_like_index(data):
-        return list(_index_records(path))
-    else:
-        raise UsageError(f"{path}: neither PEM/DER certificates nor an OpenSSL index.txt")
-    for cert in certs:
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise UsageError(
-                f"{path}: certificate serial {cert.serial_number:X} was not issued by this issuer's CA"
-            ) from None
-    return [CertRecord(cert.serial_number, not_after=cert.not_valid_after_utc) for cert in certs]
-
-
-def _looks_like_index(data: bytes) -> bool:
-    first = data.lstrip().split(b"\n", 1)[0]
-    return first[:2] in (b"V\t", b"R\t", b"E\t")
-
-
-def _index_records(path: Path) -> Iterable[CertRecord]:
-    index = IndexFile(path)
-    index.load()  # malformed lines are logged with their line number and skipped
-    for serial, status in index.items():
-        if status.status is Status.REVOKED:
-            reason = REASON_OF_FLAG.get(status.reason) if status.reason else None
-            yield CertRecord(serial, "revoked", status.revoked_at, reason)
-        else:
-            yield CertRecord(serial)
-
-
 def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr) -> int:
     """``ocspd presign``: sign and store responses for every listed certificate ahead of traffic."""
     for issuer_id in issuer_ids:
-        _issuer(config, issuer_id)
+        database_issuer(config, issuer_id, "presign")
     from ocspd.engine import Engine
     from ocspd.signer import load_signers
 
@@ -229,7 +253,7 @@ def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr)
     async def work(store: Store) -> None:
         started = time.monotonic()
         for issuer_id in issuer_ids:
-            total = await store.count_certificates(issuer_id)
+            total = await Certificates(store).count(issuer_id)
             for hash_alg in PRESIGN_HASHES:
                 after, done, written = "", 0, 0
                 fingerprint = signers[issuer_id].fingerprint

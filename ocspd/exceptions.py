@@ -50,9 +50,29 @@ class SourceUnavailable(TryLater):
     """The status source (database, index file) cannot be read at the moment."""
 
 
+class SchemaOutdated(SourceUnavailable):
+    """The database lacks the schema this ocspd needs: ``ocspd db migrate`` was not run (since an upgrade).
+
+    ``have`` is the highest migration applied (0: none, or no ocspd tables at
+    all), ``need`` the highest this code ships. A request meanwhile gets
+    tryLater, as for an outage; readiness and start-up say how to fix it.
+    """
+
+    def __init__(self, have: int = 0, need: int = 0) -> None:
+        self.have, self.need = have, need
+        if have == 0:
+            super().__init__("database schema missing: run `ocspd db migrate`")
+        else:
+            super().__init__(f"database schema is at version {have}, this ocspd needs {need}: run `ocspd db migrate`")
+
+
 class Overloaded(TryLater):
     """Too many live signatures in flight."""
 
 
 class StoreError(OcspdError):
     """The database refused an operation (constraint, bad data): not an outage."""
+
+
+class RuleViolation(StoreError):
+    """A write the revocation rules refuse (SQLSTATE 23R01, sql/migrations/0003): the message says which."""

@@ -69,27 +69,70 @@ WHERE c.issuer_id = %(issuer)s AND c.serial > %(after)s
 ORDER BY c.serial
 LIMIT %(limit)s;
 
--- name: ping
-SELECT 1 FROM ocspd_migrations LIMIT 1;
+-- name: schema_version
+-- The highest migration applied (readiness and start-up compare it with the
+-- highest this code ships); no table at all is UndefinedTable.
+SELECT coalesce(max(version), 0) FROM ocspd_migrations;
 
 -- name: count_certificates
 SELECT count(*) FROM ocspd_certificates WHERE issuer_id = %(issuer)s;
 
--- name: add_certificates
--- Bulk upsert of issued certificates (import). Status columns are written
--- only when they change, so re-importing the same data bumps no versions.
-INSERT INTO ocspd_certificates AS c (issuer_id, serial, status, revoked_at, reason, not_after)
-SELECT %(issuer)s, b.serial, b.status, b.revoked_at, b.reason, b.not_after
-FROM unnest(%(serials)s::text[], %(statuses)s::text[], %(revoked_ats)s::timestamptz[], %(reasons)s::text[],
-            %(not_afters)s::timestamptz[]) AS b(serial, status, revoked_at, reason, not_after)
-ON CONFLICT (issuer_id, serial) DO UPDATE
-    SET status = EXCLUDED.status, revoked_at = EXCLUDED.revoked_at, reason = EXCLUDED.reason,
-        not_after = COALESCE(EXCLUDED.not_after, c.not_after)
-    WHERE (c.status, c.revoked_at, c.reason, c.not_after)
-          IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.revoked_at, EXCLUDED.reason, COALESCE(EXCLUDED.not_after, c.not_after));
+-- name: import_certificates
+-- Merge issued certificates into the table (cert import, cert add): never a
+-- downgrade. Per serial, by ocspd_merge (sql/migrations/0003): unlisted ->
+-- inserted as given; good + revoked -> revoked; a hold + another revocation
+-- -> revoked; anything else keeps what the table says (a revocation is never
+-- undone by an import). not_after is filled in when given. Status columns are
+-- written only when they change, so re-importing the same data bumps no
+-- versions. The serials are distinct (the caller merges duplicates). Returns
+-- (outcome, count): new, revoked, kept (the table's revocation over the
+-- file's "good"), conflict (the table's revocation over another one in the
+-- file), unchanged.
+WITH b AS (
+    SELECT b.serial, b.status, b.revoked_at, NULLIF(b.reason, 'unspecified') AS reason, b.not_after
+    FROM unnest(%(serials)s::text[], %(statuses)s::text[], %(revoked_ats)s::timestamptz[], %(reasons)s::text[],
+                %(not_afters)s::timestamptz[]) AS b(serial, status, revoked_at, reason, not_after)
+), before AS (
+    SELECT b.status AS new_status, c.status AS old_status,
+           ocspd_merge(c.status, c.reason, c.revoked_at, b.status, b.reason, b.revoked_at) AS merge
+    -- One primary-key probe per serial (LIMIT keeps the planner from turning
+    -- this into a scan of all the issuer's rows, once per batch)
+    FROM b LEFT JOIN LATERAL (
+        SELECT c.status, c.reason, c.revoked_at FROM ocspd_certificates c
+        WHERE c.issuer_id = %(issuer)s AND c.serial = b.serial LIMIT 1
+    ) AS c ON true
+), written AS (
+    INSERT INTO ocspd_certificates AS c (issuer_id, serial, status, revoked_at, reason, not_after)
+    SELECT %(issuer)s, b.serial, b.status, b.revoked_at, b.reason, b.not_after FROM b
+    ON CONFLICT (issuer_id, serial) DO UPDATE
+        SET status = CASE WHEN ocspd_merge(c.status, c.reason, c.revoked_at, EXCLUDED.status, EXCLUDED.reason,
+                                           EXCLUDED.revoked_at) = 'apply' THEN EXCLUDED.status ELSE c.status END,
+            revoked_at = CASE WHEN ocspd_merge(c.status, c.reason, c.revoked_at, EXCLUDED.status, EXCLUDED.reason,
+                                               EXCLUDED.revoked_at) = 'apply' THEN EXCLUDED.revoked_at ELSE c.revoked_at END,
+            reason = CASE WHEN ocspd_merge(c.status, c.reason, c.revoked_at, EXCLUDED.status, EXCLUDED.reason,
+                                           EXCLUDED.revoked_at) = 'apply' THEN EXCLUDED.reason ELSE c.reason END,
+            not_after = COALESCE(EXCLUDED.not_after, c.not_after)
+        WHERE ocspd_merge(c.status, c.reason, c.revoked_at, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.revoked_at) = 'apply'
+           OR (EXCLUDED.not_after IS NOT NULL AND EXCLUDED.not_after IS DISTINCT FROM c.not_after)
+    RETURNING 1
+)
+SELECT CASE
+           WHEN old_status IS NULL THEN 'new'
+           WHEN merge = 'apply' THEN 'revoked'
+           WHEN merge = 'keep' AND new_status = 'good' THEN 'kept'
+           WHEN merge = 'keep' THEN 'conflict'
+           ELSE 'unchanged'
+       END AS outcome, count(*)
+FROM before
+GROUP BY 1;
 
 -- name: revoke
-SELECT ocspd_revoke(%(issuer)s, %(serial)s, %(reason)s, %(at)s);
+-- Idempotent: the same revocation again changes nothing and returns the
+-- current version; another one is refused (23R01) unless amend.
+SELECT ocspd_revoke(%(issuer)s, %(serial)s, %(reason)s, %(at)s, %(amend)s);
+
+-- name: unhold
+SELECT ocspd_unhold(%(issuer)s, %(serial)s);
 
 -- name: status
 SELECT c.status, c.revoked_at, c.reason, c.not_after, c.version, c.updated_at,

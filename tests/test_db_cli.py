@@ -65,7 +65,7 @@ def test_bad_input_is_one_line_exit_2(db_pki: TestPki, args: tuple[str, ...], fr
 
 
 def test_database_command_without_database_is_one_line_exit_2(test_pki: TestPki) -> None:
-    result = run("revoke", "--config", str(test_pki.config_path), "--issuer", "test-ca", "--serial", "1")
+    result = run("db", "migrate", "--config", str(test_pki.config_path))
     assert_one_line_error(result, "[database]")
 
 

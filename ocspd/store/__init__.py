@@ -3,7 +3,21 @@
 The only package that imports aiopg/psycopg2.
 """
 
-from ocspd.store.db import REASON_NAMES, REASON_OF_FLAG, CertRecord, DueRow, Store, serial_hex
+from ocspd.store.certificates import Certificates, CertRecord, CertRow, Merge, RevokeResult, fold_duplicates, merge
+from ocspd.store.db import DueRow, Store, serial_hex
 from ocspd.store.listener import CHANNEL, Listener
 
-__all__ = ["CHANNEL", "REASON_NAMES", "REASON_OF_FLAG", "CertRecord", "DueRow", "Listener", "Store", "serial_hex"]
+__all__ = [
+    "CHANNEL",
+    "CertRecord",
+    "CertRow",
+    "Certificates",
+    "DueRow",
+    "Listener",
+    "Merge",
+    "RevokeResult",
+    "Store",
+    "fold_duplicates",
+    "merge",
+    "serial_hex",
+]

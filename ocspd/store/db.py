@@ -19,14 +19,13 @@ from typing import Any
 import aiopg
 import psycopg2
 import psycopg2.errors
-from cryptography import x509
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from ocspd.cache import Entry
-from ocspd.exceptions import SourceUnavailable, StoreError
+from ocspd.exceptions import RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.sources import Lookup
-from ocspd.status import UNKNOWN, CertStatus, Status
+from ocspd.status import REASON_BY_NAME, UNKNOWN, CertStatus, Status
 from ocspd.store.batching import Batcher
 from ocspd.store.queries import migrations, queries
 
@@ -45,21 +44,7 @@ WRITE_BEHIND_SECONDS = 0.01
 WRITE_BEHIND_BATCH = 256
 WRITE_BEHIND_MAX_PENDING = 10_000
 MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
-
-REASON_NAMES: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keyCompromise": x509.ReasonFlags.key_compromise,
-    "cACompromise": x509.ReasonFlags.ca_compromise,
-    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
-    "certificateHold": x509.ReasonFlags.certificate_hold,
-    "removeFromCRL": x509.ReasonFlags.remove_from_crl,
-    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aACompromise": x509.ReasonFlags.aa_compromise,
-}
-REASON_OF_FLAG = {flag: name for name, flag in REASON_NAMES.items()}
-
+RULE_VIOLATION = "23R01"  # SQLSTATE of the revocation rules (sql/migrations/0003_revocation_rules.sql)
 
 def serial_hex(serial: int) -> str:
     """The stored spelling of a serial: lower-case hex without leading zeros."""
@@ -72,7 +57,7 @@ def _status(row: Sequence[Any]) -> CertStatus:
     if status is None:
         return UNKNOWN
     if status == "revoked":
-        return CertStatus(Status.REVOKED, revoked_at, REASON_NAMES.get(reason) if reason else None, version)
+        return CertStatus(Status.REVOKED, revoked_at, REASON_BY_NAME[reason].flag if reason else None, version)
     return CertStatus(Status.GOOD, None, None, version)
 
 
@@ -82,17 +67,6 @@ StoreItem = tuple[int, str, Entry, int]
 FetchKey = tuple[str, str, str, str]
 # (issuer id, signer fingerprint, item)
 StoreRequest = tuple[str, str, StoreItem]
-
-
-@dataclass(frozen=True, slots=True)
-class CertRecord:
-    """One certificate to add or update (import, cert add)."""
-
-    serial: int
-    status: str = "good"  # "good" | "revoked"
-    revoked_at: dt.datetime | None = None
-    reason: str | None = None  # RFC 5280 name
-    not_after: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +139,17 @@ class Store:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction):
             # Not an outage of the server, but this replica cannot answer either.
-            raise SourceUnavailable("database schema missing: run `ocspd db migrate`") from None
+            raise SchemaOutdated() from None
+        except psycopg2.IntegrityError as exc:
+            if exc.pgcode == RULE_VIOLATION:
+                raise RuleViolation(" ".join((exc.diag.message_primary or str(exc)).split())) from None
+            raise StoreError(f"database refused the request: {_one_line(exc)}") from None
         except psycopg2.Error as exc:
             raise StoreError(f"database refused the request: {_one_line(exc)}") from None
+
+    async def query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
+        """Run a named query of ``sql/queries.sql`` (for the other modules of this package)."""
+        return await self._query(name, params, retry=retry)
 
     async def _query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
         """Run a named query; one retry when a pooled connection turns out dead."""
@@ -278,8 +260,13 @@ class Store:
         return len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
 
     async def ping(self) -> None:
-        """Raise SourceUnavailable unless the database answers (and has our schema)."""
-        await self._query("ping", {}, retry=False)
+        """Raise SourceUnavailable unless the database answers, SchemaOutdated unless it has our schema.
+
+        A schema newer than this code is fine: a replica upgraded first migrated it.
+        """
+        have, need = (await self._query("schema_version", {}, retry=False))[0][0], migrations()[-1].version
+        if have < need:
+            raise SchemaOutdated(have, need)
 
     # -- shared refresh and presign --------------------------------------------------------
 
@@ -318,50 +305,6 @@ class Store:
             {"issuer": issuer_id, "hash_alg": hash_alg, "signer": signer, "after": after, "limit": limit},
         )
         return [(r[0], _status(r[1:5])) for r in rows]
-
-    # -- the CLI ---------------------------------------------------------------------
-
-    async def add_certificates(self, issuer_id: str, records: Sequence[CertRecord]) -> None:
-        """Upsert certificates in one statement (callers batch a few thousand at a time)."""
-        await self._query(
-            "add_certificates",
-            {
-                "issuer": issuer_id,
-                "serials": [serial_hex(r.serial) for r in records],
-                "statuses": [r.status for r in records],
-                "revoked_ats": [r.revoked_at for r in records],
-                "reasons": [r.reason for r in records],
-                "not_afters": [r.not_after for r in records],
-            },
-            retry=False,
-        )
-
-    async def revoke(self, issuer_id: str, serial: int, reason: str | None, at: dt.datetime) -> int:
-        """Revoke (or record as revoked); returns the new status version."""
-        rows = await self._query(
-            "revoke", {"issuer": issuer_id, "serial": serial_hex(serial), "reason": reason, "at": at}, retry=False
-        )
-        return int(rows[0][0])
-
-    async def status(self, issuer_id: str, serial: int) -> dict[str, Any] | None:
-        """What the table says about one certificate (None: not listed)."""
-        rows = await self._query("status", {"issuer": issuer_id, "serial": serial_hex(serial)})
-        if not rows:
-            return None
-        status, revoked_at, reason, not_after, version, updated_at, stored = rows[0]
-        return {
-            "status": status,
-            "revoked_at": revoked_at,
-            "reason": reason,
-            "not_after": not_after,
-            "version": version,
-            "updated_at": updated_at,
-            "stored_responses": stored,
-        }
-
-    async def count_certificates(self, issuer_id: str) -> int:
-        rows = await self._query("count_certificates", {"issuer": issuer_id})
-        return int(rows[0][0])
 
     # -- migrations --------------------------------------------------------------------
 
