@@ -16,18 +16,19 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
 
 from ocspd import logs
 from ocspd.config import Config, load_config
-from ocspd.exceptions import OcspdError
+from ocspd.exceptions import OcspdError, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.health import Readiness
 from ocspd.logs import event
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
 from ocspd.signer import Signer
+from ocspd.store import Listener, Store
 
 log = logging.getLogger("ocspd.server")
 
@@ -35,6 +36,8 @@ log = logging.getLogger("ocspd.server")
 SHUTDOWN_TIMEOUT = 10.0
 # How often a worker tells the supervisor how it is.
 WORKER_REPORT_SECONDS = 1.0
+# How often start-up checks again for a database schema that is missing or outdated.
+SCHEMA_RETRY_SECONDS = 2.0
 # The cyclic garbage collector's thresholds while serving. Python's default
 # (700, 10, 10) runs a young collection every few requests under load and
 # was ~5 % of the CPU of a cold miss (bench/README.md); almost everything a
@@ -88,11 +91,12 @@ class Process:
         self.config = config
         self.worker_fd = worker_fd
         self.notifier = Notifier(None) if worker_fd is not None else Notifier.from_env()
+        self.serving = False  # READY=1 sent (or, for a worker, reported)
 
     async def run(self) -> None:
         from ocspd.front import OcspRunner
         from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app, init_app, reload_app
-        from ocspd.replication import LISTENER
+        from ocspd.replication import LISTENER, STORE
 
         app = init_app(self.config)  # keys are loaded here, once
         if self.worker_fd is None:
@@ -117,14 +121,14 @@ class Process:
                 admin_runner = web.AppRunner(admin, access_log=None)
                 await admin_runner.setup()
                 await _start_site(admin_runner, *self.config.admin.listen, reuse_port=False)
-            listener = app.get(LISTENER)
-            if listener is not None and not listener.connected:
-                self.notifier.status("waiting for the database LISTEN connection")
-                await listener.ever_connected.wait()
-            event(log, "ready", issuers=",".join(i.id for i in self.config.issuers), pid=os.getpid())
-            self.notifier.ready("serving")
             if self.worker_fd is not None:
+                # From now on, so that the supervisor's /readyz says what a waiting worker waits for.
                 tasks.append(asyncio.create_task(self._report(app, app_readiness)))
+            if not await self._servable(app.get(STORE), app.get(LISTENER), stop):
+                return  # stopped while waiting
+            event(log, "ready", issuers=",".join(i.id for i in self.config.issuers), pid=os.getpid())
+            self.serving = True
+            self.notifier.ready("serving")
             interval = watchdog_interval()
             if interval is not None and self.notifier.enabled:
                 tasks.append(asyncio.create_task(watchdog_loop(self.notifier, interval, lambda: True)))
@@ -143,8 +147,51 @@ class Process:
             await runner.cleanup()
             event(log, "stopped", pid=os.getpid())
 
+    async def _servable(self, store: Store | None, listener: Listener | None, stop: asyncio.Event) -> bool:
+        """Wait until the database can serve: LISTEN connection up, schema migrated. False: stopped first.
+
+        A database whose schema is missing or behind is waited for, not
+        exited on (one error line names the fix): ``ocspd db migrate`` run
+        meanwhile makes this process ready by itself.
+        """
+        if store is None:
+            return True
+        if listener is not None and not listener.connected:
+            self.notifier.status("waiting for the database LISTEN connection")
+            if not await _unless_stopped(listener.ever_connected.wait(), stop):
+                return False
+        logged_error = logged_outage = False
+        shown = ""
+        while True:
+            try:
+                if not await _unless_stopped(store.ping(), stop):
+                    return False
+            except (SchemaOutdated, StoreError) as exc:
+                # The database answers, but this code cannot serve from it.
+                if not logged_error:
+                    event(log, "schema_not_ready", logging.ERROR, error=str(exc))
+                    logged_error = True
+                text = str(exc)
+            except SourceUnavailable as exc:
+                # An outage, not a schema error: the schema is just not confirmed yet.
+                if not logged_outage:
+                    event(log, "schema_unconfirmed", logging.WARNING, error=str(exc))
+                    logged_outage = True
+                text = f"waiting for the database: {exc}"
+            else:
+                if logged_error or logged_outage:
+                    event(log, "schema_ready")
+                return True
+            if text != shown:
+                self.notifier.status(text)
+                shown = text
+            if not await _unless_stopped(asyncio.sleep(SCHEMA_RETRY_SECONDS), stop):
+                return False
+
     def _reload(self, app: web.Application, reload_app: Callable[[web.Application, Config], list[str]]) -> None:
-        self.notifier.reloading()
+        # Before READY=1, a reload must not announce readiness (RELOADING=1 ... READY=1).
+        if self.serving:
+            self.notifier.reloading()
         try:
             config = load_config(self.config_path)
             changed = reload_app(app, config)
@@ -153,7 +200,8 @@ class Process:
         else:
             self.config = config
             event(log, "reloaded", changed_issuers=",".join(changed) or "none")
-        self.notifier.ready("serving")
+        if self.serving:
+            self.notifier.ready("serving")
 
     async def _report(
         self, app: web.Application, app_readiness: Callable[[web.Application], asyncio.Future[Readiness]]
@@ -164,13 +212,30 @@ class Process:
             while True:
                 result = await app_readiness(app)
                 line = {
-                    "pid": os.getpid(), "ready": result.ready, "degraded": result.degraded, "checks": result.checks
+                    # Not ready before start-up is done, whatever the checks say (listener still down).
+                    "pid": os.getpid(), "ready": result.ready and self.serving, "degraded": result.degraded,
+                    "checks": result.checks,
                 }
                 try:
                     pipe.write(json.dumps(line) + "\n")
                 except (BrokenPipeError, OSError):
                     return  # the supervisor is gone; SIGTERM will follow or already did
                 await asyncio.sleep(WORKER_REPORT_SECONDS)
+
+
+async def _unless_stopped(waiting: Awaitable[object], stop: asyncio.Event) -> bool:
+    """Await ``waiting`` (its exception propagates) unless ``stop`` is set first; True when it finished."""
+    task, stopper = asyncio.ensure_future(waiting), asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished = task.done()
+        for waiter in (task, stopper):
+            waiter.cancel()
+        await asyncio.gather(task, stopper, return_exceptions=True)
+    if finished:
+        task.result()
+    return finished
 
 
 def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = None) -> int:
