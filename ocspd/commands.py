@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -113,12 +113,12 @@ def with_certificates(config: Config, work: Callable[[Certificates], Awaitable[T
     return asyncio.run(_with_store(config, lambda store: work(Certificates(store))))
 
 
-def db_migrate(config: Config, out: TextIO = sys.stdout) -> int:
+def db_migrate(config: Config) -> int:
     """``ocspd db migrate``: apply what is missing; running it again is a no-op."""
     store = _store(config)
-    applied = asyncio.run(store.migrate(progress=lambda name: print(f"applied {name}", file=out, flush=True)))
+    applied = asyncio.run(store.migrate(progress=lambda name: print(f"applied {name}", file=sys.stdout, flush=True)))
     if not applied:
-        print("database schema is up to date", file=out)
+        print("database schema is up to date", file=sys.stdout)
     return 0
 
 
@@ -132,8 +132,7 @@ def describe(row: CertRow | CertStatus) -> str:
     return f"{'on hold' if row.reason is x509.ReasonFlags.certificate_hold else 'revoked'} ({reason}, since {since})"
 
 
-def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: str | None,
-             out: TextIO = sys.stdout) -> int:
+def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: str | None) -> int:
     """``ocspd cert add``: record one issued certificate; a revocation already there is kept."""
     database_issuer(config, issuer_id, "cert add")
     record = CertRecord(
@@ -150,14 +149,14 @@ def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: s
     assert after is not None
     where = f"issuer={issuer_id} serial={record.serial:X}"
     if after.status is Status.REVOKED:
-        print(f"already revoked {where}: {describe(after)}, kept", file=out)
+        print(f"already revoked {where}: {describe(after)}, kept", file=sys.stdout)
     else:
-        print(f"{'added' if before is None else 'already listed'} {where} version={after.version}", file=out)
+        print(f"{'added' if before is None else 'already listed'} {where} version={after.version}", file=sys.stdout)
     return 0
 
 
 def revoke(config: Config, issuer_id: str, serial_text: str, reason_text: str | None, at: str | None,
-           amend: bool = False, out: TextIO = sys.stdout) -> int:
+           amend: bool = False) -> int:
     """``ocspd revoke``: every replica answers revoked once this commits; permanent but for a hold."""
     database_issuer(config, issuer_id, "revoke")
     serial = parse_serial(serial_text)
@@ -181,24 +180,24 @@ def revoke(config: Config, issuer_id: str, serial_text: str, reason_text: str | 
 
     result = with_certificates(config, work)
     if not result.changed:
-        print(f"already revoked {where}: {describe(result.after)}, unchanged", file=out)
+        print(f"already revoked {where}: {describe(result.after)}, unchanged", file=sys.stdout)
     else:
         was_revoked = result.before is not None and result.before.status is Status.REVOKED
         verb = "amended" if amend and was_revoked else "revoked"
-        print(f"{verb} {where}: {describe(result.after)} version={result.after.version}", file=out)
+        print(f"{verb} {where}: {describe(result.after)} version={result.after.version}", file=sys.stdout)
     return 0
 
 
-def unhold(config: Config, issuer_id: str, serial_text: str, out: TextIO = sys.stdout) -> int:
+def unhold(config: Config, issuer_id: str, serial_text: str) -> int:
     """``ocspd unhold``: release a certificateHold (the only way from revoked back to good)."""
     database_issuer(config, issuer_id, "unhold")
     serial = parse_serial(serial_text)
     version = with_certificates(config, lambda table: table.unhold(issuer_id, serial))
-    print(f"released issuer={issuer_id} serial={serial:X}: good version={version}", file=out)
+    print(f"released issuer={issuer_id} serial={serial:X}: good version={version}", file=sys.stdout)
     return 0
 
 
-def status(config: Config, issuer_id: str, serial_text: str, as_json: bool, out: TextIO = sys.stdout) -> int:
+def status(config: Config, issuer_id: str, serial_text: str, as_json: bool) -> int:
     """``ocspd status``: what the issuer's status source says, i.e. what the responder serves."""
     issuer = issuer_config(config, issuer_id)
     serial = parse_serial(serial_text)
@@ -230,15 +229,15 @@ def status(config: Config, issuer_id: str, serial_text: str, as_json: bool, out:
         ]
     info = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in info.items()}
     if as_json:
-        print(json.dumps(info), file=out)
+        print(json.dumps(info), file=sys.stdout)
     else:
         for key, value in info.items():
             if value is not None:
-                print(f"{key}: {value}", file=out)
+                print(f"{key}: {value}", file=sys.stdout)
     return 0
 
 
-def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr) -> int:
+def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     """``ocspd presign``: sign and store responses for every listed certificate ahead of traffic."""
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
@@ -271,9 +270,9 @@ def presign(config: Config, issuer_ids: Sequence[str], err: TextIO = sys.stderr)
                     print(
                         f"presign issuer={issuer_id} hash={hash_alg} signed={done} stored={written} "
                         f"certificates={total} elapsed={time.monotonic() - started:.1f}s",
-                        file=err, flush=True,
+                        file=sys.stderr, flush=True,
                     )
-                print(f"presigned issuer={issuer_id} hash={hash_alg} stored={written}", file=err, flush=True)
+                print(f"presigned issuer={issuer_id} hash={hash_alg} stored={written}", file=sys.stderr, flush=True)
 
     asyncio.run(_with_store(config, work, store))
     return 0

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -34,7 +33,7 @@ IMPORT_BATCH = 5000
 CLOCK_SKEW = dt.timedelta(minutes=1)
 
 
-def cert_import(config: Config, issuer_id: str, files: Sequence[Path], err: TextIO = sys.stderr) -> int:
+def cert_import(config: Config, issuer_id: str, files: Sequence[Path]) -> int:
     """``ocspd cert import``: read and check every file, fold duplicates, merge in batches."""
     issuer = database_issuer(config, issuer_id, "cert import")
     ca = _load_certificate(issuer.ca_cert)
@@ -50,7 +49,8 @@ def cert_import(config: Config, issuer_id: str, files: Sequence[Path], err: Text
         outcomes: Counter[str] = Counter()
         for done, batch in _batches(records, IMPORT_BATCH):
             outcomes += await table.merge_in(issuer_id, batch)
-            print(f"imported {done}/{total} certificates ({time.monotonic() - started:.1f}s)", file=err, flush=True)
+            elapsed = time.monotonic() - started
+            print(f"imported {done}/{total} certificates ({elapsed:.1f}s)", file=sys.stderr, flush=True)
         return outcomes
 
     outcomes = with_certificates(config, work)
@@ -59,7 +59,7 @@ def cert_import(config: Config, issuer_id: str, files: Sequence[Path], err: Text
         f"{outcomes['revoked']} revoked, {outcomes['kept']} already revoked, kept, "
         f"{outcomes['conflict']} revoked otherwise in the database, kept, {outcomes['unchanged']} unchanged; "
         f"{folded} duplicates merged",
-        file=err,
+        file=sys.stderr,
     )
     return 0
 

@@ -57,11 +57,26 @@ BEGIN
 END
 $$;
 
+-- Whether the statement being checked runs inside ocspd function ``fn``, which
+-- has also marked its transaction with the setting ``mark``: an amendment and a
+-- hold's release are the acts of ocspd_revoke(p_amend => true) and
+-- ocspd_unhold(), not of a plain UPDATE (which cannot put them on the stack).
+CREATE FUNCTION ocspd_called_by(fn text, mark text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    stack text;
+BEGIN
+    IF coalesce(current_setting(mark, true), '') <> 'on' THEN
+        RETURN false;
+    END IF;
+    GET DIAGNOSTICS stack = PG_CONTEXT;
+    RETURN position(E'\nPL/pgSQL function ' || fn || '(' IN stack) > 0;
+END
+$$;
+
 CREATE FUNCTION ocspd_revocation_rules() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    amend boolean := coalesce(current_setting('ocspd.amend', true), '') = 'on';
-    release boolean := coalesce(current_setting('ocspd.release_hold', true), '') = 'on';
     held boolean;
 BEGIN
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
@@ -99,7 +114,7 @@ BEGIN
         IF NOT held THEN
             PERFORM ocspd_rule_violation(OLD.issuer_id, OLD.serial, OLD.reason, OLD.revoked_at,
                 'a revocation is permanent, it never becomes good again');
-        ELSIF NOT release THEN
+        ELSIF NOT ocspd_called_by('ocspd_unhold', 'ocspd.release_hold') THEN
             PERFORM ocspd_rule_violation(OLD.issuer_id, OLD.serial, OLD.reason, OLD.revoked_at,
                 'a hold is released only by ocspd_unhold() (ocspd unhold)');
         END IF;
@@ -109,7 +124,7 @@ BEGIN
     WHEN 'same', 'apply' THEN
         NULL;
     ELSE
-        IF NOT amend THEN
+        IF NOT ocspd_called_by('ocspd_revoke', 'ocspd.amend') THEN
             PERFORM ocspd_rule_violation(OLD.issuer_id, OLD.serial, OLD.reason, OLD.revoked_at,
                 'its time and reason change only by an amendment (ocspd revoke --amend)');
         ELSIF NEW.reason IS NOT DISTINCT FROM 'certificateHold' AND NOT held THEN
@@ -175,7 +190,10 @@ BEGIN
     END IF;
     UPDATE ocspd_certificates
        SET status = 'revoked', reason = v_reason,
-           revoked_at = CASE WHEN old.status = 'revoked' AND p_amend AND p_at IS NULL THEN old.revoked_at
+           -- an amendment of a permanent revocation keeps its time unless given one;
+           -- a hold made permanent is revoked at the new time
+           revoked_at = CASE WHEN old.status = 'revoked' AND old.reason IS DISTINCT FROM 'certificateHold'
+                                  AND p_amend AND p_at IS NULL THEN old.revoked_at
                              ELSE coalesce(p_at, now()) END
      WHERE issuer_id = p_issuer AND serial = v_serial
     RETURNING version INTO v_version;
