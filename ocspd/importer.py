@@ -122,9 +122,10 @@ def _looks_like_index(data: bytes) -> bool:
 def _index_records(path: Path) -> list[CertRecord]:
     index = IndexFile(path, keep_expiry=True)
     index.load()  # malformed lines are logged with their line number and skipped
+    not_after, good = index.not_after, Status.GOOD
     return [
-        CertRecord(serial, status.status, status.revoked_at, status.reason, index.not_after(serial))
-        if status.status is Status.REVOKED
-        else CertRecord(serial, not_after=index.not_after(serial))
+        CertRecord(serial, status.status, status.revoked_at, status.reason, not_after(serial))
+        if status.status is not good
+        else CertRecord(serial, good, None, None, not_after(serial))
         for serial, status in index.items()
     ]

@@ -92,15 +92,6 @@ WITH b AS (
     SELECT b.serial, b.status, b.revoked_at, NULLIF(b.reason, 'unspecified') AS reason, b.not_after
     FROM unnest(%(serials)s::text[], %(statuses)s::text[], %(revoked_ats)s::timestamptz[], %(reasons)s::text[],
                 %(not_afters)s::timestamptz[]) AS b(serial, status, revoked_at, reason, not_after)
-), before AS (
-    SELECT b.status AS new_status, c.status AS old_status,
-           ocspd_merge(c.status, c.reason, c.revoked_at, b.status, b.reason, b.revoked_at) AS merge
-    -- One primary-key probe per serial (LIMIT keeps the planner from turning
-    -- this into a scan of all the issuer's rows, once per batch)
-    FROM b LEFT JOIN LATERAL (
-        SELECT c.status, c.reason, c.revoked_at FROM ocspd_certificates c
-        WHERE c.issuer_id = %(issuer)s AND c.serial = b.serial LIMIT 1
-    ) AS c ON true
 ), written AS (
     INSERT INTO ocspd_certificates AS c (issuer_id, serial, status, revoked_at, reason, not_after)
     SELECT %(issuer)s, b.serial, b.status, b.revoked_at, b.reason, b.not_after FROM b
@@ -114,16 +105,31 @@ WITH b AS (
             not_after = COALESCE(EXCLUDED.not_after, c.not_after)
         WHERE ocspd_merge(c.status, c.reason, c.revoked_at, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.revoked_at) = 'apply'
            OR (EXCLUDED.not_after IS NOT NULL AND EXCLUDED.not_after IS DISTINCT FROM c.not_after)
-    RETURNING 1
+    RETURNING c.serial, c.xmax = 0 AS inserted
+), listed AS (
+    -- The serials the table had (all sub-statements read the table as it was
+    -- before this one): one primary-key probe each, and only for those not
+    -- just inserted, so a fresh import probes nothing. (LIMIT keeps the
+    -- planner from scanning all the issuer's rows instead.)
+    SELECT b.status AS new_status,
+           ocspd_merge(c.status, c.reason, c.revoked_at, b.status, b.reason, b.revoked_at) AS merge
+    FROM b
+    LEFT JOIN written w ON w.serial = b.serial AND w.inserted
+    CROSS JOIN LATERAL (
+        SELECT c.status, c.reason, c.revoked_at FROM ocspd_certificates c
+        WHERE c.issuer_id = %(issuer)s AND c.serial = b.serial LIMIT 1
+    ) AS c
+    WHERE w.serial IS NULL
 )
+SELECT 'new', count(*) FROM written WHERE inserted
+UNION ALL
 SELECT CASE
-           WHEN old_status IS NULL THEN 'new'
            WHEN merge = 'apply' THEN 'revoked'
            WHEN merge = 'keep' AND new_status = 'good' THEN 'kept'
            WHEN merge = 'keep' THEN 'conflict'
            ELSE 'unchanged'
-       END AS outcome, count(*)
-FROM before
+       END, count(*)
+FROM listed
 GROUP BY 1;
 
 -- name: revoke

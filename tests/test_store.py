@@ -203,10 +203,14 @@ async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: A
 
 
 def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
-    from ocspd.store.db import _number_array, _text_array
+    from ocspd.store.db import _number_array, text_array
 
-    texts = ["plain", 'quo"te', "back\\slash", "com,ma", "{brace}", " spaced ", "", "NULL", "ünï", "a\\\"b"]
-    assert query(pg_dsn, "SELECT %s::text[]", _text_array(texts)) == [(texts,)]
+    texts: list[str | None] = ["plain", 'quo"te', "back\\slash", "com,ma", "{brace}", " spaced ", "", "NULL", "ünï",
+                               "a\\\"b", None]
+    assert query(pg_dsn, "SELECT %s::text[]", text_array(texts)) == [(texts,)]
+    moments = [dt.datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC), None]
+    literal = text_array([m.isoformat() if m else None for m in moments])
+    assert query(pg_dsn, "SELECT %s::timestamptz[]", literal) == [(moments,)]
     numbers = [0, -1, 2**62, 1764233000.5]
     assert query(pg_dsn, "SELECT %s::float8[], %s::bigint[]", _number_array(numbers), _number_array([7, 2**62])) == [
         (numbers, [7, 2**62])

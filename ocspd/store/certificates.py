@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from cryptography import x509
 
 from ocspd.status import HOLD, REASON_BY_NAME, Status, served_reason
-from ocspd.store.db import Store, serial_hex
+from ocspd.store.db import Store, serial_hex, text_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +106,14 @@ class Certificates:
         (new, revoked, kept, conflict, unchanged: see ``import_certificates``)."""
         rows = await self.store.query(
             "import_certificates",
+            # Array literals, not lists: psycopg2 adapts a list element by element (bench/README.md).
             {
                 "issuer": issuer_id,
-                "serials": [serial_hex(r.serial) for r in records],
-                "statuses": [r.status.value for r in records],
-                "revoked_ats": [r.revoked_at for r in records],
-                "reasons": [_reason_name(r.reason) for r in records],
-                "not_afters": [r.not_after for r in records],
+                "serials": text_array([serial_hex(r.serial) for r in records]),
+                "statuses": text_array([r.status.value for r in records]),
+                "revoked_ats": text_array([_time(r.revoked_at) for r in records]),
+                "reasons": text_array([_reason_name(r.reason) for r in records]),
+                "not_afters": text_array([_time(r.not_after) for r in records]),
             },
             retry=False,
         )
@@ -154,6 +155,10 @@ class Certificates:
     async def count(self, issuer_id: str) -> int:
         rows = await self.store.query("count_certificates", {"issuer": issuer_id})
         return int(rows[0][0])
+
+
+def _time(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
 
 
 def _reason_name(reason: x509.ReasonFlags | None) -> str | None:

@@ -178,10 +178,10 @@ class Store:
         rows = await self._query(
             "fetch",
             {
-                "issuers": _text_array([k[0] for k in keys]),
-                "serials": _text_array([k[1] for k in keys]),
-                "hash_algs": _text_array([k[2] for k in keys]),
-                "signers": _text_array([k[3] for k in keys]),
+                "issuers": text_array([k[0] for k in keys]),
+                "serials": text_array([k[1] for k in keys]),
+                "hash_algs": text_array([k[2] for k in keys]),
+                "signers": text_array([k[3] for k in keys]),
             },
         )
         lookups = []
@@ -361,12 +361,12 @@ def _store_params(issuer_id: str, signer: str, items: Sequence[StoreItem]) -> di
     return {
         "issuer": issuer_id,
         "signer": signer,
-        "serials": _text_array([serial_hex(serial) for serial, _, _, _ in items]),
-        "hash_algs": _text_array([hash_alg for _, hash_alg, _, _ in items]),
+        "serials": text_array([serial_hex(serial) for serial, _, _, _ in items]),
+        "hash_algs": text_array([hash_alg for _, hash_alg, _, _ in items]),
         "ders": psycopg2.Binary(b"".join(ders)),
         "der_ats": _number_array(starts),
         "der_lens": _number_array([len(der) for der in ders]),
-        "statuses": _text_array([e.status for _, _, e, _ in items]),
+        "statuses": text_array([e.status for _, _, e, _ in items]),
         # Epoch numbers, turned into timestamptz by the query.
         "this_updates": _number_array([e.this_update for _, _, e, _ in items]),
         "next_updates": _number_array([e.next_update for _, _, e, _ in items]),
@@ -380,9 +380,14 @@ def _store_params(issuer_id: str, signer: str, items: Sequence[StoreItem]) -> di
 # the query's work on the client (bench/README.md).
 
 
-def _text_array(values: Sequence[str]) -> str:
-    """A PostgreSQL text[] literal; every element quoted, so any text is safe."""
-    return "{" + ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]) + "}"
+def text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of text or NULLs (text[]; timestamptz[] of ISO 8601 strings).
+
+    Every element is quoted, so any text is safe.
+    """
+    return "{" + ",".join(
+        ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    ) + "}"
 
 
 def _number_array(values: Sequence[float]) -> str:
