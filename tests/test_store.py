@@ -16,7 +16,7 @@ from cryptography.x509 import ocsp
 from ocspd.engine import Engine
 from ocspd.replication import LISTENER
 from ocspd.signer import load_signers
-from ocspd.status import CertStatus, Status
+from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
 from ocspd.store import DueRow, Store
 from ocspd.store.queries import migrations
 from tests.conftest import AppClient
@@ -234,3 +234,25 @@ async def test_write_backs_beyond_the_bound_are_dropped_not_queued(monkeypatch: 
     await store.flush()
     assert store.take_write_back_counts()["failed"] == 1
     await store.close()
+
+
+@pytest.mark.parametrize("reason", [r.name for r in REASONS])
+def test_the_database_accepts_exactly_the_revocation_reasons_of_the_one_table(pg_dsn: str, reason: str) -> None:
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        with conn.cursor() as cur:
+            try:
+                cur.execute(
+                    "INSERT INTO ocspd_certificates (issuer_id, serial, status, revoked_at, reason)"
+                    " VALUES ('t', '1', 'revoked', now(), %s) RETURNING reason",
+                    (reason,),
+                )
+                stored = cur.fetchone()
+            except psycopg2.IntegrityError:
+                stored = None
+    finally:
+        conn.close()
+    revocable = REASON_BY_NAME[reason].revocation
+    assert (stored is not None) == revocable
+    if stored is not None:  # unspecified is kept as no reason, as answers carry it
+        assert stored[0] == (None if reason == "unspecified" else reason)
