@@ -53,10 +53,19 @@ class AdminConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    """``[database]``: the PostgreSQL status store; an empty ``listen_dsn`` means ``dsn``."""
+    """``[database]``: the PostgreSQL status store; an empty ``listen_dsn`` means ``dsn``.
+
+    ``lock_timeout`` is set on the server for the request path's connections
+    (0: not set), so that a query waiting on a lock gives up there, freeing its
+    backend, instead of waiting on after ocspd has given up; ``pool_size``
+    bounds those connections per process (each process also keeps one LISTEN
+    connection).
+    """
 
     dsn: str
     listen_dsn: str = ""
+    lock_timeout: dt.timedelta = dt.timedelta(seconds=1)
+    pool_size: int = 10
 
     def __post_init__(self) -> None:
         if not self.listen_dsn:
@@ -284,7 +293,8 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "server": {"listen": (_listen, None), "path_prefix": (_str, None), "workers": (_int, 1),
                "max_request_bytes": (_int, 100), "fast_http": (_bool, None)},
     "admin": {"listen": (_addr, None)},
-    "database": {"dsn": (_str, None), "listen_dsn": (_str, None)},
+    "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
+                 "pool_size": (_int, 1)},
     "cache": {"max_entries": (_int, 1), "max_bytes": (_size, 1)},
     "responses": {"validity": (_duration, None), "backdate": (_duration, None),
                   "nonce": (_enum(get_args(Nonce)), None), "max_inflight_signatures": (_int, 1),

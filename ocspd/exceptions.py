@@ -66,6 +66,11 @@ class SchemaOutdated(SourceUnavailable):
             super().__init__(f"database schema is at version {have}, this ocspd needs {need}: run `ocspd db migrate`")
 
 
+class DatabaseBusy(SourceUnavailable):
+    """The database did not answer in time (a lock not granted within lock_timeout, the
+    operation timeout): asking again at once would only wait as long again."""
+
+
 class Overloaded(TryLater):
     """Too many live signatures in flight."""
 

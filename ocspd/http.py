@@ -90,7 +90,8 @@ def init_app(
     if notified:
         if config.database is None:  # config validation makes this unreachable
             raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
-        store = Store(config.database.dsn)
+        database = config.database
+        store = Store(database.dsn, maxsize=database.pool_size, lock_timeout=database.lock_timeout.total_seconds())
         sources.update((issuer_id, store) for issuer_id in notified)
     engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
 

@@ -19,10 +19,10 @@ from typing import Any
 import aiopg
 import psycopg2
 import psycopg2.errors
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE, make_dsn, parse_dsn
 
 from ocspd.cache import Entry
-from ocspd.exceptions import RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
+from ocspd.exceptions import DatabaseBusy, RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.sources import Lookup
 from ocspd.status import REASON_BY_NAME, UNKNOWN, CertStatus, Status
@@ -45,6 +45,18 @@ WRITE_BEHIND_BATCH = 256
 WRITE_BEHIND_MAX_PENDING = 10_000
 MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
 RULE_VIOLATION = "23R01"  # SQLSTATE of the revocation rules (sql/migrations/0003_revocation_rules.sql)
+
+def session_dsn(dsn: str, lock_timeout: float | None) -> str:
+    """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
+    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` in ``options``."""
+    given = parse_dsn(dsn)
+    extra: dict[str, str] = {}
+    if "application_name" not in given:
+        extra["application_name"] = "ocspd"
+    if lock_timeout:
+        extra["options"] = f"{given.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}ms".strip()
+    return make_dsn(dsn, **extra) if extra else dsn
+
 
 def serial_hex(serial: int) -> str:
     """The stored spelling of a serial: lower-case hex without leading zeros."""
@@ -82,8 +94,14 @@ class DueRow:
 class Store:
     """A pool of connections to the status database and the queries on it."""
 
-    def __init__(self, dsn: str, *, maxsize: int = POOL_MAX, timeout: float = OPERATION_TIMEOUT) -> None:
+    def __init__(
+        self, dsn: str, *, maxsize: int = POOL_MAX, timeout: float = OPERATION_TIMEOUT,
+        lock_timeout: float | None = None,
+    ) -> None:
+        """``lock_timeout`` (seconds) is set on the server for the pool's connections: a
+        query waiting on a lock then gives up there, and its backend is free again."""
         self.dsn = dsn
+        self._pool_dsn = session_dsn(dsn, lock_timeout)
         self._maxsize = maxsize
         self._timeout = timeout
         self._pool: aiopg.Pool | None = None
@@ -101,7 +119,7 @@ class Store:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
         try:
             self._pool = await aiopg.create_pool(
-                self.dsn, minsize=0, maxsize=self._maxsize, timeout=self._timeout, enable_hstore=False,
+                self._pool_dsn, minsize=0, maxsize=self._maxsize, timeout=self._timeout, enable_hstore=False,
                 enable_json=False, enable_uuid=False,
             )
         except (psycopg2.Error, OSError) as exc:
@@ -135,7 +153,11 @@ class Store:
                     if not conn.closed and conn.raw.get_transaction_status() != TRANSACTION_STATUS_IDLE:
                         conn.close()
                     raise
-        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+        except TimeoutError:
+            raise DatabaseBusy(f"database did not answer within {self._timeout:g}s") from None
+        except psycopg2.errors.LockNotAvailable:
+            raise DatabaseBusy("database busy: a lock it needs was not granted within lock_timeout") from None
+        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
         except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction):
             # Not an outage of the server, but this replica cannot answer either.
@@ -158,6 +180,8 @@ class Store:
                 async with self._cursor() as cur:
                     await cur.execute(self._q[name], params)
                     return list(await cur.fetchall()) if cur.description else []
+            except DatabaseBusy:
+                raise  # asking again would wait as long again: the answer is tryLater now
             except SourceUnavailable:
                 # A connection that died while pooled (server restart) fails on
                 # first use; a fresh one may well work.

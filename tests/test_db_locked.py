@@ -1,0 +1,115 @@
+"""A locked table cannot sink the responder or the database (SPEC §3 invariant 11, issue 11).
+
+With ``LOCK TABLE ocspd_certificates IN ACCESS EXCLUSIVE MODE`` held by
+another session, every miss waits on the lock. ocspd's pool connections
+carry ``lock_timeout`` (``[database] lock_timeout``), so the wait ends on the
+server: the miss gets tryLater within about that time, its backend is free
+at once, and ocspd never holds more backends than its pool, however long
+the lock is held (before, each client-side timeout closed a connection whose
+backend waited on, and the pool opened new ones until PostgreSQL ran out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import psycopg2
+from aiohttp.test_utils import TestClient
+from cryptography.x509 import ocsp
+
+from ocspd import pki
+from ocspd.protocol import TRY_LATER
+from tests.conftest import AppClient
+from tests.helpers import TestPki, request_der, verify_response
+from tests.test_store import query
+
+POOL_SIZE = 3
+LOCK_TIMEOUT = 0.4
+MISSES_PER_ROUND = 24
+ROUNDS = 4
+
+
+class TableLock:
+    """Another session holding ACCESS EXCLUSIVE on ocspd_certificates until released."""
+
+    def __init__(self, dsn: str) -> None:
+        self._conn = psycopg2.connect(dsn)
+
+    def take(self) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute("LOCK TABLE ocspd_certificates IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self._conn.rollback()
+        self._conn.close()
+
+
+class BackendCounter:
+    """Samples, in a thread, how many backends ocspd's pool holds (application_name 'ocspd')."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self.most = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = psycopg2.connect(self._dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                while not self._stop.wait(0.02):
+                    cur.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE application_name = 'ocspd' AND datname = current_database()"
+                    )
+                    row = cur.fetchone()
+                    self.most = max(self.most, int(row[0]) if row else 0)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> BackendCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+async def _ask(client: TestClient[Any, Any], der: bytes) -> tuple[bytes, float]:
+    started = time.monotonic()
+    resp = await client.post("/", data=der)
+    assert resp.status == 200
+    return await resp.read(), time.monotonic() - started
+
+
+async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_no_more_backends_than_the_pool(
+    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    env = {"OCSPD_DATABASE_POOL_SIZE": str(POOL_SIZE), "OCSPD_DATABASE_LOCK_TIMEOUT": f"{LOCK_TIMEOUT * 1000:.0f}ms"}
+    client = await ocspd_client(db_pki, env=env)
+    leaves = [pki.make_leaf(db_pki.ca, 0x9000 + i, f"locked{i}.example.test").cert for i in range(MISSES_PER_ROUND)]
+    lock = TableLock(pg_dsn)
+    await asyncio.to_thread(lock.take)
+    try:
+        with BackendCounter(pg_dsn) as backends:
+            for round_no in range(ROUNDS):
+                # A fresh request each round (no answer could be cached anyway: none was given).
+                ders = [request_der(leaf, db_pki.ca.cert, nonce=bytes([round_no + 1]) * 16) for leaf in leaves]
+                answers = await asyncio.gather(*(_ask(client, der) for der in ders))
+                assert all(body == TRY_LATER for body, _ in answers), [body for body, _ in answers][:3]
+                slowest = max(seconds for _, seconds in answers)
+                # Queued behind a pool of POOL_SIZE, each wait ends after LOCK_TIMEOUT on the server;
+                # the fetches of a loop turn share one query, so a round takes a few lock timeouts.
+                assert slowest < 3.0, f"round {round_no}: slowest tryLater after {slowest:.2f}s"
+        assert 0 < backends.most <= POOL_SIZE, f"ocspd held {backends.most} backends, its pool is {POOL_SIZE}"
+    finally:
+        await asyncio.to_thread(lock.release)
+    # The lock gone, the same replica answers again by itself, and the CA's writes go through.
+    body, _ = await _ask(client, request_der(leaves[0], db_pki.ca.cert, nonce=b"\x01" * 16))
+    assert verify_response(body, db_pki).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    assert query(pg_dsn, "SELECT ocspd_revoke('test-ca', '9001', 'keyCompromise') > 0")[0][0] is True
