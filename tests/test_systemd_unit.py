@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from ocspd.config import _KEYS
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "ocspd.service"
 EXAMPLE_CONFIG = ROOT / "systemd" / "ocspd.toml"
@@ -26,18 +28,9 @@ TMPFILES = ROOT / "systemd" / "ocspd.tmpfiles.conf"
 MAX_EXPOSURE = 2.0  # SPEC §5: "OK" or better
 
 # SPEC §4's sections and keys, plus [log] (issue 4: log format, level, per-request lines).
-CONFIG_KEYS: dict[str, set[str]] = {
-    "server": {"listen", "path_prefix", "workers", "max_request_bytes"},
-    "admin": {"listen"},
-    "database": {"dsn", "listen_dsn"},
-    "cache": {"max_entries", "max_bytes"},
-    "responses": {"validity", "backdate", "nonce", "max_inflight_signatures", "max_certids_per_request"},
-    "log": {"format", "level", "requests"},
-}
-ISSUER_KEYS = {
-    "id", "ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index", "unknown_serial",
-    "responder_id",
-}  # fmt: skip
+# The keys ocspd reads, from its own table (a copy here would drift from it).
+CONFIG_KEYS: dict[str, set[str]] = {section: set(keys) for section, keys in _KEYS.items() if section != "issuers"}
+ISSUER_KEYS = set(_KEYS["issuers"])
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
