@@ -17,11 +17,14 @@ import time
 from typing import Any
 
 import psycopg2
+import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.x509 import ocsp
+from psycopg2.extensions import parse_dsn
 
 from ocspd import pki
 from ocspd.protocol import TRY_LATER
+from ocspd.store.values import session_dsn
 from tests.conftest import AppClient
 from tests.helpers import TestPki, request_der, verify_response
 from tests.test_store import query
@@ -113,3 +116,22 @@ async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_
     body, _ = await _ask(client, request_der(leaves[0], db_pki.ca.cert, nonce=b"\x01" * 16))
     assert verify_response(body, db_pki).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     assert query(pg_dsn, "SELECT ocspd_revoke('test-ca', '9001', 'keyCompromise') > 0")[0][0] is True
+
+
+@pytest.mark.parametrize(
+    ("dsn", "lock_timeout", "expected"),
+    [
+        ("dbname=ocspd", 1.0, {"dbname": "ocspd", "application_name": "ocspd", "options": "-c lock_timeout=1000ms"}),
+        ("postgresql:///ocspd?host=/run/postgresql", 0.25,
+         {"dbname": "ocspd", "host": "/run/postgresql", "application_name": "ocspd",
+          "options": "-c lock_timeout=250ms"}),
+        ("dbname=x application_name=ca options='-c search_path=pki'", 2.0,
+         {"dbname": "x", "application_name": "ca", "options": "-c search_path=pki -c lock_timeout=2000ms"}),
+        ("dbname=x", None, {"dbname": "x", "application_name": "ocspd"}),
+    ],
+    ids=["keywords", "url", "options-and-name-kept", "no-lock-timeout"],
+)
+def test_the_pool_dsn_carries_the_session_settings(
+    dsn: str, lock_timeout: float | None, expected: dict[str, str]
+) -> None:
+    assert parse_dsn(session_dsn(dsn, lock_timeout)) == expected

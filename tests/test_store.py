@@ -203,7 +203,7 @@ async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: A
 
 
 def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
-    from ocspd.store.db import _number_array, text_array
+    from ocspd.store.values import number_array, text_array
 
     texts: list[str | None] = ["plain", 'quo"te', "back\\slash", "com,ma", "{brace}", " spaced ", "", "NULL", "ünï",
                                "a\\\"b", None]
@@ -212,7 +212,7 @@ def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
     literal = text_array([m.isoformat() if m else None for m in moments])
     assert query(pg_dsn, "SELECT %s::timestamptz[]", literal) == [(moments,)]
     numbers = [0, -1, 2**62, 1764233000.5]
-    assert query(pg_dsn, "SELECT %s::float8[], %s::bigint[]", _number_array(numbers), _number_array([7, 2**62])) == [
+    assert query(pg_dsn, "SELECT %s::float8[], %s::bigint[]", number_array(numbers), number_array([7, 2**62])) == [
         (numbers, [7, 2**62])
     ]
 

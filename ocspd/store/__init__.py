@@ -4,8 +4,9 @@ The only package that imports aiopg/psycopg2.
 """
 
 from ocspd.store.certificates import Certificates, CertRecord, CertRow, Merge, RevokeResult, fold_duplicates, merge
-from ocspd.store.db import DueRow, Store, serial_hex
+from ocspd.store.db import DueRow, Store
 from ocspd.store.listener import CHANNEL, Listener
+from ocspd.store.values import serial_hex
 
 __all__ = [
     "CHANNEL",

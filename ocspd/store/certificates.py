@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from cryptography import x509
 
 from ocspd.status import HOLD, REASON_BY_NAME, Status, served_reason
-from ocspd.store.db import Store, serial_hex, text_array
+from ocspd.store.db import Store
+from ocspd.store.values import serial_hex, text_array
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 import aiopg
 import psycopg2
 import psycopg2.errors
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE, make_dsn, parse_dsn
+from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 
 from ocspd.cache import Entry
 from ocspd.exceptions import DatabaseBusy, RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
@@ -28,6 +28,7 @@ from ocspd.sources import Lookup
 from ocspd.status import REASON_BY_NAME, UNKNOWN, CertStatus, Status
 from ocspd.store.batching import Batcher
 from ocspd.store.queries import migrations, queries
+from ocspd.store.values import number_array, serial_hex, session_dsn, text_array
 
 log = logging.getLogger("ocspd.store")
 
@@ -45,23 +46,6 @@ WRITE_BEHIND_BATCH = 256
 WRITE_BEHIND_MAX_PENDING = 10_000
 MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
 RULE_VIOLATION = "23R01"  # SQLSTATE of the revocation rules (sql/migrations/0003_revocation_rules.sql)
-
-def session_dsn(dsn: str, lock_timeout: float | None) -> str:
-    """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
-    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` in ``options``."""
-    given = parse_dsn(dsn)
-    extra: dict[str, str] = {}
-    if "application_name" not in given:
-        extra["application_name"] = "ocspd"
-    if lock_timeout:
-        extra["options"] = f"{given.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}ms".strip()
-    return make_dsn(dsn, **extra) if extra else dsn
-
-
-def serial_hex(serial: int) -> str:
-    """The stored spelling of a serial: lower-case hex without leading zeros."""
-    return format(serial, "x")
-
 
 def _status(row: Sequence[Any]) -> CertStatus:
     """CertStatus from (status, revoked_at, reason, version) columns."""
@@ -388,35 +372,15 @@ def _store_params(issuer_id: str, signer: str, items: Sequence[StoreItem]) -> di
         "serials": text_array([serial_hex(serial) for serial, _, _, _ in items]),
         "hash_algs": text_array([hash_alg for _, hash_alg, _, _ in items]),
         "ders": psycopg2.Binary(b"".join(ders)),
-        "der_ats": _number_array(starts),
-        "der_lens": _number_array([len(der) for der in ders]),
+        "der_ats": number_array(starts),
+        "der_lens": number_array([len(der) for der in ders]),
         "statuses": text_array([e.status for _, _, e, _ in items]),
         # Epoch numbers, turned into timestamptz by the query.
-        "this_updates": _number_array([e.this_update for _, _, e, _ in items]),
-        "next_updates": _number_array([e.next_update for _, _, e, _ in items]),
-        "refresh_ats": _number_array([e.refresh_at for _, _, e, _ in items]),
-        "versions": _number_array([version for _, _, _, version in items]),
+        "this_updates": number_array([e.this_update for _, _, e, _ in items]),
+        "next_updates": number_array([e.next_update for _, _, e, _ in items]),
+        "refresh_ats": number_array([e.refresh_at for _, _, e, _ in items]),
+        "versions": number_array([version for _, _, _, version in items]),
     }
-
-
-# Array parameters are sent as array literals (one string each): psycopg2
-# adapts a Python list element by element, which cost more than the rest of
-# the query's work on the client (bench/README.md).
-
-
-def text_array(values: Sequence[str | None]) -> str:
-    """A PostgreSQL array literal of text or NULLs (text[]; timestamptz[] of ISO 8601 strings).
-
-    Every element is quoted, so any text is safe.
-    """
-    return "{" + ",".join(
-        ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
-    ) + "}"
-
-
-def _number_array(values: Sequence[float]) -> str:
-    """A PostgreSQL numeric array literal (int[], bigint[], float8[])."""
-    return "{" + ",".join(map(repr, values)) + "}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,44 @@
+"""How values travel to PostgreSQL: serial spelling, array literals, session settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg2.extensions import make_dsn, parse_dsn
+
+
+def session_dsn(dsn: str, lock_timeout: float | None) -> str:
+    """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
+    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` in ``options``."""
+    given = parse_dsn(dsn)
+    extra: dict[str, str] = {}
+    if "application_name" not in given:
+        extra["application_name"] = "ocspd"
+    if lock_timeout:
+        extra["options"] = f"{given.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}ms".strip()
+    return make_dsn(dsn, **extra) if extra else dsn
+
+
+def serial_hex(serial: int) -> str:
+    """The stored spelling of a serial: lower-case hex without leading zeros."""
+    return format(serial, "x")
+
+
+# Array parameters are sent as array literals (one string each): psycopg2
+# adapts a Python list element by element, which cost more than the rest of
+# the query's work on the client (bench/README.md).
+
+
+def text_array(values: Sequence[str | None]) -> str:
+    """A PostgreSQL array literal of text or NULLs (text[]; timestamptz[] of ISO 8601 strings).
+
+    Every element is quoted, so any text is safe.
+    """
+    return "{" + ",".join(
+        ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
+    ) + "}"
+
+
+def number_array(values: Sequence[float]) -> str:
+    """A PostgreSQL numeric array literal (int[], bigint[], float8[])."""
+    return "{" + ",".join(map(repr, values)) + "}"
