@@ -4,11 +4,18 @@ the event loop go to the database as one statement.
 Under load many misses arrive together (one read of the sockets wakes many
 handlers); a round trip per miss would cost more CPU, in psycopg2, aiopg and
 the server, than signing itself. One statement with arrays amortises it.
+
+At most ``max_running`` batches are in flight (the pool's size): items
+submitted meanwhile wait, together, for the next one. However many misses
+arrive, each waits for at most one batch ahead of it, so a database that is
+slow to answer (a lock held) makes them all wait one query's time more, not
+one query's time per queued batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -19,9 +26,12 @@ R = TypeVar("R")
 class Batcher(Generic[T, R]):
     """Collects ``submit`` calls made in one loop turn and runs them as batches."""
 
-    def __init__(self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int = 256) -> None:
+    def __init__(
+        self, run: Callable[[Sequence[T]], Awaitable[Sequence[R]]], max_batch: int = 256, max_running: int = 1 << 30
+    ) -> None:
         self._run = run
         self._max = max_batch
+        self._max_running = max_running
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
         self._running: set[asyncio.Task[None]] = set()
@@ -43,12 +53,23 @@ class Batcher(Generic[T, R]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), self._max):
-            assert self._loop is not None
-            task = self._loop.create_task(self._run_batch(pending[start : start + self._max]))
+        assert self._loop is not None
+        while self._pending and len(self._running) < self._max_running:
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            task = self._loop.create_task(self._run_batch(batch))
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: list[tuple[T, asyncio.Future[R]]], task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        for _, future in batch:
+            if not future.done():  # cancelled before it ran
+                future.cancel()
+        if self._pending and not self._scheduled:
+            # What waited for a free slot goes now, as one batch.
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
     async def _run_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:
@@ -67,7 +88,10 @@ class Batcher(Generic[T, R]):
                 future.set_result(result)
 
     async def close(self) -> None:
-        """Cancel the batches in flight (their waiters are cancelled too)."""
+        """Cancel the batches in flight and the items waiting for one (their waiters are cancelled too)."""
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            future.cancel()
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)

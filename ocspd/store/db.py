@@ -91,7 +91,7 @@ class Store:
         self._pool: aiopg.Pool | None = None
         self._q = queries()
         # Concurrent misses share round trips (see batching.py).
-        self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch)
+        self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch, max_running=maxsize)
         # Write-backs are off the request path: queued, and sent in batches.
         self._writes: list[StoreRequest] = []
         self._write_timer: asyncio.TimerHandle | None = None
