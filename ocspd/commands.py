@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
-from ocspd.config import Config, IssuerConfig
+from ocspd.config import Config, DatabaseConfig, IssuerConfig
 from ocspd.exceptions import ConfigError, OcspdError, RuleViolation
 from ocspd.index import IndexFile
 from ocspd.status import REASONS, CertStatus, Status, revocation_reason
@@ -70,10 +70,14 @@ def parse_reason(text: str) -> x509.ReasonFlags | None:
     return None if reason.flag is x509.ReasonFlags.unspecified else reason.flag
 
 
-def _store(config: Config) -> Store:
+def _database(config: Config) -> DatabaseConfig:
     if config.database is None:
         raise ConfigError("this command needs a [database] section (or OCSPD_DATABASE_DSN)", file=config.source)
-    return Store(config.database.dsn)
+    return config.database
+
+
+def _store(config: Config) -> Store:
+    return Store(_database(config).dsn)
 
 
 def issuer_config(config: Config, issuer_id: str) -> IssuerConfig:
@@ -94,9 +98,8 @@ def database_issuer(config: Config, issuer_id: str, command: str) -> IssuerConfi
             "not from the database; change it there, with `openssl ca -revoke` or `easyrsa revoke` "
             "(ocspd reloads the file within a second)"
         )
-    _store(config)  # a database command needs a database
+    _database(config)
     return issuer
-
 
 
 async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]], store: Store | None = None) -> T:
@@ -116,9 +119,9 @@ def with_certificates(config: Config, work: Callable[[Certificates], Awaitable[T
 def db_migrate(config: Config) -> int:
     """``ocspd db migrate``: apply what is missing; running it again is a no-op."""
     store = _store(config)
-    applied = asyncio.run(store.migrate(progress=lambda name: print(f"applied {name}", file=sys.stdout, flush=True)))
+    applied = asyncio.run(store.migrate(progress=lambda name: print(f"applied {name}", flush=True)))
     if not applied:
-        print("database schema is up to date", file=sys.stdout)
+        print("database schema is up to date")
     return 0
 
 
@@ -149,9 +152,9 @@ def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: s
     assert after is not None
     where = f"issuer={issuer_id} serial={record.serial:X}"
     if after.status is Status.REVOKED:
-        print(f"already revoked {where}: {describe(after)}, kept", file=sys.stdout)
+        print(f"already revoked {where}: {describe(after)}, kept")
     else:
-        print(f"{'added' if before is None else 'already listed'} {where} version={after.version}", file=sys.stdout)
+        print(f"{'added' if before is None else 'already listed'} {where} version={after.version}")
     return 0
 
 
@@ -180,11 +183,11 @@ def revoke(config: Config, issuer_id: str, serial_text: str, reason_text: str | 
 
     result = with_certificates(config, work)
     if not result.changed:
-        print(f"already revoked {where}: {describe(result.after)}, unchanged", file=sys.stdout)
+        print(f"already revoked {where}: {describe(result.after)}, unchanged")
     else:
         was_revoked = result.before is not None and result.before.status is Status.REVOKED
         verb = "amended" if amend and was_revoked else "revoked"
-        print(f"{verb} {where}: {describe(result.after)} version={result.after.version}", file=sys.stdout)
+        print(f"{verb} {where}: {describe(result.after)} version={result.after.version}")
     return 0
 
 
@@ -193,7 +196,7 @@ def unhold(config: Config, issuer_id: str, serial_text: str) -> int:
     database_issuer(config, issuer_id, "unhold")
     serial = parse_serial(serial_text)
     version = with_certificates(config, lambda table: table.unhold(issuer_id, serial))
-    print(f"released issuer={issuer_id} serial={serial:X}: good version={version}", file=sys.stdout)
+    print(f"released issuer={issuer_id} serial={serial:X}: good version={version}")
     return 0
 
 
@@ -229,11 +232,11 @@ def status(config: Config, issuer_id: str, serial_text: str, as_json: bool) -> i
         ]
     info = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in info.items()}
     if as_json:
-        print(json.dumps(info), file=sys.stdout)
+        print(json.dumps(info))
     else:
         for key, value in info.items():
             if value is not None:
-                print(f"{key}: {value}", file=sys.stdout)
+                print(f"{key}: {value}")
     return 0
 
 
