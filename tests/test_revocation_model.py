@@ -42,11 +42,13 @@ import psycopg2.extensions
 import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from ocspd import cli, pki
+from ocspd.status import Status as SourceStatus
+from ocspd.store import CertRecord, merge
 from tests.helpers import TestPki, request_der, verify_response
 from tests.test_serve import free_port
 
@@ -488,5 +490,48 @@ def test_revocation_rules_hold_for_any_sequence_of_writers(
                 ),
             )
             print(f"revocation model: {world.steps} steps in {time.monotonic() - started:.1f}s")
+    finally:
+        conn.close()
+
+
+# -- the Python twin of ocspd_merge (import duplicates are folded with it) ---------------------------------
+
+_STATES = st.one_of(
+    st.none(),
+    st.just((SourceStatus.GOOD, None, None)),
+    st.tuples(
+        st.just(SourceStatus.REVOKED),
+        st.sampled_from([None, x509.ReasonFlags.key_compromise, x509.ReasonFlags.superseded,
+                         x509.ReasonFlags.certificate_hold]),
+        st.sampled_from([dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC)]),
+    ),
+)
+
+
+def test_python_merge_is_the_sql_merge(pg_dsn: str) -> None:
+    conn = psycopg2.connect(pg_dsn)
+    conn.autocommit = True
+
+    def record(state: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None]) -> CertRecord:
+        status, reason, at = state
+        return CertRecord(1, status, at, reason)
+
+    @settings(max_examples=200, deadline=None)
+    @given(old=_STATES, new=_STATES.filter(lambda s: s is not None))
+    def check(old: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None] | None,
+              new: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None]) -> None:
+        o = record(old) if old is not None else None
+        n = record(new)
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT ocspd_merge(%s, %s, %s, %s, %s, %s)",
+                (o.status.value if o else None, o.reason.value if o and o.reason else None, o.revoked_at if o else None,
+                 n.status.value, n.reason.value if n.reason else None, n.revoked_at),
+            )
+            row = cur.fetchone()
+        assert row is not None and merge(o, n).value == row[0]
+
+    try:
+        check()
     finally:
         conn.close()
