@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
 from ocspd.fasthttp import FastServer
-from ocspd.http import HANDLERS, OcspHandlers
+from ocspd.http import HANDLERS, OcspHandlers, refuse_content_encoding
 
 
 class OcspRunner(web.BaseRunner):
@@ -51,6 +51,8 @@ class OcspRunner(web.BaseRunner):
 def _front(handlers: OcspHandlers, **kwargs: Any) -> web.Server:
     """aiohttp's low-level server dispatching to ``handlers`` as the app's routes would."""
     prefix = handlers.prefix
+    # The prefix without its final "/" is the prefix too.
+    at_prefix_paths = (prefix, handlers.bare_prefix)
     loop = asyncio.get_running_loop()  # once: asking per request costs a getpid() each
     max_size = handlers.max_request_bytes
     post_allowed, get_allowed = ("GET", "HEAD", "POST"), ("GET", "HEAD")
@@ -62,23 +64,33 @@ def _front(handlers: OcspHandlers, **kwargs: Any) -> web.Server:
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         method, path = request.method, request.path
-        if method == "POST" and path == prefix:
+        at_prefix = path in at_prefix_paths
+        if method == "POST" and at_prefix:
             if hdrs.EXPECT in request.headers:
                 await _expect(request)
             return await handlers.post(request)
-        if not path.startswith(prefix):
+        if not at_prefix and not path.startswith(prefix):
+            handlers.outside_prefix(request)
             raise web.HTTPNotFound()
         if method == "GET" or method == "HEAD":
             return await handlers.get(request)
-        raise web.HTTPMethodNotAllowed(method, post_allowed if path == prefix else get_allowed)
+        raise web.HTTPMethodNotAllowed(method, post_allowed if at_prefix else get_allowed)
 
+    # Request bodies are never decoded: one with a Content-Encoding gets 415
+    # (http.refuse_content_encoding), not a decoder's error.
+    kwargs["auto_decompress"] = False
     if handlers.fast_http:
         return FastServer(handlers, dispatch, request_factory=make_request, **kwargs)
     return web.Server(dispatch, request_factory=make_request, **kwargs)
 
 
 async def _expect(request: web.BaseRequest) -> None:
-    """``Expect: 100-continue`` (curl sends it for large bodies), answered as aiohttp's router does."""
+    """``Expect: 100-continue`` (curl sends it for large bodies), answered as aiohttp's router does.
+
+    A body that would be refused anyway is refused before the client sends it.
+    """
+    if hdrs.CONTENT_ENCODING in request.headers:
+        refuse_content_encoding(request)
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:
         return

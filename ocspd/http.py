@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ocspd.cache import Entry
 from ocspd.config import Config
@@ -23,7 +23,7 @@ from ocspd.engine import Engine, Issuer
 from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
-from ocspd.logs import event
+from ocspd.logs import Throttle, event
 from ocspd.metrics import Metrics
 from ocspd.protocol import (
     ERROR_HEADERS,
@@ -58,6 +58,11 @@ GAUGE_SECONDS = 1.0
 # remembered, so the map stays within ~20 MB whatever clients send.
 KNOWN_REQUESTS_MAX = 32768
 KNOWN_REQUEST_MAX_BYTES = 512
+# At most one log line per this many seconds about requests outside the prefix
+# (a misconfigured AIA URL sends every client there); the metric counts them all.
+OUTSIDE_PREFIX_LOG_SECONDS = 10.0
+# Characters of a client's path or Host kept in a log line.
+LOGGED_CHARS = 200
 
 
 def init_app(
@@ -118,6 +123,9 @@ def init_app(
     # handlers without the router; the routes keep the app servable by AppRunner.
     app.router.add_post(handlers.prefix, handlers.post)
     app.router.add_get(handlers.prefix + "{tail:.*}", handlers.get)
+    if handlers.bare_prefix:
+        app.router.add_post(handlers.bare_prefix, handlers.post)
+        app.router.add_get(handlers.bare_prefix, handlers.get)
     return app
 
 
@@ -227,11 +235,16 @@ class OcspHandlers:
 
     ``hit``, ``answer_post`` and ``answer_get`` produce a ``Reply`` for either
     front: ``post`` and ``get`` (aiohttp handlers) and ``ocspd/fasthttp.py``.
+
+    ``prefix`` always ends in "/" (the config adds it); ``bare_prefix`` is the
+    same without it ("" for "/"), where POST is answered too: an AIA URL of
+    ``http://host/ocsp`` makes POST clients post to "/ocsp".
     """
 
     def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
         self._engine = engine
         self.prefix = config.server.path_prefix
+        self.bare_prefix = self.prefix[:-1]
         self.max_request_bytes = config.server.max_request_bytes
         self.fast_http = config.server.fast_http
         self._prefix_len = len(self.prefix)
@@ -240,11 +253,15 @@ class OcspHandlers:
         self._memory_hit = metrics.memory_hit
         self._latency = metrics.request_latency
         self._txlog = config.log.requests
+        self._outside = metrics.outside_prefix
+        self._outside_log = Throttle(OUTSIDE_PREFIX_LOG_SECONDS, clock)
         # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
         self._known = engine.known_requests
 
     async def post(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        if hdrs.CONTENT_ENCODING in request.headers:
+            refuse_content_encoding(request)
         # A wrong Content-Type is tolerated when the body parses (SPEC §2).
         try:
             body = await request.read()
@@ -256,12 +273,28 @@ class OcspHandlers:
 
     async def get(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
+        if hdrs.CONTENT_ENCODING in request.headers:
+            refuse_content_encoding(request)
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
         raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
         h = request.headers
         conditional = (h.get("If-None-Match"), h.get("If-Modified-Since"))
         reply = self.hit(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
         return _response(reply)
+
+    def outside_prefix(self, request: web.BaseRequest) -> None:
+        """Count a request for a path outside the prefix (answered 404), and log it:
+        in the transaction log when that is on, and in at most one info line per
+        ``OUTSIDE_PREFIX_LOG_SECONDS`` (with the number of those not logged since)."""
+        self._outside.n += 1
+        # The Host field, not request.host: that falls back to socket.getfqdn(), a blocking lookup.
+        path, host = request.raw_path[:LOGGED_CHARS], request.headers.get(hdrs.HOST, "")[:LOGGED_CHARS]
+        if self._txlog:
+            event(txlog, "request", method=request.method, status="not_found", host=host, path=path)
+        held = self._outside_log.allow()
+        if held is not None:
+            event(log, "request_outside_prefix", method=request.method, host=host, path=path,
+                  prefix=self.prefix, suppressed=held)  # fmt: skip
 
     def hit(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
         """The hit path: the answer for a request seen before, if memory has it (no parse).
@@ -359,6 +392,19 @@ class OcspHandlers:
         elif exc is not None and log.isEnabledFor(logging.DEBUG):
             event(log, "request_refused", logging.DEBUG, kind=type(exc).__name__, reason=str(exc))
         return Reply(200, ERROR_HEADERS, body)
+
+
+def refuse_content_encoding(request: web.BaseRequest) -> None:
+    """Raise HTTP 415 when the request declares a Content-Encoding other than identity (SPEC §2).
+
+    ocspd decodes no request body (aiohttp's decompression is off in
+    ``ocspd/front.py``): an encoded one would not parse as DER, and a bad one
+    made aiohttp's reader raise (HTTP 500).
+    """
+    codings = ",".join(request.headers.getall(hdrs.CONTENT_ENCODING))
+    if any(c.strip().lower() not in ("identity", "") for c in codings.split(",")):
+        # RFC 9110 §15.5.16: name the codings that would have been accepted.
+        raise web.HTTPUnsupportedMediaType(headers={hdrs.ACCEPT_ENCODING: "identity"})
 
 
 def _response(reply: Reply) -> web.Response:

@@ -2,12 +2,13 @@
 
 Strict on purpose: a head is accepted only when it is certainly one that
 aiohttp would read the same way and that the fast path answers (GET or POST
-under the prefix, HTTP/1.1 or 1.0, header fields of plain RFC 9112 syntax,
-one Host in HTTP/1.1, no field twice, no Transfer-Encoding, Expect or
-Upgrade). Anything else is None: the connection goes to aiohttp, whose
-answer (a 400, a 405, a chunked body read...) is then the answer. An
-incomplete head is handed over as soon as it can no longer become one, so a
-broken request line gets aiohttp's 400 at once rather than a timeout.
+under the prefix, or POST at the prefix without its final "/", HTTP/1.1 or
+1.0, header fields of plain RFC 9112 syntax, one Host in HTTP/1.1, no field
+twice, no Transfer-Encoding, Expect, Upgrade or Content-Encoding). Anything
+else is None: the connection goes to aiohttp, whose answer (a 400, a 404, a
+415, a chunked body read...) is then the answer. An incomplete head is
+handed over as soon as it can no longer become one, so a broken request
+line gets aiohttp's 400 at once rather than a timeout.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ _TARGET = re.compile(rb'/[!"$-~]*')
 _LINE_START = re.compile(rb'(?:G|GE|P|PO|POS|(?:GET|POST)(?: (?:/[!"$-~]*(?: [HTP/.01]{0,8}\r?)?)?)?)?')
 _FIELD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?::[\t\x20-\x7e\x80-\xff]*)?\r?")
 _NAMES = re.compile(rb"\r\n([^:\r\n]*):")  # over the fields with a CRLF before the first
-# Fields that make a request leave this path whatever their value.
-_HAND_OFF_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# Fields that make a request leave this path whatever their value. Content-Encoding:
+# aiohttp's side answers 415 (even "identity", which it accepts, is too rare to read here).
+_HAND_OFF_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
 
 # How an answer is framed, as aiohttp frames it: the status line's version,
 # the Connection field, and whether the connection closes after the answer.
@@ -79,8 +81,9 @@ def parse_head(
         else:
             framing = _CLOSE_10 if http10 else _CLOSE_11
     if method == b"POST":
-        if target != prefix or length < 0 or length > max_body:
-            return None  # aiohttp answers 404/405, 411, 413
+        # A target no longer than the prefix is the prefix, or it without its final "/".
+        if len(target) > len(prefix) or length < 0 or length > max_body:
+            return None  # aiohttp answers 405, 411, 413
         return True, target, length, framing, None
     if method != b"GET" or length > 0:
         return None
@@ -99,8 +102,8 @@ def _request_line(line: bytes, prefix: bytes) -> tuple[bytes, bytes, bool] | Non
     if len(parts) != 3 or parts[0] not in (b"GET", b"POST") or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         return None
     target = parts[1]
-    if not target.startswith(prefix) or _TARGET.fullmatch(target) is None:
-        return None
+    if (not target.startswith(prefix) and target != prefix[:-1]) or _TARGET.fullmatch(target) is None:
+        return None  # outside the prefix (aiohttp answers 404, and counts it), or odd characters
     return parts[0], target, parts[2] == b"HTTP/1.0"
 
 

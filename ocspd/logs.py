@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ocspd.config import LogConfig
@@ -24,6 +26,33 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
     """Log event ``name`` with ``fields`` (never secrets: callers pass ids, paths, counts)."""
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={_EVENT: name, _FIELDS: fields})
+
+
+class Throttle:
+    """At most one log line per ``interval`` seconds for one kind of event a client can
+    repeat at will; the lines held back are counted, and the next line says how many.
+
+    ``clock`` is injected so that tests do not sleep.
+    """
+
+    __slots__ = ("_clock", "_held", "_next", "interval")
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._next = float("-inf")
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """None: hold this line back. Otherwise log it, with the count returned: the lines
+        held back since the last one allowed."""
+        now = self._clock()
+        if now < self._next:
+            self._held += 1
+            return None
+        self._next = now + self.interval
+        held, self._held = self._held, 0
+        return held
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

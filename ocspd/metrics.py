@@ -148,6 +148,12 @@ class Metrics:
         self.listener_reconnects = Counter(
             "ocspd_listener_reconnects", "LISTEN connections re-established after a loss", registry=r
         )
+        self.requests_outside_prefix = Counter(
+            "ocspd_requests_outside_prefix",
+            "Requests for a path outside [server] path_prefix, answered HTTP 404 (an AIA URL that does not "
+            "match the prefix shows here)",
+            registry=r,
+        )
         self.build_info = Gauge(
             "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
             registry=r, multiprocess_mode="livemax",
@@ -160,9 +166,10 @@ class Metrics:
         self.memory_miss = Tally(self.cache_lookups.labels("memory", "miss"))
         self.postgres_hit = Tally(self.cache_lookups.labels("postgres", "hit"))
         self.postgres_miss = Tally(self.cache_lookups.labels("postgres", "miss"))
+        self.outside_prefix = Tally(self.requests_outside_prefix)
         self._tallies: list[Tally | Timing] = [
             *self.request_counter.values(), *self.request_latency.values(), self.memory_hit, self.memory_miss,
-            self.postgres_hit, self.postgres_miss,
+            self.postgres_hit, self.postgres_miss, self.outside_prefix,
         ]
         self._signing: dict[tuple[str, str], tuple[Tally, Timing, Counter]] = {}
         self.invalidation = {cause: self.invalidations.labels(cause) for cause in INVALIDATION_CAUSES}

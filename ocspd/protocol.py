@@ -150,9 +150,17 @@ def decode_get_path(tail: str) -> bytes:
     Copes with what real clients send (RFC 6960 App. A.1 is loosely
     followed): percent-encoding of any character (``%2B``, ``%2F``,
     ``%3D``), raw ``/`` inside the base64 (the request then spans several
-    path segments), missing padding, and the base64url alphabet.
+    path segments), missing padding, the base64url alphabet, and any number
+    of ``/`` between the prefix and the base64 (Go's and cfssl's clients
+    send ``{AIA URL}/{base64}``, so an AIA URL ending in ``/`` gives ``//``).
+
+    Those leading slashes are told from the base64's own ``/`` thus: an
+    OCSPRequest is a DER SEQUENCE, whose first octet is 0x30, so its base64
+    (either alphabet) starts with ``M`` and never with ``/``. Every raw
+    ``/`` before the first other character is a path separator; a ``/``
+    after it is base64. (A percent-encoded ``%2F`` is never stripped.)
     """
-    text = _B64_JUNK.sub("", unquote(tail))
+    text = _B64_JUNK.sub("", unquote(tail.lstrip("/")))
     if not text:
         raise MalformedRequest("empty GET request")
     if "-" in text or "_" in text:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import itertools
 import logging
 import os
 import random
 import re
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -32,8 +34,10 @@ async def serve() -> AsyncIterator[Serve]:
     """Serve a TestPki's app on 127.0.0.1 as ``ocspd serve`` does; ``fast_http`` and runner kwargs as given."""
     servers: list[OcspTestServer] = []
 
-    async def start(test_pki: TestPki, fast_http: bool = True, **kwargs: Any) -> OcspTestServer:
-        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false")
+    async def start(
+        test_pki: TestPki, fast_http: bool = True, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> OcspTestServer:
+        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false", **(env or {}))
         server = OcspTestServer(init_app(config, index_poll=0.05), host="127.0.0.1")
         await server.start_server(**kwargs)
         servers.append(server)
@@ -123,17 +127,123 @@ async def test_fast_path_answers_as_aiohttp_does(serve: Serve, test_pki: TestPki
                 got.append(await asyncio.wait_for(read_answer(reader, head_request=raw.startswith(b"HEAD")), 10))
             finally:
                 writer.close()
-        ours, theirs = got
-        assert (ours.version, ours.status) == (theirs.version, theirs.status), label
-        assert set(ours.headers) - _VARYING == set(theirs.headers) - _VARYING, label
-        assert {k: v for k, v in ours.headers.items() if k not in _VARYING} == {
-            k: v for k, v in theirs.headers.items() if k not in _VARYING
-        }, label
-        if ours.status == 200 and ours.body and ours.body != theirs.body:
-            # Signed answers differ (ECDSA); what they say must not.
-            assert status_of(ours, test_pki) == status_of(theirs, test_pki), label
-        else:
-            assert ours.body == theirs.body, label
+        assert_alike(*got, label, test_pki)
+
+
+def assert_alike(ours: Answer, theirs: Answer, label: str, test_pki: TestPki) -> None:
+    """The fast path's answer and aiohttp's to the same bytes say the same."""
+    assert (ours.version, ours.status) == (theirs.version, theirs.status), label
+    assert set(ours.headers) - _VARYING == set(theirs.headers) - _VARYING, label
+    assert {k: v for k, v in ours.headers.items() if k not in _VARYING} == {
+        k: v for k, v in theirs.headers.items() if k not in _VARYING
+    }, label
+    if ours.status == 200 and ours.body and ours.body != theirs.body:
+        # Signed answers differ (ECDSA); what they say must not.
+        assert status_of(ours, test_pki) == status_of(theirs, test_pki), label
+    else:
+        assert ours.body == theirs.body, label
+
+
+# -- paths as clients send them, and request Content-Encoding (SPEC §2) ----------------------------
+
+
+def _b64(der: bytes) -> str:
+    return quote(base64.b64encode(der).decode(), safe="")
+
+
+def _get_raw(target: str, version: str = "HTTP/1.1") -> bytes:
+    return f"GET {target} {version}\r\nHost: ocsp.test\r\n\r\n".encode()
+
+
+def _chunked_post(body: bytes, *extra: str) -> bytes:
+    head = ["POST / HTTP/1.1", "Host: ocsp.test", "Content-Type: application/ocsp-request",
+            "Transfer-Encoding: chunked", *extra]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+def _edge_cases(good: bytes) -> dict[str, tuple[str, bytes, int, str | None]]:
+    """id -> (path_prefix, request bytes, HTTP status, what a 200 says: "good", "malformed" or None)."""
+    gz, zl = gzip.compress(good), zlib.compress(good)
+    junk = b"\x30\x03\x02\x01\x01"  # neither gzip nor zlib
+    twice = ("Accept: */*", "Accept: */*")  # a repeated field: off the fast path
+    expect = ("Expect: 100-continue",)
+    b64 = _b64(good)
+    return {
+        # POST at the prefix with and without its final "/" (openssl, GnuTLS, Go, pyhanko, strongSwan).
+        "post /ocsp, prefix /ocsp": ("/ocsp", post_bytes(good, path="/ocsp"), 200, "good"),
+        "post /ocsp/, prefix /ocsp": ("/ocsp", post_bytes(good, path="/ocsp/"), 200, "good"),
+        "post /ocsp?x=1, prefix /ocsp": ("/ocsp", post_bytes(good, path="/ocsp?x=1"), 200, "good"),
+        "post /ocsp, repeated field, prefix /ocsp": ("/ocsp", post_bytes(good, *twice, path="/ocsp"), 200, "good"),
+        "post /ocs, prefix /ocsp": ("/ocsp", post_bytes(good, path="/ocs"), 404, None),
+        # GET with slashes between the prefix and the base64 (Go, cfssl: AIA URL + "/" + base64).
+        "get //b64": ("/", _get_raw("//" + b64), 200, "good"),
+        "get ///b64": ("/", _get_raw("///" + b64), 200, "good"),
+        "get //b64, http/1.0": ("/", _get_raw("//" + b64, "HTTP/1.0"), 200, "good"),
+        "get /ocsp//b64, prefix /ocsp": ("/ocsp", _get_raw("/ocsp//" + b64), 200, "good"),
+        "get /ocsp///b64, prefix /ocsp": ("/ocsp", _get_raw("/ocsp///" + b64), 200, "good"),
+        "get // alone": ("/", _get_raw("//"), 200, "malformed"),
+        "get /ocsp alone, prefix /ocsp": ("/ocsp", _get_raw("/ocsp"), 200, "malformed"),
+        "get /other/b64, prefix /ocsp": ("/ocsp", _get_raw("/other/" + b64), 404, None),
+        # A request body with a Content-Encoding: 415 on both fronts, whatever the body (SPEC §2).
+        "post gzip": ("/", post_bytes(gz, "Content-Encoding: gzip"), 415, None),
+        "post deflate": ("/", post_bytes(zl, "Content-Encoding: deflate"), 415, None),
+        "post br": ("/", post_bytes(good, "Content-Encoding: br"), 415, None),
+        "post GZIP, not gzip": ("/", post_bytes(junk, "Content-Encoding: GZIP"), 415, None),
+        "post identity, gzip": ("/", post_bytes(gz, "Content-Encoding: identity, gzip"), 415, None),
+        "post gzip, repeated field": ("/", post_bytes(gz, "Content-Encoding: gzip", *twice), 415, None),
+        "post gzip, not gzip, repeated field": ("/", post_bytes(junk, "Content-Encoding: gzip", *twice), 415, None),
+        "post deflate, not zlib, expect": ("/", post_bytes(junk, "Content-Encoding: deflate", *expect), 415, None),
+        "post gzip, expect": ("/", post_bytes(gz, "Content-Encoding: gzip", *expect), 415, None),
+        "post gzip, chunked": ("/", _chunked_post(gz, "Content-Encoding: gzip"), 415, None),
+        "post gzip, not gzip, chunked": ("/", _chunked_post(junk, "Content-Encoding: gzip"), 415, None),
+        "get gzip": ("/", get_bytes(good, "Content-Encoding: gzip"), 415, None),
+        "post identity": ("/", post_bytes(good, "Content-Encoding: identity"), 200, "good"),
+        "post identity, chunked": ("/", _chunked_post(good, "Content-Encoding: identity"), 200, "good"),
+    }
+
+
+EDGE_CASES = list(_edge_cases(b"\x30"))
+
+
+async def read_final_answer(reader: asyncio.StreamReader) -> Answer:
+    """The final answer, past any interim (1xx) one."""
+    while (answer := await read_answer(reader)).status < 200:
+        pass
+    return answer
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+async def test_paths_and_content_encodings_are_answered_alike_by_both_fronts(
+    serve: Serve, test_pki: TestPki, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    prefix, raw, want_status, says = _edge_cases(good)[case]
+    env = {"OCSPD_SERVER_PATH_PREFIX": prefix}
+    fast = await serve(test_pki, fast_http=True, env=env)
+    plain = await serve(test_pki, fast_http=False, env=env)
+    got = []
+    for server in (fast, plain):
+        # Twice: a miss (the full path), then a hit (the hit path), on the same connection
+        # unless the first answer closes it (HTTP/1.0).
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            for attempt in range(2):
+                if attempt and got[-1].version == "HTTP/1.0" and got[-1].headers.get("connection") != "keep-alive":
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(raw)
+                got.append(await asyncio.wait_for(read_final_answer(reader), 10))
+        finally:
+            writer.close()
+    for answer in got:
+        assert answer.status == want_status, (case, answer)
+        if says == "good":
+            assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.GOOD, case
+        elif says == "malformed":
+            assert answer.body == MALFORMED_REQUEST, case
+    assert_alike(got[0], got[2], case, test_pki)
+    assert_alike(got[1], got[3], case, test_pki)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], case
 
 
 async def test_fast_path_is_what_answers_unless_turned_off(serve: Serve, test_pki: TestPki) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -452,3 +454,105 @@ async def test_front_and_router_limit_the_body_alike(ocspd_client: AppClient, te
     assert (await client.post("/", data=b"\x30" * 2001, headers=OCSP_REQ)).status == 413
     _, body = await post(client, b"\x30" * 2000)
     assert body == MALFORMED_REQUEST
+
+
+# -- paths as clients send them, request Content-Encoding (SPEC §2, issue 11) ---------------------
+
+
+@pytest.mark.parametrize("path", ["/ocsp", "/ocsp/"])
+@pytest.mark.parametrize("router", [False, True], ids=["front", "router"])
+async def test_post_is_answered_at_the_prefix_with_and_without_its_final_slash(
+    ocspd_client: AppClient, test_pki: TestPki, router: bool, path: str
+) -> None:
+    # An AIA of http://host/ocsp makes every POST client (openssl, GnuTLS, Go...) post to "/ocsp".
+    client = await ocspd_client(test_pki, router=router, env={"OCSPD_SERVER_PATH_PREFIX": "/ocsp"})
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    for _ in range(2):  # a miss, then a hit
+        resp = await client.post(path, data=der, headers=OCSP_REQ)
+        assert resp.status == 200
+        assert verify_response(await resp.read(), test_pki).certificate_status is ocsp.OCSPCertStatus.REVOKED
+    put = await client.put(path, data=der)
+    assert put.status == 405 and set(put.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+
+
+def _encoded(der: bytes, encoding: str) -> bytes:
+    import gzip
+    import zlib
+
+    return {"gzip": gzip.compress, "deflate": zlib.compress}.get(encoding, lambda b: b)(der)
+
+
+@pytest.mark.parametrize("shape", ["content-length", "expect-100", "chunked"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-unknown"])
+async def test_a_request_content_encoding_is_refused_with_415(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture, encoding: str, shape: str
+) -> None:
+    client = await ocspd_client(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    headers = {**OCSP_REQ, "Content-Encoding": encoding}
+    for body in (_encoded(der, encoding), b"\x30\x03\x02\x01\x01"):  # a real encoding, and bytes that are not
+        resp = await client.post(
+            "/", data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=5),
+            expect100=shape == "expect-100", chunked=True if shape == "chunked" else None,
+        )
+        assert resp.status == 415, (encoding, shape, body)
+        await resp.read()
+    # The connection and the server go on.
+    resp, answer = await post(client, der)
+    assert verify_response(answer, test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_content_encoding_identity_is_accepted(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    client = await ocspd_client(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    resp = await client.post("/", data=der, headers={**OCSP_REQ, "Content-Encoding": "identity"})
+    assert verify_response(await resp.read(), test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+async def test_requests_outside_the_prefix_are_counted_and_logged_rate_limited(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misconfigured AIA URL shows in a metric and in the log, without one line per request."""
+    from ocspd.http import METRICS, OUTSIDE_PREFIX_LOG_SECONDS
+    from ocspd.logs import KeyValueFormatter
+
+    offset = [0.0]
+    client = await ocspd_client(
+        test_pki, env={"OCSPD_SERVER_PATH_PREFIX": "/ocsp"}, clock=lambda: time.time() + offset[0]
+    )
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+
+    def lines() -> list[str]:
+        formatted = (KeyValueFormatter().format(r) for r in caplog.records)
+        return [line for line in formatted if "event=request_outside_prefix" in line]
+
+    with caplog.at_level(logging.DEBUG):
+        for method, path in [("POST", "/"), ("GET", "/other"), ("POST", "/ocs"), ("GET", "/oc")] * 3:
+            assert (await client.request(method, path, data=der)).status == 404
+        assert (await client.post("/ocsp", data=der, headers=OCSP_REQ)).status == 200  # not counted
+        # The first is logged; the others within the interval are counted, not logged.
+        assert len(lines()) == 1
+        assert lines()[0].startswith("level=info logger=ocspd.http event=request_outside_prefix method=POST")
+        assert " path=/ prefix=/ocsp/ suppressed=0" in lines()[0]
+        offset[0] += OUTSIDE_PREFIX_LOG_SECONDS + 1
+        assert (await client.get("/elsewhere")).status == 404
+        assert len(lines()) == 2
+        assert " path=/elsewhere prefix=/ocsp/ suppressed=11" in lines()[1]
+    assert not [r for r in caplog.records if r.levelno > logging.INFO]
+    assert b"\nocspd_requests_outside_prefix_total 13.0\n" in client.app[METRICS].exposition()  # type: ignore[index]
+
+
+async def test_requests_outside_the_prefix_are_in_the_transaction_log(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ocspd.logs import KeyValueFormatter
+
+    client = await ocspd_client(test_pki, env={"OCSPD_SERVER_PATH_PREFIX": "/ocsp", "OCSPD_LOG_REQUESTS": "true"})
+    with caplog.at_level(logging.INFO, logger="ocspd.requests"):
+        for _ in range(3):
+            assert (await client.get("/other/x")).status == 404
+    lines = [r for r in caplog.records if r.name == "ocspd.requests"]
+    assert len(lines) == 3  # every request, as the transaction log has them
+    formatted = [KeyValueFormatter().format(r) for r in lines]
+    assert all("status=not_found" in line and "path=/other/x" in line for line in formatted), formatted

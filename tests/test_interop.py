@@ -91,3 +91,12 @@ async def test_openssl_rejects_a_response_for_a_tampered_nonce(ocspd_server: Any
     server = await ocspd_server(init_app(test_pki.config(OCSPD_RESPONSES_NONCE="ignore")))
     _, output = await openssl_ocsp(test_pki, f"http://127.0.0.1:{server.port}/", "good")
     assert "WARNING: no nonce in response" in output, output
+
+
+async def test_openssl_posts_to_a_prefix_without_its_final_slash(ocspd_server: Any, tmp_path: Path) -> None:
+    """An AIA of http://host/ocsp: openssl posts to "/ocsp" (the prefix is stored as "/ocsp/")."""
+    test_pki = build_pki(tmp_path, server='path_prefix = "/ocsp"')
+    server = await ocspd_server(init_app(test_pki.config()))
+    for name, status in (("good", "good"), ("revoked", "revoked")):
+        code, output = await openssl_ocsp(test_pki, f"http://127.0.0.1:{server.port}/ocsp", name)
+        assert_verified(code, output, test_pki.leaf_paths[name], status)
