@@ -128,6 +128,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose next one is free too (``ocspd demo`` puts its admin listener there)."""
+    for _ in range(50):
+        port = free_port()
+        if port >= 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports")
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -142,7 +157,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[str], timeout: float = 30) -
 
 
 def test_demo_serves_a_pki_that_openssl_verifies(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()
     demo_dir = tmp_path / "demo"
     proc = subprocess.Popen(
         [*OCSPD, "demo", "--dir", str(demo_dir), "--port", str(port)],
