@@ -276,7 +276,7 @@ class OcspHandlers:
         if hdrs.CONTENT_ENCODING in request.headers:
             refuse_content_encoding(request)
         # raw_path keeps %2F and friends undecoded; the router's match_info would not.
-        raw = request.raw_path.split("?", 1)[0][self._prefix_len :]
+        raw = _origin_form(request.raw_path).split("?", 1)[0][self._prefix_len :]
         h = request.headers
         conditional = (h.get("If-None-Match"), h.get("If-Modified-Since"))
         reply = self.hit(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
@@ -405,6 +405,16 @@ def refuse_content_encoding(request: web.BaseRequest) -> None:
     if any(c.strip().lower() not in ("identity", "") for c in codings.split(",")):
         # RFC 9110 §15.5.16: name the codings that would have been accepted.
         raise web.HTTPUnsupportedMediaType(headers={hdrs.ACCEPT_ENCODING: "identity"})
+
+
+def _origin_form(target: str) -> str:
+    """The path of a request target: an absolute-form one (``http://host/MEow...``, which
+    RFC 9112 §3.2.2 says a server MUST accept) without its scheme and authority."""
+    if target.startswith("/"):
+        return target
+    authority = target.find("//")
+    path = target.find("/", authority + 2 if authority >= 0 else 0)
+    return target[path:] if path >= 0 else "/"
 
 
 def _response(reply: Reply) -> web.Response:

@@ -182,6 +182,13 @@ def _edge_cases(good: bytes) -> dict[str, tuple[str, bytes, int, str | None]]:
         "get /ocsp//b64, prefix /ocsp": ("/ocsp", _get_raw("/ocsp//" + b64), 200, "good"),
         "get /ocsp///b64, prefix /ocsp": ("/ocsp", _get_raw("/ocsp///" + b64), 200, "good"),
         "get // alone": ("/", _get_raw("//"), 200, "malformed"),
+        # RFC 9112 §3.2.2: a server MUST accept the absolute form (proxies, some stapling fetchers).
+        "get absolute-form": ("/", _get_raw("http://ocsp.test/" + b64), 200, "good"),
+        "get absolute-form, port": ("/", _get_raw("http://ocsp.test:8080/" + b64), 200, "good"),
+        "get absolute-form, prefix /ocsp": ("/ocsp", _get_raw("http://ocsp.test/ocsp/" + b64), 200, "good"),
+        "post absolute-form, prefix /ocsp": (
+            "/ocsp", post_bytes(good, path="http://ocsp.test/ocsp"), 200, "good"
+        ),
         "get /ocsp alone, prefix /ocsp": ("/ocsp", _get_raw("/ocsp"), 200, "malformed"),
         "get /other/b64, prefix /ocsp": ("/ocsp", _get_raw("/other/" + b64), 404, None),
         # A request body with a Content-Encoding: 415 on both fronts, whatever the body (SPEC §2).
