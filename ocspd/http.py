@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ocspd.cache import Entry
 from ocspd.config import Config
@@ -268,6 +269,12 @@ class OcspHandlers:
         except web.HTTPRequestEntityTooLarge:
             self._count[("POST", "request_too_large")].n += 1
             raise
+        except (ConnectionResetError, RequestPayloadError):
+            # The client went away mid-body, or sent a broken chunked body: its
+            # mistake, counted, never an ERROR line with a traceback (aiohttp's
+            # default for what a handler raises).
+            self._count[("POST", "body_cut_short")].n += 1
+            raise web.HTTPBadRequest(text="request body cut short or malformed\n") from None
         reply = self.hit(body, None, "POST", started) or await self.answer_post(body, started)
         return _response(reply)
 

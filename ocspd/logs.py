@@ -14,11 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+
 from ocspd.config import LogConfig
 
 _FIELDS = "ocspd_fields"
 _EVENT = "ocspd_event"
 # Keys of the standard LogRecord, so that unknown `extra` does not leak in.
+# What a client's bytes can make aiohttp raise while reading a request.
+CLIENT_ERRORS = (HttpProcessingError, RequestPayloadError, ConnectionResetError)
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -89,6 +94,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str, ensure_ascii=False)
 
 
+class ClientErrorFilter(logging.Filter):
+    """aiohttp logs a request it cannot read (a broken head, a body cut short) as
+    ``Error handling request`` at ERROR with a traceback: one client could write
+    megabytes of them. Such a record becomes one ``bad_request`` line at debug
+    without the traceback, at most one per ``interval`` seconds; aiohttp's
+    answer (a 400) is not changed. ERROR stays for our own bugs."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._throttle = Throttle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, CLIENT_ERRORS):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        held = self._throttle.allow()
+        if held is None:
+            return False
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        record.__dict__[_EVENT] = "bad_request"
+        record.__dict__[_FIELDS] = {"error": f"{type(exc).__name__}: {first}", "suppressed": held}
+        return True
+
+
 def setup(config: LogConfig | None = None, *, level: str | None = None) -> None:
     """Send ocspd's (and the libraries') logs to stderr in the configured format."""
     config = config or LogConfig()
@@ -102,3 +135,7 @@ def setup(config: LogConfig | None = None, *, level: str | None = None) -> None:
     # aiohttp's access log would put a line per request on the hot path; the
     # optional transaction log ([log] requests) replaces it.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    for old_filter in [f for f in server_log.filters if isinstance(f, ClientErrorFilter)]:
+        server_log.removeFilter(old_filter)
+    server_log.addFilter(ClientErrorFilter())

@@ -26,6 +26,7 @@ STATUSES = (
     "tryLater",
     "unauthorized",
     "request_too_large",
+    "body_cut_short",
 )
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")

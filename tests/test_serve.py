@@ -5,6 +5,7 @@ and every process started is stopped by PID."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -279,3 +280,40 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
 
+
+
+BAD_REQUESTS = {
+    "garbage": b"GARBAGE\r\n\r\n",
+    "body cut short": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc",
+    "chunk cut short": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+    "bad chunk size": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "bad content-length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    "two hosts": b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+    "handed over, cut short": b"POST / HTTP/1.1\r\nHost: x\r\nX: a\r\nX: b\r\nContent-Length: 100\r\n\r\nab",
+}
+
+
+async def test_a_clients_broken_requests_are_no_error_lines_and_one_throttled_debug_line(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki")
+    served = await start_serve(test_pki, {"OCSPD_LOG_LEVEL": "debug"})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        for raw in BAD_REQUESTS.values():
+            for hang_up in (False, True):  # read the answer, or go away at once
+                reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+                writer.write(raw)
+                await writer.drain()
+                if not hang_up:
+                    with contextlib.suppress(TimeoutError, ConnectionError):
+                        await asyncio.wait_for(reader.read(65536), 2)
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+        async with aiohttp.ClientSession() as session:  # the server goes on
+            response = await ask(session, served.url, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
+        assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
+    finally:
+        assert await served.stop() == 0
+    log = (test_pki.directory / "serve.log").read_text()
+    assert "level=error" not in log and "Traceback" not in log, log
+    assert log.count("event=bad_request") == 1, log  # the rest held back by the throttle
