@@ -42,6 +42,9 @@ class ServerConfig:
     workers: int = 1
     max_request_bytes: int = 10000
     fast_http: bool = True
+    # An idle connection (no request since the last answer, or a head still
+    # arriving) is closed after this long; 0 keeps it open.
+    keepalive_timeout: dt.timedelta = dt.timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +294,8 @@ def _listen(value: object, from_env: bool) -> tuple[tuple[str, int], ...]:
 # the "unknown key" suggestions and dump_config all come from this one table.
 _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "server": {"listen": (_listen, None), "path_prefix": (_str, None), "workers": (_int, 1),
-               "max_request_bytes": (_int, 100), "fast_http": (_bool, None)},
+               "max_request_bytes": (_int, 100), "fast_http": (_bool, None),
+               "keepalive_timeout": (_duration, None)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
                  "pool_size": (_int, 1)},

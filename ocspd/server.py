@@ -101,7 +101,10 @@ class Process:
         app = init_app(self.config)  # keys are loaded here, once
         if self.worker_fd is None:
             summary(self.config, {issuer_id: i.signer for issuer_id, i in app[ENGINE].issuers.items()})
-        runner = OcspRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False)
+        runner = OcspRunner(
+            app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False,
+            keepalive_timeout=self.config.server.keepalive_timeout.total_seconds(),
+        )
         admin_runner: web.AppRunner | None = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

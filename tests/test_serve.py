@@ -317,3 +317,25 @@ async def test_a_clients_broken_requests_are_no_error_lines_and_one_throttled_de
     log = (test_pki.directory / "serve.log").read_text()
     assert "level=error" not in log and "Traceback" not in log, log
     assert log.count("event=bad_request") == 1, log  # the rest held back by the throttle
+
+
+@pytest.mark.parametrize("fast_http", ["true", "false"], ids=["fast-path", "aiohttp"])
+async def test_idle_connections_are_closed_after_the_configured_keepalive_timeout(
+    tmp_path: Path, fast_http: str
+) -> None:
+    test_pki = build_pki(tmp_path / "pki")
+    served = await start_serve(test_pki, {"OCSPD_SERVER_KEEPALIVE_TIMEOUT": "1s", "OCSPD_SERVER_FAST_HTTP": fast_http})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(post_bytes(request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)))
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+        assert answer.status == 200
+        loop = asyncio.get_running_loop()
+        answered = loop.time()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        idle = loop.time() - answered
+        assert 0.8 <= idle <= 3.0, f"closed after {idle:.2f}s idle, keepalive_timeout is 1s"
+        writer.close()
+    finally:
+        assert await served.stop() == 0
