@@ -339,3 +339,32 @@ async def test_idle_connections_are_closed_after_the_configured_keepalive_timeou
         writer.close()
     finally:
         assert await served.stop() == 0
+
+
+@pytest.mark.parametrize("fast_http", ["true", "false"], ids=["fast-path", "aiohttp"])
+async def test_a_head_trickling_in_is_closed_after_the_keepalive_timeout(tmp_path: Path, fast_http: str) -> None:
+    test_pki = build_pki(tmp_path / "pki")
+    served = await start_serve(test_pki, {"OCSPD_SERVER_KEEPALIVE_TIMEOUT": "1s", "OCSPD_SERVER_FAST_HTTP": fast_http})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/healthz")
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        closed = False
+        for byte in head:  # a byte every 50 ms: 10 s for the whole head, if let
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                closed = await asyncio.wait_for(reader.read(1), 0.05) == b""
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+            if closed:
+                break
+        held = loop.time() - started
+        assert closed and held <= 3.0, f"a trickling head held the connection {held:.1f}s (closed={closed})"
+        writer.close()
+    finally:
+        assert await served.stop() == 0
