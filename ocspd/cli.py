@@ -131,7 +131,8 @@ def _database_command(args: argparse.Namespace) -> int:
     if args.command == "status":
         return commands.status(config, args.issuer, args.serial, args.json)
     if args.command == "presign":
-        return commands.presign(config, args.issuer or [i.id for i in config.issuers])
+        # By default every issuer whose status lives in the database (index.txt ones have no stored tier).
+        return commands.presign(config, args.issuer or [i.id for i in config.issuers if i.index is None])
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -144,3 +144,11 @@ def test_unmigrated_database_names_the_fix(db_pki: TestPki, pg_server: PgServer)
         assert len(result.stderr.strip().splitlines()) == 1
     finally:
         pg_server.drop_database(name)
+
+
+def test_presign_without_issuer_skips_issuers_served_from_index_txt(test_pki: TestPki, pg_dsn: str) -> None:
+    result = run("presign", "--config", str(test_pki.config_path), env={"OCSPD_DATABASE_DSN": pg_dsn})
+    assert result.returncode == 0, result.stderr
+    named = run("presign", "--config", str(test_pki.config_path), "--issuer", "test-ca",
+                env={"OCSPD_DATABASE_DSN": pg_dsn})
+    assert_one_line_error(named, "index", "openssl ca -revoke")
