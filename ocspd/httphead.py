@@ -28,7 +28,12 @@ _FIELD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?::[\t\x20-\x7e\x80-\x
 _NAMES = re.compile(rb"\r\n([^:\r\n]*):")  # over the fields with a CRLF before the first
 # Fields that make a request leave this path whatever their value. Content-Encoding:
 # aiohttp's side answers 415 (even "identity", which it accepts, is too rare to read here).
-_HAND_OFF_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding"})
+_HAND_OFF_NAMES = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"content-encoding",
+                             # aiohttp honours Proxy-Connection for keep-alive, and its parser
+                             # refuses a hixie-76 WebSocket key: the same bytes, the same answer.
+                             b"proxy-connection", b"sec-websocket-key1"})
+# aiohttp refuses a head with more fields than this (400): so does this path, by handing it over.
+MAX_FIELDS = 128
 
 # How an answer is framed, as aiohttp frames it: the status line's version,
 # the Connection field, and whether the connection closes after the answer.
@@ -57,7 +62,10 @@ def parse_head(
     lowered = b"\r\n" + fields.lower()  # every name now follows a CRLF
     names = _NAMES.findall(lowered)
     unique = set(names)
-    if len(unique) != len(names) or (not http10 and b"host" not in unique) or not unique.isdisjoint(_HAND_OFF_NAMES):
+    if (
+        len(unique) != len(names) or len(names) > MAX_FIELDS or (not http10 and b"host" not in unique)
+        or not unique.isdisjoint(_HAND_OFF_NAMES)
+    ):
         # A repeated field (aiohttp refuses repeated Host, Content-Length,
         # Content-Type...), HTTP/1.1 without Host (RFC 9112 §3.2), or a field
         # whose handling is aiohttp's (chunked bodies, 100-continue, upgrades).

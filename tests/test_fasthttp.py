@@ -112,6 +112,13 @@ def _requests(test_pki: TestPki) -> dict[str, bytes]:
         "get with unusual target characters": b'GET /MA{}|\\^`"<>!$&()*,;=@[]~ HTTP/1.1\r\nHost: x\r\n\r\n',
         "header value with obs-text": post_bytes(good, "X-Note: caf\u00e9"),  # UTF-8 bytes above 0x7f
         "absolute-form target": get_bytes(good).replace(b"GET /", b"GET http://ocsp.test/", 1),
+        "128 header fields": post_bytes(good, *(f"X-F{i}: v" for i in range(125))),  # 3 of its own
+        "129 header fields": post_bytes(good, *(f"X-F{i}: v" for i in range(126))),
+        "http/1.0 post, proxy-connection keep-alive": post_bytes(good, "Proxy-Connection: keep-alive").replace(
+            b"HTTP/1.1", b"HTTP/1.0", 1
+        ),
+        "http/1.1 post, proxy-connection close": post_bytes(good, "Proxy-Connection: close"),
+        "sec-websocket-key1": post_bytes(good, "Sec-WebSocket-Key1: 4 @1  46546xW%0l 1 5"),
     }
 
 
