@@ -23,7 +23,7 @@ from cryptography import x509
 from ocspd.config import Config, DatabaseConfig, IssuerConfig
 from ocspd.exceptions import ConfigError, OcspdError, RuleViolation
 from ocspd.index import IndexFile
-from ocspd.status import REASONS, CertStatus, Status, revocation_reason
+from ocspd.status import REASONS, Status, revocation_reason
 from ocspd.store import Certificates, CertRecord, CertRow, RevokeResult, Store
 
 PRESIGN_BATCH = 500
@@ -125,7 +125,7 @@ def db_migrate(config: Config) -> int:
     return 0
 
 
-def describe(row: CertRow | CertStatus) -> str:
+def describe(row: CertRow) -> str:
     """``revoked (keyCompromise, since 2026-01-02T03:04:05Z)``, ``on hold (...)`` or ``good``."""
     if row.status is not Status.REVOKED:
         return str(row.status.value)

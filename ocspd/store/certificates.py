@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 from cryptography import x509
 
-from ocspd.status import HOLD, REASON_BY_NAME, Status, served_reason
+from ocspd.status import HOLD, Status
 from ocspd.store.db import Store
-from ocspd.store.values import serial_hex, text_array
+from ocspd.store.values import reason_flag, reason_name, serial_hex, text_array
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ class Certificates:
                 "serials": text_array([serial_hex(r.serial) for r in records]),
                 "statuses": text_array([r.status.value for r in records]),
                 "revoked_ats": text_array([_time(r.revoked_at) for r in records]),
-                "reasons": text_array([_reason_name(r.reason) for r in records]),
+                "reasons": text_array([reason_name(r.reason) for r in records]),
                 "not_afters": text_array([_time(r.not_after) for r in records]),
             },
             retry=False,
@@ -129,7 +129,7 @@ class Certificates:
         """
         before = await self.status(issuer_id, serial)
         params = {
-            "issuer": issuer_id, "serial": serial_hex(serial), "reason": _reason_name(reason), "at": at,
+            "issuer": issuer_id, "serial": serial_hex(serial), "reason": reason_name(reason), "at": at,
             "amend": amend,
         }
         await self.store.query("revoke", params, retry=False)
@@ -149,7 +149,7 @@ class Certificates:
             return None
         status, revoked_at, reason, not_after, version, updated_at, stored = rows[0]
         return CertRow(
-            Status(status), revoked_at, REASON_BY_NAME[reason].flag if reason else None, not_after, int(version),
+            Status(status), revoked_at, reason_flag(reason), not_after, int(version),
             updated_at, int(stored),
         )
 
@@ -160,8 +160,3 @@ class Certificates:
 
 def _time(moment: dt.datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
-
-
-def _reason_name(reason: x509.ReasonFlags | None) -> str | None:
-    served = served_reason(reason)
-    return None if served is None else str(served.value)

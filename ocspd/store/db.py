@@ -25,10 +25,10 @@ from ocspd.cache import Entry
 from ocspd.exceptions import DatabaseBusy, RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.sources import Lookup
-from ocspd.status import REASON_BY_NAME, UNKNOWN, CertStatus, Status
+from ocspd.status import UNKNOWN, CertStatus, Status
 from ocspd.store.batching import Batcher
 from ocspd.store.queries import migrations, queries
-from ocspd.store.values import number_array, serial_hex, session_dsn, text_array
+from ocspd.store.values import number_array, reason_flag, serial_hex, session_dsn, text_array
 
 log = logging.getLogger("ocspd.store")
 
@@ -47,13 +47,14 @@ WRITE_BEHIND_MAX_PENDING = 10_000
 MIGRATION_LOCK = 0x0C5BD  # pg_advisory_lock key serialising `ocspd db migrate`
 RULE_VIOLATION = "23R01"  # SQLSTATE of the revocation rules (sql/migrations/0003_revocation_rules.sql)
 
+
 def _status(row: Sequence[Any]) -> CertStatus:
     """CertStatus from (status, revoked_at, reason, version) columns."""
     status, revoked_at, reason, version = row[:4]
     if status is None:
         return UNKNOWN
     if status == "revoked":
-        return CertStatus(Status.REVOKED, revoked_at, REASON_BY_NAME[reason].flag if reason else None, version)
+        return CertStatus(Status.REVOKED, revoked_at, reason_flag(reason), version)
     return CertStatus(Status.GOOD, None, None, version)
 
 
@@ -154,11 +155,7 @@ class Store:
             raise StoreError(f"database refused the request: {_one_line(exc)}") from None
 
     async def query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
-        """Run a named query of ``sql/queries.sql`` (for the other modules of this package)."""
-        return await self._query(name, params, retry=retry)
-
-    async def _query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
-        """Run a named query; one retry when a pooled connection turns out dead."""
+        """Run a named query of ``sql/queries.sql``; one retry when a pooled connection turns out dead."""
         for attempt in (1, 2):
             try:
                 async with self._cursor() as cur:
@@ -183,7 +180,7 @@ class Store:
         return await self._fetches.submit((issuer_id, serial_hex(serial), hash_name, signer))
 
     async def _fetch_batch(self, keys: Sequence[FetchKey]) -> list[Lookup]:
-        rows = await self._query(
+        rows = await self.query(
             "fetch",
             {
                 "issuers": text_array([k[0] for k in keys]),
@@ -265,14 +262,14 @@ class Store:
 
     async def store_many(self, issuer_id: str, signer: str, items: Sequence[StoreItem]) -> int:
         """Conditional write-back of responses signed by ``signer``; returns how many were written."""
-        return len(await self._query("store_responses", _store_params(issuer_id, signer, items)))
+        return len(await self.query("store_responses", _store_params(issuer_id, signer, items)))
 
     async def ping(self) -> None:
         """Raise SourceUnavailable unless the database answers, SchemaOutdated unless it has our schema.
 
         A schema newer than this code is fine: a replica upgraded first migrated it.
         """
-        have, need = (await self._query("schema_version", {}, retry=False))[0][0], migrations()[-1].version
+        have, need = (await self.query("schema_version", {}, retry=False))[0][0], migrations()[-1].version
         if have < need:
             raise SchemaOutdated(have, need)
 
@@ -308,7 +305,7 @@ class Store:
         self, issuer_id: str, hash_alg: str, signer: str, after: str, limit: int
     ) -> list[tuple[str, CertStatus]]:
         """Certificates after serial ``after`` that lack a fresh stored response signed by ``signer``."""
-        rows = await self._query(
+        rows = await self.query(
             "presign_batch",
             {"issuer": issuer_id, "hash_alg": hash_alg, "signer": signer, "after": after, "limit": limit},
         )

@@ -1,10 +1,13 @@
-"""How values travel to PostgreSQL: serial spelling, array literals, session settings."""
+"""How values travel to PostgreSQL: serial spelling, reason names, array literals, session settings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cryptography import x509
 from psycopg2.extensions import make_dsn, parse_dsn
+
+from ocspd.status import REASON_BY_FLAG, REASON_BY_NAME, served_reason
 
 
 def session_dsn(dsn: str, lock_timeout: float | None) -> str:
@@ -17,6 +20,18 @@ def session_dsn(dsn: str, lock_timeout: float | None) -> str:
     if lock_timeout:
         extra["options"] = f"{given.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}ms".strip()
     return make_dsn(dsn, **extra) if extra else dsn
+
+
+def reason_name(reason: x509.ReasonFlags | None) -> str | None:
+    """The stored name of a revocation reason: its RFC 5280 name, and no reason for
+    ``unspecified`` (which answers never carry: ``status.served_reason``)."""
+    served = served_reason(reason)
+    return None if served is None else REASON_BY_FLAG[served].name
+
+
+def reason_flag(name: str | None) -> x509.ReasonFlags | None:
+    """The reason a stored name stands for (None: no reason)."""
+    return REASON_BY_NAME[name].flag if name else None
 
 
 def serial_hex(serial: int) -> str:
