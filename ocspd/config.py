@@ -43,7 +43,7 @@ class ServerConfig:
     max_request_bytes: int = 10000
     fast_http: bool = True
     # An idle connection (no request since the last answer, or a head still
-    # arriving) is closed after this long; 0 keeps it open.
+    # arriving) is closed after this long (more than 0).
     keepalive_timeout: dt.timedelta = dt.timedelta(seconds=30)
 
 
@@ -418,6 +418,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise _error(f'must start with "/", got {_show(server.path_prefix)}', where("server", "path_prefix"), source)
     if not server.path_prefix.endswith("/"):
         server = dataclasses.replace(server, path_prefix=server.path_prefix + "/")
+    if server.keepalive_timeout <= dt.timedelta(0):
+        # aiohttp's side would close after every answer, the fast path never: refused, not guessed.
+        raise _error("must be greater than 0", where("server", "keepalive_timeout"), source)
     database = None
     # The section exists if the file has [database] or any OCSPD_DATABASE_* is set.
     if "database" in doc or raw["database"]:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import NamedTuple
 
 from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestPayloadError
 
 from ocspd.cache import Entry
 from ocspd.config import Config
@@ -24,7 +23,7 @@ from ocspd.engine import Engine, Issuer
 from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
-from ocspd.logs import Throttle, event
+from ocspd.logs import CLIENT_ERRORS, Throttle, event
 from ocspd.metrics import Metrics
 from ocspd.protocol import (
     ERROR_HEADERS,
@@ -269,7 +268,7 @@ class OcspHandlers:
         except web.HTTPRequestEntityTooLarge:
             self._count[("POST", "request_too_large")].n += 1
             raise
-        except (ConnectionResetError, RequestPayloadError):
+        except CLIENT_ERRORS:
             # The client went away mid-body, or sent a broken chunked body: its
             # mistake, counted, never an ERROR line with a traceback (aiohttp's
             # default for what a handler raises).

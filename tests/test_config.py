@@ -376,6 +376,12 @@ def test_validity_must_be_positive(tmp_path: Path) -> None:
                  "must be greater than 0")  # fmt: skip
 
 
+def test_keepalive_timeout_must_be_positive(tmp_path: Path) -> None:
+    # 0 would mean "close after every answer" to aiohttp's side and "never" to the fast path.
+    expect_error(write_config(tmp_path, '[server]\nkeepalive_timeout = "0s"'), "server.keepalive_timeout",
+                 "must be greater than 0")  # fmt: skip
+
+
 def test_backdate_must_not_be_negative(tmp_path: Path) -> None:
     expect_error(write_config(tmp_path, "[responses]\nbackdate = -5"), "responses.backdate", "must not be negative")
 
