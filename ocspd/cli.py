@@ -114,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ocspd status ... | head -1`): no traceback, and
+        # nothing more written, not even at exit's flush of stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _database_command(args: argparse.Namespace) -> int:

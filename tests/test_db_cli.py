@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -152,3 +155,19 @@ def test_presign_without_issuer_skips_issuers_served_from_index_txt(test_pki: Te
     named = run("presign", "--config", str(test_pki.config_path), "--issuer", "test-ca",
                 env={"OCSPD_DATABASE_DSN": pg_dsn})
     assert_one_line_error(named, "index", "openssl ca -revoke")
+
+
+def test_status_into_a_closed_pipe_is_no_traceback(db_pki: TestPki) -> None:
+    """`ocspd status ... | head -1`: the reader goes away before ocspd writes."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ocspd", "status", "--config", str(db_pki.config_path), "--issuer", "test-ca",
+         "--serial", f"{REVOKED_SERIAL:x}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the interpreter has started
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
