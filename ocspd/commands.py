@@ -76,8 +76,13 @@ def _database(config: Config) -> DatabaseConfig:
     return config.database
 
 
+# The CLI waits for a busy database (a lock, a long import batch) far longer
+# than a request would; it still does not wait for ever.
+CLI_DATABASE_TIMEOUT = 60.0
+
+
 def _store(config: Config) -> Store:
-    return Store(_database(config).dsn)
+    return Store(_database(config).dsn, timeout=CLI_DATABASE_TIMEOUT)
 
 
 def issuer_config(config: Config, issuer_id: str) -> IssuerConfig:

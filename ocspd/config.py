@@ -58,16 +58,21 @@ class AdminConfig:
 class DatabaseConfig:
     """``[database]``: the PostgreSQL status store; an empty ``listen_dsn`` means ``dsn``.
 
-    ``lock_timeout`` is set on the server for the request path's connections
-    (0: not set), so that a query waiting on a lock gives up there, freeing its
-    backend, instead of waiting on after ocspd has given up; ``pool_size``
-    bounds those connections per process (each process also keeps one LISTEN
-    connection).
+    ``lock_timeout`` and ``statement_timeout`` are set on the server for the
+    request path's connections (0: not set), so that a query waiting on a lock
+    or running long gives up there, freeing its backend, whatever happened to
+    the client; ``timeout`` is ocspd's own deadline for one request-path
+    operation (connecting, a retry, a lost network included), after which the
+    request gets tryLater and the query is cancelled on the server;
+    ``pool_size`` bounds those connections per process (each process also
+    keeps one LISTEN connection).
     """
 
     dsn: str
     listen_dsn: str = ""
     lock_timeout: dt.timedelta = dt.timedelta(seconds=1)
+    statement_timeout: dt.timedelta = dt.timedelta(seconds=2)
+    timeout: dt.timedelta = dt.timedelta(seconds=3)
     pool_size: int = 10
 
     def __post_init__(self) -> None:
@@ -298,7 +303,7 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
                "keepalive_timeout": (_duration, None)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
-                 "pool_size": (_int, 1)},
+                 "statement_timeout": (_duration, None), "timeout": (_duration, None), "pool_size": (_int, 1)},
     "cache": {"max_entries": (_int, 1), "max_bytes": (_size, 1)},
     "responses": {"validity": (_duration, None), "backdate": (_duration, None),
                   "nonce": (_enum(get_args(Nonce)), None), "max_inflight_signatures": (_int, 1),
@@ -428,6 +433,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if not values.get("dsn"):
             raise _error("required: a PostgreSQL connection string", where("database", "dsn"), source)
         database = DatabaseConfig(**values)
+        if database.timeout <= dt.timedelta(0):
+            # No deadline would let a sick database hold every miss for ever.
+            raise _error("must be greater than 0", where("database", "timeout"), source)
     responses = ResponsesConfig(**_convert("responses", raw["responses"], source))
     validity, backdate = responses.validity, responses.backdate
     if validity <= dt.timedelta(0):

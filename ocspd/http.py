@@ -96,7 +96,11 @@ def init_app(
         if config.database is None:  # config validation makes this unreachable
             raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
         database = config.database
-        store = Store(database.dsn, maxsize=database.pool_size, lock_timeout=database.lock_timeout.total_seconds())
+        store = Store(
+            database.dsn, maxsize=database.pool_size, timeout=database.timeout.total_seconds(),
+            lock_timeout=database.lock_timeout.total_seconds(),
+            statement_timeout=database.statement_timeout.total_seconds(),
+        )
         sources.update((issuer_id, store) for issuer_id in notified)
     engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
 

@@ -34,6 +34,8 @@ class PgServer:
     origin: str  # "OCSPD_TEST_DSN", "throwaway cluster", "local server"
     socket_dir: str | None = None
     port: int | None = None
+    control: ClusterControl | None = None  # a throwaway cluster's: it may be stopped and started
+
 
     def dsn_for(self, dbname: str) -> str:
         return make_dsn(self.dsn, dbname=dbname)
@@ -54,6 +56,32 @@ class PgServer:
 
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class ClusterControl:
+    """Stop and start a throwaway cluster (fault tests: PostgreSQL down, then back)."""
+
+    start_command: list[str]
+    stop_command: list[str]
+    env: dict[str, str]
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: sessions are terminated, as by systemctl stop; ``immediate``: as by a crash."""
+        command = [*self.stop_command]
+        command[command.index("immediate")] = mode
+        subprocess.run(command, check=True, capture_output=True, env=self.env, timeout=60)
+
+    def start(self) -> None:
+        subprocess.run(self.start_command, check=True, capture_output=True, env=self.env, timeout=120)
+
+
+@contextlib.contextmanager
+def throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
+    """A cluster of this test's own (one a test may stop), from the installed binaries;
+    ``tcp``: reached on 127.0.0.1 (a refused TCP connect fails later than a missing socket)."""
+    with _throwaway_cluster(tcp=tcp) as server:
+        yield server
 
 
 def _can_connect(dsn: str) -> bool:
@@ -97,7 +125,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _throwaway_cluster() -> Iterator[PgServer]:
+def _throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
     binaries = _server_binaries()
     if binaries is None:
         raise RuntimeError("no initdb/pg_ctl found")
@@ -117,13 +145,11 @@ def _throwaway_cluster() -> Iterator[PgServer]:
             check=True, capture_output=True, env=env, timeout=120,
         )
         options = (
-            f"-p {port} -k {workdir} -c listen_addresses='' -c fsync=off -c synchronous_commit=off"
-            " -c full_page_writes=off -c max_connections=200"
+            f"-p {port} -k {workdir} -c listen_addresses='{'127.0.0.1' if tcp else ''}' -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        subprocess.run(
-            _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"]),
-            check=True, capture_output=True, env=env, timeout=120,
-        )
+        start = _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"])
+        subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"could not start a throwaway cluster: {exc}") from exc
@@ -136,7 +162,9 @@ def _throwaway_cluster() -> Iterator[PgServer]:
         env=env,
     )
     try:
-        yield PgServer(f"host={workdir} port={port} user=postgres dbname=postgres", "throwaway cluster", workdir, port)
+        host = "127.0.0.1" if tcp else workdir
+        yield PgServer(f"host={host} port={port} user=postgres dbname=postgres", "throwaway cluster", workdir, port,
+                       ClusterControl(start, stop, env))
     finally:
         subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
         shutil.rmtree(workdir, ignore_errors=True)

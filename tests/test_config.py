@@ -382,6 +382,19 @@ def test_keepalive_timeout_must_be_positive(tmp_path: Path) -> None:
                  "must be greater than 0")  # fmt: skip
 
 
+def test_database_timeout_must_be_positive(tmp_path: Path) -> None:
+    # Without a deadline a sick database would hold every miss for ever.
+    expect_error(write_config(tmp_path, '[database]\ndsn = "dbname=x"\ntimeout = "0s"'), "database.timeout",
+                 "must be greater than 0")  # fmt: skip
+
+
+def test_database_timeouts_default_to_a_try_later_well_within_ten_seconds(tmp_path: Path) -> None:
+    database = load(write_config(tmp_path, '[database]\ndsn = "dbname=x"')).database
+    assert database is not None
+    assert (database.lock_timeout, database.statement_timeout, database.timeout) == (
+        dt.timedelta(seconds=1), dt.timedelta(seconds=2), dt.timedelta(seconds=3))
+
+
 def test_backdate_must_not_be_negative(tmp_path: Path) -> None:
     expect_error(write_config(tmp_path, "[responses]\nbackdate = -5"), "responses.backdate", "must not be negative")
 

@@ -1,6 +1,6 @@
 """PostgreSQL: status source, shared response tier, migrations, LISTEN/NOTIFY.
 
-The only package that imports aiopg/psycopg2.
+The only package that imports the database driver (psycopg 3).
 """
 
 from ocspd.store.certificates import Certificates, CertRecord, CertRow, Merge, RevokeResult, fold_duplicates, merge

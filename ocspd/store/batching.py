@@ -2,7 +2,7 @@
 the event loop go to the database as one statement.
 
 Under load many misses arrive together (one read of the sockets wakes many
-handlers); a round trip per miss would cost more CPU, in psycopg2, aiopg and
+handlers); a round trip per miss would cost more CPU, in the driver and
 the server, than signing itself. One statement with arrays amortises it.
 
 At most ``max_running`` batches are in flight (the pool's size): items

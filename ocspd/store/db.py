@@ -1,9 +1,14 @@
 """The PostgreSQL store: status source, shared response tier, migrations.
 
-The only place (with ``listener``) that talks to aiopg/psycopg2; driver
+The only place (with ``listener`` and ``pool``) that talks to psycopg; driver
 errors are translated here, at the edge, into ``SourceUnavailable`` (the
-database cannot be reached: the caller answers tryLater) or ``StoreError``
-(the database refused what we asked: a bug or bad input).
+database cannot be reached: the caller answers tryLater), ``DatabaseBusy``
+(it did not answer in time: tryLater too, without a second try) or
+``StoreError`` (the database refused what we asked: a bug or bad input).
+
+Every operation has a deadline (``timeout``). When it passes, the query is
+cancelled on the server too (psycopg sends a cancel request when its task is
+cancelled), so a backend never goes on waiting for a client that has left.
 """
 
 from __future__ import annotations
@@ -16,10 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any
 
-import aiopg
-import psycopg2
-import psycopg2.errors
-from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+import psycopg
+import psycopg.errors
 
 from ocspd.cache import Entry
 from ocspd.exceptions import DatabaseBusy, RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
@@ -27,14 +30,18 @@ from ocspd.logs import event
 from ocspd.sources import Lookup
 from ocspd.status import UNKNOWN, CertStatus, Status
 from ocspd.store.batching import Batcher
+from ocspd.store.pool import Pool
 from ocspd.store.queries import migrations, queries
 from ocspd.store.values import number_array, reason_flag, serial_hex, session_dsn, text_array
 
 log = logging.getLogger("ocspd.store")
 
-# Seconds a single database operation (connect included) may take before the
-# request gets tryLater instead of waiting on.
+# Seconds a database operation (connect and retry included) may take before
+# the caller gets tryLater instead of waiting on; the request path's comes
+# from ``[database] timeout``.
 OPERATION_TIMEOUT = 5.0
+# Migrations take their time (an index build); connecting still may not.
+MIGRATION_CONNECT_TIMEOUT = 60.0
 POOL_MAX = 10
 # Write-backs queued within this many seconds, or this many of them, go to
 # the database as one statement (a statement per miss cost more CPU, here and
@@ -81,15 +88,16 @@ class Store:
 
     def __init__(
         self, dsn: str, *, maxsize: int = POOL_MAX, timeout: float = OPERATION_TIMEOUT,
-        lock_timeout: float | None = None,
+        lock_timeout: float | None = None, statement_timeout: float | None = None,
     ) -> None:
-        """``lock_timeout`` (seconds) is set on the server for the pool's connections: a
-        query waiting on a lock then gives up there, and its backend is free again."""
+        """``lock_timeout`` and ``statement_timeout`` (seconds) are set on the server for
+        the pool's connections: a query waiting on a lock, or running too long, then
+        gives up there, and its backend is free again, whatever happened to the client."""
         self.dsn = dsn
-        self._pool_dsn = session_dsn(dsn, lock_timeout)
+        self._pool_dsn = session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
         self._maxsize = maxsize
         self._timeout = timeout
-        self._pool: aiopg.Pool | None = None
+        self._pool: Pool | None = None
         self._q = queries()
         # Concurrent misses share round trips (see batching.py).
         self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch, max_running=maxsize)
@@ -103,12 +111,10 @@ class Store:
     async def open(self) -> None:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
         try:
-            self._pool = await aiopg.create_pool(
-                self._pool_dsn, minsize=0, maxsize=self._maxsize, timeout=self._timeout, enable_hstore=False,
-                enable_json=False, enable_uuid=False,
-            )
-        except (psycopg2.Error, OSError) as exc:
-            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+            psycopg.conninfo.conninfo_to_dict(self._pool_dsn)
+        except psycopg.ProgrammingError as exc:
+            raise StoreError(f"dsn: {_one_line(exc)}") from None
+        self._pool = Pool(self._pool_dsn, size=self._maxsize)
 
     async def close(self) -> None:
         """Send what is queued (within the operation timeout), then close the pool."""
@@ -116,58 +122,62 @@ class Store:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), self._timeout)
         if self._pool is not None:
-            self._pool.close()
-            await self._pool.wait_closed()
+            await self._pool.close()
             self._pool = None
 
     @contextlib.asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[Any]:
+    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[tuple[Any, ...]]]:
         """A cursor on a pooled connection, with driver errors translated.
 
-        A connection left mid-query or mid-transaction (an error, or the task
-        was cancelled) is closed rather than pooled: the server rolls it back.
+        No deadline of its own: the caller's (``query``) covers the retry too.
         """
         if self._pool is None:
             raise SourceUnavailable("database pool is not open")
         try:
-            async with self._pool.acquire() as conn:
-                try:
-                    async with conn.cursor() as cur:
-                        yield cur
-                except BaseException:
-                    if not conn.closed and conn.raw.get_transaction_status() != TRANSACTION_STATUS_IDLE:
-                        conn.close()
-                    raise
-        except TimeoutError:
-            raise DatabaseBusy(f"database did not answer within {self._timeout:g}s") from None
-        except psycopg2.errors.LockNotAvailable:
-            raise DatabaseBusy("database busy: a lock it needs was not granted within lock_timeout") from None
-        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
-            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
-        except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction):
+            async with self._pool.connection() as conn, conn.cursor() as cur:
+                yield cur
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+            # lock_timeout, statement_timeout (or a cancel by someone else) on the server.
+            raise DatabaseBusy(f"database busy: {_one_line(exc)}") from None
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction):
             # Not an outage of the server, but this replica cannot answer either.
             raise SchemaOutdated() from None
-        except psycopg2.IntegrityError as exc:
-            if exc.pgcode == RULE_VIOLATION:
+        except psycopg.IntegrityError as exc:
+            if exc.sqlstate == RULE_VIOLATION:
                 raise RuleViolation(" ".join((exc.diag.message_primary or str(exc)).split())) from None
             raise StoreError(f"database refused the request: {_one_line(exc)}") from None
-        except psycopg2.Error as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
+            raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
+        except psycopg.Error as exc:
             raise StoreError(f"database refused the request: {_one_line(exc)}") from None
 
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        """The operation's deadline: past it, DatabaseBusy (the task's query is cancelled on the server)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError:
+            raise DatabaseBusy(f"database did not answer within {self._timeout:g}s") from None
+
     async def query(self, name: str, params: dict[str, Any], *, retry: bool = True) -> list[tuple[Any, ...]]:
-        """Run a named query of ``sql/queries.sql``; one retry when a pooled connection turns out dead."""
-        for attempt in (1, 2):
-            try:
-                async with self._cursor() as cur:
-                    await cur.execute(self._q[name], params)
-                    return list(await cur.fetchall()) if cur.description else []
-            except DatabaseBusy:
-                raise  # asking again would wait as long again: the answer is tryLater now
-            except SourceUnavailable:
-                # A connection that died while pooled (server restart) fails on
-                # first use; a fresh one may well work.
-                if attempt == 2 or not retry:
-                    raise
+        """Run a named query of ``sql/queries.sql``; one retry when a pooled connection turns out dead.
+
+        Both tries together are bounded by the operation's deadline.
+        """
+        async with self._deadline():
+            for attempt in (1, 2):
+                try:
+                    async with self._cursor() as cur:
+                        await cur.execute(self._q[name], params)
+                        return await cur.fetchall() if cur.description else []
+                except DatabaseBusy:
+                    raise  # asking again would wait as long again: the answer is tryLater now
+                except SourceUnavailable:
+                    # A connection that died while pooled (server restart) fails on
+                    # first use; a fresh one may well work.
+                    if attempt == 2 or not retry:
+                        raise
         raise AssertionError("unreachable")
 
     # -- the request path ------------------------------------------------------------
@@ -288,8 +298,7 @@ class Store:
         Claimed rows are locked (``SKIP LOCKED``) until this transaction ends, so
         replicas refreshing at once share the work without doing any row twice.
         """
-        async with self._cursor() as cur:
-            await cur.execute("BEGIN")
+        async with self._deadline(), self._cursor() as cur, cur.connection.transaction():
             await cur.execute(self._q["claim_refresh"], {"lead": lead, "issuers": list(signers), "limit": limit})
             due = [DueRow(r[0], int(r[1], 16), r[2], _status(r[3:7])) for r in await cur.fetchall()]
             by_issuer: dict[str, list[StoreItem]] = {}
@@ -298,8 +307,7 @@ class Store:
                 by_issuer.setdefault(row.issuer_id, []).append(item)
             for issuer_id, items in by_issuer.items():
                 await cur.execute(self._q["store_responses"], _store_params(issuer_id, signers[issuer_id], items))
-            await cur.execute("COMMIT")
-            return len(due)
+        return len(due)
 
     async def presign_batch(
         self, issuer_id: str, hash_alg: str, signer: str, after: str, limit: int
@@ -322,7 +330,9 @@ class Store:
         """
         applied: list[str] = []
         try:
-            async with aiopg.connect(self.dsn, timeout=max(self._timeout, 60.0)) as conn, conn.cursor() as cur:
+            async with asyncio.timeout(MIGRATION_CONNECT_TIMEOUT):
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            async with conn, conn.cursor() as cur:
                 await cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
                 try:
                     await cur.execute(
@@ -336,13 +346,12 @@ class Store:
                         if migration.version in done:
                             continue
                         # The migration and its bookkeeping row commit together or not at all.
-                        await cur.execute("BEGIN")
-                        await cur.execute(migration.sql)
-                        await cur.execute(
-                            "INSERT INTO ocspd_migrations (version, name) VALUES (%s, %s)",
-                            (migration.version, migration.name),
-                        )
-                        await cur.execute("COMMIT")
+                        async with conn.transaction():
+                            await cur.execute(migration.sql)
+                            await cur.execute(
+                                "INSERT INTO ocspd_migrations (version, name) VALUES (%s, %s)",
+                                (migration.version, migration.name),
+                            )
                         applied.append(migration.name)
                         if progress is not None:
                             result = progress(migration.name)
@@ -350,9 +359,9 @@ class Store:
                                 await result
                 finally:
                     await cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        except (TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+        except (TimeoutError, psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
             raise SourceUnavailable(f"database unavailable: {_one_line(exc)}") from None
-        except psycopg2.Error as exc:
+        except psycopg.Error as exc:
             raise StoreError(f"migration failed: {_one_line(exc)}") from None
         return applied
 
@@ -368,7 +377,7 @@ def _store_params(issuer_id: str, signer: str, items: Sequence[StoreItem]) -> di
         "signer": signer,
         "serials": text_array([serial_hex(serial) for serial, _, _, _ in items]),
         "hash_algs": text_array([hash_alg for _, hash_alg, _, _ in items]),
-        "ders": psycopg2.Binary(b"".join(ders)),
+        "ders": b"".join(ders),
         "der_ats": number_array(starts),
         "der_lens": number_array([len(der) for der in ders]),
         "statuses": text_array([e.status for _, _, e, _ in items]),

@@ -15,8 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
-import aiopg
-import psycopg2
+import psycopg
 
 from ocspd.logs import event
 
@@ -62,12 +61,7 @@ class Listener:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (TimeoutError, psycopg2.Error, OSError) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # aiopg can turn a cancellation into its own error (seen
-                    # while connecting): going on would hang the app's cleanup.
-                    raise asyncio.CancelledError from exc
+            except (TimeoutError, psycopg.Error, OSError) as exc:
                 event(log, "listener_down", logging.WARNING, error=" ".join(str(exc).split()))
             finally:
                 was_up = self.connected
@@ -80,14 +74,12 @@ class Listener:
             delay = min(delay * 2, self._backoff_max)
 
     async def _session(self) -> None:
-        conn = await aiopg.connect(self.dsn, timeout=self._timeout, enable_hstore=False, enable_json=False,
-                                   enable_uuid=False)
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute(f"LISTEN {CHANNEL}")
-                await cur.execute("SELECT pg_backend_pid()")
-                row = await cur.fetchone()
-                self.backend_pid = int(row[0]) if row else None
+        async with asyncio.timeout(self._timeout):
+            conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        async with conn:
+            async with asyncio.timeout(self._timeout):
+                await conn.execute(f"LISTEN {CHANNEL}")
+            self.backend_pid = conn.info.backend_pid
             # LISTEN is in force before the owner flushes: a change after this
             # point is notified, one before it is covered by the flush.
             if self.ever_connected.is_set():
@@ -97,17 +89,12 @@ class Listener:
             self.ever_connected.set()
             event(log, "listener_up", channel=CHANNEL, backend_pid=self.backend_pid)
             while True:
-                try:
-                    notify = await asyncio.wait_for(conn.notifies.get(), self._heartbeat)
-                except TimeoutError:
-                    # Quiet channel: prove the connection is alive, since a
-                    # half-open TCP connection would otherwise wait forever.
-                    async with conn.cursor() as cur:
-                        await asyncio.wait_for(cur.execute("SELECT 1"), self._timeout)
-                    continue
-                self._on_notify(notify.payload)
-        finally:
-            conn.close()
+                async for notify in conn.notifies(timeout=self._heartbeat):
+                    self._on_notify(notify.payload)
+                # A quiet heartbeat's time: prove the connection is alive, since
+                # a half-open TCP connection would otherwise wait forever.
+                async with asyncio.timeout(self._timeout):
+                    await conn.execute("SELECT 1")
 
     def _lost(self) -> None:
         if self.connected:

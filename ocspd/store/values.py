@@ -5,21 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
-from psycopg2.extensions import make_dsn, parse_dsn
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ocspd.status import REASON_BY_FLAG, REASON_BY_NAME, served_reason
 
 
-def session_dsn(dsn: str, lock_timeout: float | None) -> str:
+def session_dsn(dsn: str, *, lock_timeout: float | None = None, statement_timeout: float | None = None) -> str:
     """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
-    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` in ``options``."""
-    given = parse_dsn(dsn)
+    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` and
+    ``statement_timeout`` (seconds; None or 0: not set) in ``options``."""
+    given = conninfo_to_dict(dsn)
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"
-    if lock_timeout:
-        extra["options"] = f"{given.get('options', '')} -c lock_timeout={round(lock_timeout * 1000)}ms".strip()
-    return make_dsn(dsn, **extra) if extra else dsn
+    settings = [f"-c {name}={round(seconds * 1000)}ms"
+                for name, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout))
+                if seconds]
+    if settings:
+        extra["options"] = " ".join([str(given.get("options") or ""), *settings]).strip()
+    return make_conninfo(dsn, **extra) if extra else dsn
 
 
 def reason_name(reason: x509.ReasonFlags | None) -> str | None:
@@ -39,7 +43,7 @@ def serial_hex(serial: int) -> str:
     return format(serial, "x")
 
 
-# Array parameters are sent as array literals (one string each): psycopg2
+# Array parameters are sent as array literals (one string each): the driver
 # adapts a Python list element by element, which cost more than the rest of
 # the query's work on the client (bench/README.md).
 

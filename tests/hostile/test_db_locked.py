@@ -23,7 +23,9 @@ from cryptography.x509 import ocsp
 from psycopg2.extensions import parse_dsn
 
 from ocspd import pki
+from ocspd.exceptions import DatabaseBusy
 from ocspd.protocol import TRY_LATER
+from ocspd.store import Store
 from ocspd.store.values import session_dsn
 from tests.conftest import AppClient
 from tests.helpers import TestPki, request_der, verify_response
@@ -119,19 +121,51 @@ async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_
 
 
 @pytest.mark.parametrize(
-    ("dsn", "lock_timeout", "expected"),
+    ("lock_timeout", "statement_timeout"), [(None, None), (None, 5.0)],
+    ids=["no-server-timeouts", "long-statement-timeout"],
+)
+async def test_a_query_past_ocspds_deadline_is_cancelled_on_the_server(
+    pg_dsn: str, lock_timeout: float | None, statement_timeout: float | None
+) -> None:
+    """Whatever the server's own timeouts (none, or longer than ocspd's), the caller gets
+    DatabaseBusy at ocspd's deadline and its backend stops waiting at once: a client-side
+    timeout that only closed its end left the backend waiting on the lock."""
+    store = Store(pg_dsn, maxsize=2, timeout=0.3, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+    await store.open()
+    lock = TableLock(pg_dsn)
+    await asyncio.to_thread(lock.take)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusy):
+            await store.query("status", {"issuer": "test-ca", "serial": "1"})
+        assert time.monotonic() - started < 1.0
+        waiting = await asyncio.to_thread(
+            query, pg_dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ocspd'"
+            " AND datname = current_database() AND wait_event_type = 'Lock'")
+        assert waiting[0][0] == 0, "ocspd's backend still waits on the lock after ocspd gave up"
+    finally:
+        await asyncio.to_thread(lock.release)
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "lock_timeout", "statement_timeout", "expected"),
     [
-        ("dbname=ocspd", 1.0, {"dbname": "ocspd", "application_name": "ocspd", "options": "-c lock_timeout=1000ms"}),
-        ("postgresql:///ocspd?host=/run/postgresql", 0.25,
+        ("dbname=ocspd", 1.0, 2.0,
+         {"dbname": "ocspd", "application_name": "ocspd",
+          "options": "-c lock_timeout=1000ms -c statement_timeout=2000ms"}),
+        ("postgresql:///ocspd?host=/run/postgresql", 0.25, None,
          {"dbname": "ocspd", "host": "/run/postgresql", "application_name": "ocspd",
           "options": "-c lock_timeout=250ms"}),
-        ("dbname=x application_name=ca options='-c search_path=pki'", 2.0,
-         {"dbname": "x", "application_name": "ca", "options": "-c search_path=pki -c lock_timeout=2000ms"}),
-        ("dbname=x", None, {"dbname": "x", "application_name": "ocspd"}),
+        ("dbname=x application_name=ca options='-c search_path=pki'", 2.0, 0.5,
+         {"dbname": "x", "application_name": "ca",
+          "options": "-c search_path=pki -c lock_timeout=2000ms -c statement_timeout=500ms"}),
+        ("dbname=x", None, 3.0, {"dbname": "x", "application_name": "ocspd", "options": "-c statement_timeout=3000ms"}),
+        ("dbname=x", None, None, {"dbname": "x", "application_name": "ocspd"}),
     ],
-    ids=["keywords", "url", "options-and-name-kept", "no-lock-timeout"],
+    ids=["keywords", "url-lock-only", "options-and-name-kept", "statement-only", "neither"],
 )
 def test_the_pool_dsn_carries_the_session_settings(
-    dsn: str, lock_timeout: float | None, expected: dict[str, str]
+    dsn: str, lock_timeout: float | None, statement_timeout: float | None, expected: dict[str, str]
 ) -> None:
-    assert parse_dsn(session_dsn(dsn, lock_timeout)) == expected
+    assert parse_dsn(session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)) == expected
