@@ -23,7 +23,10 @@ _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\
 # Visible ASCII but "#": aiohttp's raw_path would differ on a fragment.
 _TARGET = re.compile(rb'/[!"$-~]*')
 # The start of a request line, and of a header field, that may still become one.
-_LINE_START = re.compile(rb'(?:G|GE|P|PO|POS|(?:GET|POST)(?: (?:/[!"$-~]*(?: [HTP/.01]{0,8}\r?)?)?)?)?')
+_LINE_START = re.compile(
+    rb'(?:G|GE|P|PO|POS|(?:GET|POST)(?: (?:/[!"$-~]*'
+    rb"(?: (?:H|HT|HTT|HTTP|HTTP/|HTTP/1|HTTP/1\.|HTTP/1\.[01]\r?)?)?)?)?)?"  # a version that can become HTTP/1.x
+)
 _FIELD_START = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?::[\t\x20-\x7e\x80-\xff]*)?\r?")
 _NAMES = re.compile(rb"\r\n([^:\r\n]*):")  # over the fields with a CRLF before the first
 # Fields that make a request leave this path whatever their value. Content-Encoding:
