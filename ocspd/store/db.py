@@ -40,6 +40,8 @@ log = logging.getLogger("ocspd.store")
 # the caller gets tryLater instead of waiting on; the request path's comes
 # from ``[database] timeout``.
 OPERATION_TIMEOUT = 5.0
+# Seconds a readiness check waits for the database.
+PING_BUDGET = 1.0
 # Migrations take their time (an index build); connecting still may not.
 MIGRATION_CONNECT_TIMEOUT = 60.0
 POOL_MAX = 10
@@ -274,12 +276,19 @@ class Store:
         """Conditional write-back of responses signed by ``signer``; returns how many were written."""
         return len(await self.query("store_responses", _store_params(issuer_id, signer, items)))
 
-    async def ping(self) -> None:
-        """Raise SourceUnavailable unless the database answers, SchemaOutdated unless it has our schema.
+    async def ping(self, budget: float = PING_BUDGET) -> None:
+        """Raise SourceUnavailable unless the database answers, SchemaOutdated unless it has our schema,
+        DatabaseBusy unless it answers within ``budget`` seconds (a health check must answer fast
+        even while the pool's connections all wait on a lock).
 
         A schema newer than this code is fine: a replica upgraded first migrated it.
         """
-        have, need = (await self.query("schema_version", {}, retry=False))[0][0], migrations()[-1].version
+        try:
+            async with asyncio.timeout(min(budget, self._timeout)):
+                rows = await self.query("schema_version", {}, retry=False)
+        except TimeoutError:
+            raise DatabaseBusy(f"database did not answer within {min(budget, self._timeout):g}s") from None
+        have, need = rows[0][0], migrations()[-1].version
         if have < need:
             raise SchemaOutdated(have, need)
 

@@ -24,8 +24,10 @@ from psycopg2.extensions import parse_dsn
 
 from ocspd import pki
 from ocspd.exceptions import DatabaseBusy
+from ocspd.http import METRICS, app_readiness, init_admin_app
 from ocspd.protocol import TRY_LATER
 from ocspd.store import Store
+from ocspd.store.db import PING_BUDGET
 from ocspd.store.values import session_dsn
 from tests.conftest import AppClient
 from tests.helpers import TestPki, request_der, verify_response
@@ -118,6 +120,38 @@ async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_
     body, _ = await _ask(client, request_der(leaves[0], db_pki.ca.cert, nonce=b"\x01" * 16))
     assert verify_response(body, db_pki).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     assert query(pg_dsn, "SELECT ocspd_revoke('test-ca', '9001', 'keyCompromise') > 0")[0][0] is True
+
+
+async def test_readyz_answers_within_its_budget_while_every_pool_connection_waits_on_a_lock(
+    aiohttp_client: Any, ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
+) -> None:
+    """With no server-side timeouts and a long deadline, the misses hold the whole pool on
+    the lock; the health check may not queue behind them (it did not answer within 2 s)."""
+    env = {"OCSPD_DATABASE_POOL_SIZE": "2", "OCSPD_DATABASE_LOCK_TIMEOUT": "0", "OCSPD_DATABASE_STATEMENT_TIMEOUT": "0",
+           "OCSPD_DATABASE_TIMEOUT": "6s"}
+    client = await ocspd_client(db_pki, env=env)
+    app = client.app
+    admin = await aiohttp_client(init_admin_app(app[METRICS].exposition, lambda: app_readiness(app)))
+    assert (await admin.get("/readyz")).status == 200
+    lock = TableLock(pg_dsn)
+    await asyncio.to_thread(lock.take)
+    try:
+        leaves = [pki.make_leaf(db_pki.ca, 0x9100 + i, f"held{i}.example.test").cert for i in range(8)]
+        misses = []
+        for wave in (leaves[:4], leaves[4:]):  # a batch of fetches each: one per pool connection
+            misses += [asyncio.create_task(_ask(client, request_der(leaf, db_pki.ca.cert))) for leaf in wave]
+            await asyncio.sleep(0.2)
+        # The misses have taken the pool (they would wait up to 6 s).
+        assert not any(m.done() for m in misses)
+        started = time.monotonic()
+        ready = await admin.get("/readyz")
+        took = time.monotonic() - started
+        assert ready.status == 503 and "database:" in await ready.text()
+        assert took < PING_BUDGET + 0.5, f"/readyz took {took:.2f}s"
+    finally:
+        await asyncio.to_thread(lock.release)
+    for body, _ in await asyncio.gather(*misses):
+        assert body  # answered once the lock is gone (or tryLater at the deadline)
 
 
 @pytest.mark.parametrize(
