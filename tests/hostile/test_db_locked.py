@@ -34,6 +34,7 @@ from tests.helpers import TestPki, request_der, verify_response
 from tests.test_store import query
 
 POOL_SIZE = 3
+WORKERS = 2
 LOCK_TIMEOUT = 0.4
 MISSES_PER_ROUND = 24
 ROUNDS = 4
@@ -97,8 +98,9 @@ async def _ask(client: TestClient[Any, Any], der: bytes) -> tuple[bytes, float]:
 async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_no_more_backends_than_the_pool(
     ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
 ) -> None:
+    """Two processes' worth of apps (as ``workers = 2``) on one database, the table locked."""
     env = {"OCSPD_DATABASE_POOL_SIZE": str(POOL_SIZE), "OCSPD_DATABASE_LOCK_TIMEOUT": f"{LOCK_TIMEOUT * 1000:.0f}ms"}
-    client = await ocspd_client(db_pki, env=env)
+    clients = [await ocspd_client(db_pki, env=env) for _ in range(WORKERS)]
     leaves = [pki.make_leaf(db_pki.ca, 0x9000 + i, f"locked{i}.example.test").cert for i in range(MISSES_PER_ROUND)]
     lock = TableLock(pg_dsn)
     await asyncio.to_thread(lock.take)
@@ -107,18 +109,22 @@ async def test_a_locked_table_gives_try_later_within_the_lock_timeout_and_holds_
             for round_no in range(ROUNDS):
                 # A fresh request each round (no answer could be cached anyway: none was given).
                 ders = [request_der(leaf, db_pki.ca.cert, nonce=bytes([round_no + 1]) * 16) for leaf in leaves]
-                answers = await asyncio.gather(*(_ask(client, der) for der in ders))
+                answers = await asyncio.gather(*(_ask(client, der) for client in clients for der in ders))
                 assert all(body == TRY_LATER for body, _ in answers), [body for body, _ in answers][:3]
                 slowest = max(seconds for _, seconds in answers)
                 # Queued behind a pool of POOL_SIZE, each wait ends after LOCK_TIMEOUT on the server;
                 # the fetches of a loop turn share one query, so a round takes a few lock timeouts.
                 assert slowest < 3.0, f"round {round_no}: slowest tryLater after {slowest:.2f}s"
-        assert 0 < backends.most <= POOL_SIZE, f"ocspd held {backends.most} backends, its pool is {POOL_SIZE}"
+                # The CA (any other database user) can still connect while ocspd waits.
+                assert await asyncio.to_thread(query, pg_dsn, "SELECT 1") == [(1,)]
+        share = WORKERS * POOL_SIZE
+        assert 0 < backends.most <= share, f"ocspd held {backends.most} backends, its share is {share}"
     finally:
         await asyncio.to_thread(lock.release)
-    # The lock gone, the same replica answers again by itself, and the CA's writes go through.
-    body, _ = await _ask(client, request_der(leaves[0], db_pki.ca.cert, nonce=b"\x01" * 16))
-    assert verify_response(body, db_pki).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    # The lock gone, the same replicas answer again by themselves, and the CA's writes go through.
+    for client in clients:
+        body, _ = await _ask(client, request_der(leaves[0], db_pki.ca.cert, nonce=b"\x01" * 16))
+        assert verify_response(body, db_pki).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     assert query(pg_dsn, "SELECT ocspd_revoke('test-ca', '9001', 'keyCompromise') > 0")[0][0] is True
 
 
