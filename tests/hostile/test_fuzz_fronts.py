@@ -221,6 +221,7 @@ def client_error_filter() -> Iterator[None]:
     server_log.removeFilter(installed)
 
 
+@pytest.mark.timeout(max(120, FUZZ_INPUTS // 10))  # slow mode: about 6 s per 1,000 inputs here
 @pytest.mark.usefixtures("client_error_filter")
 @pytest.mark.parametrize("generator", ["mutations", "hypothesis"])
 async def test_both_fronts_answer_fuzzed_requests_alike_and_never_with_a_5xx(
