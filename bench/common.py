@@ -466,7 +466,7 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions: dict[str, str] = {}
-    for module in ("aiohttp", "cryptography", "uvloop", "aiopg", "psycopg2"):
+    for module in ("aiohttp", "cryptography", "uvloop", "psycopg"):
         try:
             versions[module] = str(__import__(module).__version__)
         except (ImportError, AttributeError):

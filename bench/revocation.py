@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import aiohttp
-import aiopg
+import psycopg
 import common
 import load
 from common import Row, log
@@ -68,7 +68,7 @@ async def measure(
         for _ in ports
     ]
     try:
-        async with aiopg.connect(dsn) as conn, conn.cursor() as cur:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
             for serial in serials:
                 der = bench_pki.request_for(serial)
                 # Each replica has the "good" answer in memory: the revocation must evict it.

@@ -1,12 +1,17 @@
-"""The few DER encodings a one-CertID OCSP response needs (RFC 6960 §4.2.1).
+"""The few DER encodings an OCSP response needs (RFC 6960 §4.2.1).
 
 Building a response with ``cryptography``'s OCSPResponseBuilder costs several
 times the signature itself (bench/README.md: ~160 µs against ~29 µs for a
 P-256 ``sign()``), most of it re-encoding the same responder ID, algorithm
 identifiers and certificate for every response. The signer encodes those
-once and splices in what changes: CertID, status, times, extensions. The
-tests check the result byte for byte against cryptography's own encoding.
-Several CertIDs in one request still go through asn1crypto (signer.py).
+once and splices in what changes: CertIDs, statuses, times, extensions,
+for one CertID or several under one signature. The tests check the result
+byte for byte against cryptography's own encoding (one CertID) and
+asn1crypto's (several: cryptography builds one SingleResponse only).
+
+``read`` is the other direction, for the little DER we take apart ourselves:
+requests of several CertIDs (ocspd/protocol.py) and a certificate's public
+key bits (ocspd/signer.py).
 """
 
 from __future__ import annotations
@@ -96,3 +101,29 @@ def explicit(number: int, content: bytes) -> bytes:
 
 
 NULL = b"\x05\x00"
+
+
+def read(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """The DER TLV at ``data[pos:end]``: (tag, start of its contents, end of its contents).
+
+    ValueError if it does not fit before ``end``, or is not DER: a
+    high-number tag, an indefinite or non-minimal length.
+    """
+    if end - pos < 2:
+        raise ValueError("truncated TLV")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("high-number tag")
+    n = data[pos + 1]
+    pos += 2
+    if n & 0x80:
+        count = n & 0x7F
+        if count == 0 or count > 4 or end - pos < count:
+            raise ValueError("bad length")
+        n = int.from_bytes(data[pos : pos + count], "big")
+        if n < 0x80 or n < 1 << (8 * (count - 1)):
+            raise ValueError("non-minimal length")
+        pos += count
+    if end - pos < n:
+        raise ValueError("truncated TLV")
+    return tag, pos, pos + n

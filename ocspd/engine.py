@@ -5,6 +5,7 @@ signer, wired together.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -21,7 +22,7 @@ from ocspd.logs import event
 from ocspd.metrics import Metrics
 from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
 from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
-from ocspd.sources import StatusSource
+from ocspd.sources import IndexSource, StatusSource
 from ocspd.status import CertStatus, Status
 
 log = logging.getLogger("ocspd.engine")
@@ -60,6 +61,8 @@ class Issuer:
     # Its status changes arrive over LISTEN/NOTIFY: while that channel is down,
     # memory answers for it cannot be trusted (SPEC §3.3).
     needs_channel: bool = False
+    # Its source answers without suspending (index.txt): see _Slot.
+    answers_inline: bool = False
 
 
 class Engine:
@@ -96,7 +99,10 @@ class Engine:
         if len(config.issuers) >= 1 << _ISSUER_BITS:
             raise ValueError(f"at most {(1 << _ISSUER_BITS) - 1} issuers")
         self.issuers = {
-            ic.id: Issuer(ic, signers[ic.id], self._sources[ic.id], n, ic.id in self._notified)
+            ic.id: Issuer(
+                ic, signers[ic.id], self._sources[ic.id], n, ic.id in self._notified,
+                isinstance(self._sources[ic.id], IndexSource),
+            )
             for n, ic in enumerate(config.issuers)
         }
         # (hash name, issuer name hash, issuer key hash) -> issuer, built once so
@@ -205,7 +211,7 @@ class Engine:
     async def _produce(
         self, key: Key, issuer: Issuer, certid: CertId, flight: Flight[tuple[Entry, str]]
     ) -> tuple[Entry, str]:
-        with self._signing_slot():
+        async with self._signing_slot(issuer.answers_inline):
             for _ in range(MAX_PRODUCTION_ROUNDS):
                 flight.stale = False
                 # A reload (new key) marks flights stale: each round signs with the current signer.
@@ -241,7 +247,7 @@ class Engine:
             # One response has one signature; CertIDs of issuers with different
             # responders cannot be answered together.
             raise Unauthorized("CertIDs of issuers with different responders in one request")
-        with self._signing_slot():
+        async with self._signing_slot(any(i.answers_inline for i in issuers)):
             answers = []
             for issuer, certid in zip(issuers, certids, strict=True):
                 lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
@@ -284,10 +290,11 @@ class Engine:
         name_hash, key_hash = issuer.signer.certid_hashes[hash_name]
         return self.sign_entry(issuer, CertId(hash_name, name_hash, key_hash, serial), status)
 
-    def _signing_slot(self) -> _Slot:
+    def _signing_slot(self, inline: bool) -> _Slot:
+        """A slot under max_inflight_signatures, or Overloaded (tryLater); ``inline``: see _Slot."""
         if self.signing >= self._max_signing:
             raise Overloaded("too many signatures in flight")
-        return _Slot(self)
+        return _Slot(self, inline)
 
     def _window(self) -> tuple[dt.datetime, dt.datetime]:
         # Whole seconds: the DER holds whole seconds, and the HTTP headers
@@ -361,15 +368,31 @@ def _of_issuer(keys: Iterable[Hashable], index: int) -> list[Hashable]:
 
 
 class _Slot:
-    """Counts one production against max_inflight_signatures."""
+    """Counts one production against max_inflight_signatures.
 
-    __slots__ = ("_engine",)
+    A production whose source answers without suspending (``inline``:
+    index.txt) yields to the loop once on entering, with its slot counted.
+    Without that, every miss would take, use and give back its slot in one
+    step, signing inline, and no flood of them would ever find the bound
+    reached; now the productions that start in one loop turn see each
+    other, and those past the bound get tryLater (issue 11). A database
+    fetch suspends anyway: those productions are counted while they wait.
+    """
 
-    def __init__(self, engine: Engine) -> None:
+    __slots__ = ("_engine", "_inline")
+
+    def __init__(self, engine: Engine, inline: bool) -> None:
         self._engine = engine
+        self._inline = inline
 
-    def __enter__(self) -> None:
+    async def __aenter__(self) -> None:
         self._engine.signing += 1
+        if self._inline:
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                self._engine.signing -= 1  # cancelled before the body ran: __aexit__ will not
+                raise
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._engine.signing -= 1

@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asn1crypto import core as asn1_core
-from asn1crypto import ocsp as asn1_ocsp
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -76,7 +73,6 @@ class Signer:
         self._encoding = (
             ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
         )
-        self._certs = [responder_cert] if responder_cert is not None else []
         # Names the key (through its certificate) that signs: stored responses
         # made with another key are not served after a key rollover.
         self.fingerprint = hashlib.sha256(self._signing_cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
@@ -92,16 +88,14 @@ class Signer:
         # CertID hashes of this issuer for every algorithm, computed once so
         # the request path only compares bytes (RFC 6960 §4.1.1).
         name_der = ca_cert.subject.public_bytes()
-        spki = asn1_x509.Certificate.load(ca_cert.public_bytes(serialization.Encoding.DER))
-        key_bits = spki.public_key["public_key"].contents[1:]  # drop the unused-bits octet
+        key_bits = public_key_bits(ca_cert)
         self.certid_hashes: dict[str, tuple[bytes, bytes]] = {
             name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest())
             for name in HASH_NAMES
         }
-        # What every one-CertID response of this signer shares, encoded once.
+        # What every response of this signer shares, encoded once.
         if self._encoding is ocsp.OCSPResponderEncoding.HASH:
-            signing_spki = asn1_x509.Certificate.load(self._signing_cert.public_bytes(serialization.Encoding.DER))
-            signing_key_bits = signing_spki.public_key["public_key"].contents[1:]
+            signing_key_bits = public_key_bits(self._signing_cert)
             self._responder_id = der.explicit(2, der.octet_string(hashlib.sha1(signing_key_bits).digest()))
         else:
             self._responder_id = der.explicit(1, self._signing_cert.subject.public_bytes())
@@ -127,47 +121,20 @@ class Signer:
     ) -> bytes:
         """Build and sign one successful OCSPResponse (DER) for these CertIDs.
 
-        Each CertID is echoed byte for byte, with the hash algorithm the
-        client used. The nonce, if given, goes to responseExtensions
-        (RFC 9654 §2.1).
+        One SingleResponse per CertID, in the request's order, under one
+        signature: a request of N CertIDs costs one signature and N short
+        encodings. Each CertID is echoed with the hash algorithm the client
+        used. The nonce, if given, goes to responseExtensions (RFC 9654
+        §2.1), and so does the extended-revoke extension when any answer is
+        one (RFC 6960 §4.4.8).
+
+        For one CertID these are the bytes cryptography's OCSPResponseBuilder
+        produces, for several those of asn1crypto (tests/test_signer.py
+        compares both), at a fraction of their cost: what every response of
+        this signer shares is encoded once, the rest spliced in (ocspd/der.py).
         """
         if len(certids) != len(answers) or not certids:
             raise ValueError("certids and answers must be non-empty and of equal length")
-        if len(certids) == 1:
-            return self._sign_one(certids[0], answers[0], this_update, next_update, nonce)
-        return self._sign_many(certids, answers, this_update, next_update, nonce)
-
-    def _sign_one(
-        self,
-        certid: CertId,
-        answer: Answer,
-        this_update: dt.datetime,
-        next_update: dt.datetime,
-        nonce: bytes | None,
-    ) -> bytes:
-        """One SingleResponse: the precomputed parts, the CertID, status and times, and the signature.
-
-        The same bytes cryptography's OCSPResponseBuilder produces (tests/test_signer.py
-        compares them), at a fraction of its cost (see ocspd/der.py).
-        """
-        cert_id = self._certid_prefixes.get((certid.hash_name, certid.name_hash, certid.key_hash))
-        if cert_id is None:
-            cert_id = self._certid_prefixes[(certid.hash_name, certid.name_hash, certid.key_hash)] = (
-                _CERTID_ALGORITHMS[certid.hash_name] + der.octet_string(certid.name_hash)
-                + der.octet_string(certid.key_hash)
-            )
-        cert_id = der.sequence(cert_id, der.integer(certid.serial))
-        if answer.status == "good":
-            status = b"\x80\x00"  # good [0] IMPLICIT NULL
-        elif answer.status == "unknown":
-            status = b"\x82\x00"  # unknown [2] IMPLICIT NULL
-        else:
-            assert answer.revoked_at is not None
-            info = der.generalized_time(answer.revoked_at)
-            reason = served_reason(answer.reason)
-            if reason is not None:
-                info += der.explicit(0, der.tlv(0x0A, bytes((REASON_BY_FLAG[reason].code,))))
-            status = der.tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
         times = _TIME_PAIRS.get((this_update, next_update))
         if times is None:
             if len(_TIME_PAIRS) >= 1024:
@@ -175,16 +142,20 @@ class Signer:
             times = _TIME_PAIRS[(this_update, next_update)] = der.generalized_time(this_update) + der.explicit(
                 0, der.generalized_time(next_update)
             )
-        single = der.sequence(cert_id, status, times)
+        singles = []
+        extended_revoke = False
+        for certid, answer in zip(certids, answers, strict=True):
+            singles.append(self._single_response(certid, answer, times))
+            extended_revoke = extended_revoke or answer.extended_revoke
         extensions = []
         if nonce is not None:
             extensions.append(der.sequence(_NONCE_OID, der.octet_string(der.octet_string(nonce))))
-        if answer.extended_revoke:
+        if extended_revoke:
             extensions.append(der.sequence(_EXTENDED_REVOKE_OID, der.octet_string(der.NULL)))
         tbs = der.sequence(
             self._responder_id,
             der.generalized_time_at(int(time.time())),  # producedAt
-            der.sequence(single),
+            der.sequence(*singles),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
         signature = self._sign_data(tbs)
@@ -205,59 +176,27 @@ class Signer:
             )
         )
 
-    def _sign_many(
-        self,
-        certids: Sequence[CertId],
-        answers: Sequence[Answer],
-        this_update: dt.datetime,
-        next_update: dt.datetime,
-        nonce: bytes | None,
-    ) -> bytes:
-        # cryptography builds one SingleResponse only; asn1crypto builds the
-        # structure and cryptography signs it.
-        responses = [_single(c, a, this_update, next_update) for c, a in zip(certids, answers, strict=True)]
-        extensions: list[dict[str, Any]] = []
-        if nonce is not None:
-            extensions.append({"extn_id": "nonce", "critical": False, "extn_value": nonce})
-        if any(a.extended_revoke for a in answers):
-            extensions.append(
-                {"extn_id": EXTENDED_REVOKE_OID.dotted_string, "critical": False, "extn_value": asn1_core.Null()}
+    def _single_response(self, certid: CertId, answer: Answer, times: bytes) -> bytes:
+        """One SingleResponse: the CertID (its issuer part encoded once), the status, the shared times."""
+        cert_id = self._certid_prefixes.get((certid.hash_name, certid.name_hash, certid.key_hash))
+        if cert_id is None:
+            cert_id = self._certid_prefixes[(certid.hash_name, certid.name_hash, certid.key_hash)] = (
+                _CERTID_ALGORITHMS[certid.hash_name] + der.octet_string(certid.name_hash)
+                + der.octet_string(certid.key_hash)
             )
-        if self._encoding is ocsp.OCSPResponderEncoding.HASH:
-            spki = self._signing_cert.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            key_bits = asn1_x509.PublicKeyInfo.load(spki)["public_key"].contents[1:]
-            responder_id = asn1_ocsp.ResponderId(name="by_key", value=hashlib.sha1(key_bits).digest())
+        cert_id = der.sequence(cert_id, der.integer(certid.serial))
+        if answer.status == "good":
+            status = b"\x80\x00"  # good [0] IMPLICIT NULL
+        elif answer.status == "unknown":
+            status = b"\x82\x00"  # unknown [2] IMPLICIT NULL
         else:
-            responder_id = asn1_ocsp.ResponderId(
-                name="by_name", value=asn1_x509.Name.load(self._signing_cert.subject.public_bytes())
-            )
-        tbs: dict[str, Any] = {
-            "responder_id": responder_id,
-            "produced_at": dt.datetime.now(dt.UTC).replace(microsecond=0),
-            "responses": responses,
-        }
-        if extensions:
-            tbs["response_extensions"] = extensions
-        tbs_data = asn1_ocsp.ResponseData(tbs)
-        signature = self._sign_data(tbs_data.dump())
-        basic: dict[str, Any] = {
-            "tbs_response_data": tbs_data,
-            "signature_algorithm": {"algorithm": self._signature_algorithm()},
-            "signature": signature,
-        }
-        if self._certs:
-            basic["certs"] = [
-                asn1_x509.Certificate.load(c.public_bytes(serialization.Encoding.DER)) for c in self._certs
-            ]
-        response = asn1_ocsp.OCSPResponse(
-            {
-                "response_status": "successful",
-                "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
-            }
-        )
-        return bytes(response.dump())
+            assert answer.revoked_at is not None
+            info = der.generalized_time(answer.revoked_at)
+            reason = served_reason(answer.reason)
+            if reason is not None:
+                info += der.explicit(0, der.tlv(0x0A, bytes((REASON_BY_FLAG[reason].code,))))
+            status = der.tlv(0xA1, info)  # revoked [1] IMPLICIT RevokedInfo
+        return der.sequence(cert_id, status, times)
 
     def _signing_function(self) -> Callable[[bytes], bytes]:
         """The key's sign() with its algorithm objects made once (ECDSA() alone was ~4 µs a call)."""
@@ -277,31 +216,6 @@ class Signer:
             return "ed25519"
         family = "ecdsa" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "rsa"
         return f"{self._hash.name}_{family}"
-
-
-def _single(certid: CertId, answer: Answer, this_update: dt.datetime, next_update: dt.datetime) -> dict[str, Any]:
-    status: Any
-    if answer.status == "good":
-        status = asn1_ocsp.CertStatus(name="good", value=asn1_core.Null())
-    elif answer.status == "unknown":
-        status = asn1_ocsp.CertStatus(name="unknown", value=asn1_core.Null())
-    else:
-        info: dict[str, Any] = {"revocation_time": answer.revoked_at}
-        reason = served_reason(answer.reason)
-        if reason is not None:
-            info["revocation_reason"] = reason.name  # asn1crypto's names are the enum's
-        status = asn1_ocsp.CertStatus(name="revoked", value=info)
-    return {
-        "cert_id": {
-            "hash_algorithm": {"algorithm": certid.hash_name},
-            "issuer_name_hash": certid.name_hash,
-            "issuer_key_hash": certid.key_hash,
-            "serial_number": certid.serial,
-        },
-        "cert_status": status,
-        "this_update": this_update,
-        "next_update": next_update,
-    }
 
 
 _SIGNATURE_OIDS = {
@@ -400,6 +314,32 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
     if signing_cert.not_valid_after_utc <= now:
         raise fail(signing_key_name, f"certificate expired on {signing_cert.not_valid_after_utc.isoformat()}")
     return Signer(issuer.id, ca_cert, key, responder_cert, issuer.responder_id)
+
+
+def public_key_bits(cert: x509.Certificate) -> bytes:
+    """The value of a certificate's subjectPublicKey BIT STRING, without its unused-bits octet.
+
+    What a CertID's issuerKeyHash and a ResponderID byKey hash (RFC 6960
+    §4.1.1, §4.2.1). Read from the TBSCertificate (RFC 5280 §4.1), so any key
+    type works, also one cryptography cannot load.
+    """
+    tbs = cert.tbs_certificate_bytes
+    _, pos, end = der.read(tbs, 0, len(tbs))
+    # [version], serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo
+    fields: list[tuple[int, int, int]] = []
+    while pos < end and len(fields) < 7:
+        tag, start, pos = der.read(tbs, pos, end)
+        fields.append((tag, start, pos))
+    if fields and fields[0][0] == 0xA0:
+        del fields[0]
+    if len(fields) < 6:
+        raise ValueError("certificate without subjectPublicKeyInfo")
+    _, start, spki_end = fields[5]
+    _, _, algorithm_end = der.read(tbs, start, spki_end)
+    tag, start, bits_end = der.read(tbs, algorithm_end, spki_end)
+    if tag != 0x03 or start == bits_end:
+        raise ValueError("certificate without subjectPublicKey")
+    return tbs[start + 1 : bits_end]
 
 
 def _spki(public_key: Any) -> bytes:

@@ -73,6 +73,11 @@ def test_memory(tmp_path: Path) -> None:
     assert data["details"]["entries"] == 300  # type: ignore[index]
 
 
+def test_multi_certid(tmp_path: Path) -> None:
+    data = run_script("multi_certid", tmp_path, "--rounds", "1", "--seconds", "0.05", "--listed", "200")
+    assert data["details"]["certids"] == 16  # type: ignore[index]
+
+
 def test_cold_miss(tmp_path: Path, pg_server: PgServer) -> None:
     run_script(
         "cold_miss", tmp_path, "--duration", "1", "--runs", "1", "--sign-seconds", "0.1", "--connections", "4",

@@ -100,3 +100,64 @@ async def test_openssl_posts_to_a_prefix_without_its_final_slash(ocspd_server: A
     for name, status in (("good", "good"), ("revoked", "revoked")):
         code, output = await openssl_ocsp(test_pki, f"http://127.0.0.1:{server.port}/ocsp", name)
         assert_verified(code, output, test_pki.leaf_paths[name], status)
+
+
+# One line of index.txt per kind, in this order: a request of N CertIDs asks for the first N
+# (serials 0x2000 + i), so that N = 16 asks for some twice (with the other CertID digest).
+# (index.txt flag or None for not listed, status, reason as index.txt writes it, as openssl ocsp shows it)
+KINDS: list[tuple[str | None, str, str, str]] = [
+    ("R", "revoked", "keyCompromise", "keyCompromise"),
+    ("V", "good", "", ""),
+    (None, "unknown", "", ""),
+    ("R", "revoked", "superseded", "superseded"),
+    ("R", "revoked", "", ""),  # no reason: none in the answer
+    ("R", "revoked", "certificateHold", "certificateHold"),
+    ("R", "revoked", "cessationOfOperation", "cessationOfOperation"),
+    ("R", "revoked", "unspecified", ""),  # left out of the answer (RFC 5280 §5.3.1)
+    ("R", "revoked", "affiliationChanged", "affiliationChanged"),
+    ("R", "revoked", "CACompromise", "cACompromise"),
+]
+
+
+def status_blocks(output: str) -> dict[str, list[str]]:
+    """openssl ocsp's report per name it asked about: ``name: status`` and the indented lines after it."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(("\t", " ")):
+            current.append(line.strip())
+        elif ": " in line:
+            name, _, status = line.partition(": ")
+            current = blocks[name] = [status]
+    return blocks
+
+
+@pytest.mark.parametrize("n", [1, 2, 16])
+@pytest.mark.parametrize("nonce", [True, False], ids=["nonce", "no-nonce"])
+async def test_openssl_verifies_every_certid_of_a_request_of_n(
+    ocspd_server: Any, tmp_path: Path, n: int, nonce: bool
+) -> None:
+    test_pki = build_pki(tmp_path)
+    lines = test_pki.index_path.read_text().splitlines()
+    for i, (flag, _, reason, _) in enumerate(KINDS):
+        if flag is not None:
+            revocation = "260102030405Z" + (f",{reason}" if reason else "") if flag == "R" else ""
+            lines.append(f"{flag}\t301231235959Z\t{revocation}\t{0x2000 + i:X}\tunknown\t/CN=leaf{i}")
+    test_pki.index_path.write_text("\n".join(lines) + "\n")
+    url = await serve(ocspd_server, test_pki)
+    serials = [f"0x{0x2000 + i % len(KINDS):X}" for i in range(n)]
+    extra: list[str] = [] if nonce else ["-no_nonce"]
+    for i, serial in enumerate(serials):
+        extra += ["-sha256" if i % 2 else "-sha1", "-serial", serial]  # a digest option applies to what follows
+    code, output = await openssl_ocsp(test_pki, url, extra=("-issuer", str(test_pki.ca_path), *extra))
+    assert code == 0, output
+    assert "Response verify OK" in output, output
+    assert "WARNING" not in output, output  # e.g. "no nonce in response"
+    blocks = status_blocks(output)
+    for i, serial in enumerate(serials):
+        _, status, _, shown = KINDS[i % len(KINDS)]
+        block = blocks.get(serial)
+        assert block is not None and block[0] == status, (serial, output)
+        assert [line for line in block if line.startswith("Reason:")] == ([f"Reason: {shown}"] if shown else [])
+        if status == "revoked":
+            assert "Revocation Time: Jan  2 03:04:05 2026 GMT" in block, output

@@ -1,20 +1,24 @@
 """The signer's one-CertID responses are byte for byte what cryptography's
-OCSPResponseBuilder makes (ocspd/der.py encodes them itself, for speed)."""
+OCSPResponseBuilder makes, its several-CertID ones what asn1crypto encodes
+(ocspd/der.py encodes both itself, for speed, under one signature)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 
 from ocspd import der, pki
 from ocspd.protocol import CertId
 from ocspd.signer import EXTENDED_REVOKE_OID, EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
+from ocspd.status import served_reason
 from tests.helpers import TestPki, build_pki, verify_response
 
 THIS = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.UTC)
@@ -151,3 +155,176 @@ def test_der_generalized_time_matches_asn1crypto(moment: dt.datetime) -> None:
 
     assert der.generalized_time(moment) == GeneralizedTime(moment.replace(microsecond=0)).dump()
     assert der.generalized_time(moment) == der.generalized_time(moment)  # remembered, same bytes
+
+
+# -- several CertIDs: one signature over N SingleResponses -----------------------------------------
+
+HASHES = ("sha1", "sha256", "sha384", "sha512")
+
+
+def several(signer: Signer, n: int) -> tuple[list[CertId], list[Answer]]:
+    """n CertIDs of distinct serials, every hash algorithm and every kind of answer in turn."""
+    kinds = [*ANSWERS.values(), Answer("revoked", THIS - dt.timedelta(days=3), x509.ReasonFlags.unspecified)]
+    certids = []
+    for i in range(n):
+        name_hash, key_hash = signer.certid_hashes[HASHES[i % len(HASHES)]]
+        certids.append(CertId(HASHES[i % len(HASHES)], name_hash, key_hash, SERIALS[i % len(SERIALS)] + i))
+    return certids, [kinds[i % len(kinds)] for i in range(n)]
+
+
+def with_asn1crypto(
+    test_pki: TestPki,
+    responder_id: str,
+    certids: list[CertId],
+    answers: list[Answer],
+    nonce: bytes | None,
+    produced_at: dt.datetime,
+) -> bytes:
+    """The same response through asn1crypto's encoder (cryptography builds one SingleResponse only): the reference."""
+    from asn1crypto import core as asn1_core
+    from asn1crypto import ocsp as asn1_ocsp
+    from asn1crypto import x509 as asn1_x509
+
+    identity = test_pki.responder or test_pki.ca
+    responses = []
+    for certid, answer in zip(certids, answers, strict=True):
+        status: Any
+        if answer.status == "revoked":
+            assert answer.revoked_at is not None
+            info: dict[str, Any] = {"revocation_time": answer.revoked_at.replace(microsecond=0)}
+            if answer.reason is not None and answer.reason is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1
+                info["revocation_reason"] = answer.reason.name
+            status = asn1_ocsp.CertStatus(name="revoked", value=info)
+        else:
+            status = asn1_ocsp.CertStatus(name=answer.status, value=asn1_core.Null())
+        responses.append({
+            "cert_id": {
+                "hash_algorithm": {"algorithm": certid.hash_name},
+                "issuer_name_hash": certid.name_hash,
+                "issuer_key_hash": certid.key_hash,
+                "serial_number": certid.serial,
+            },
+            "cert_status": status, "this_update": THIS, "next_update": NEXT,
+        })
+    extensions: list[dict[str, Any]] = []
+    if nonce is not None:
+        extensions.append({"extn_id": "nonce", "critical": False, "extn_value": nonce})
+    if any(a.extended_revoke for a in answers):
+        extensions.append(
+            {"extn_id": EXTENDED_REVOKE_OID.dotted_string, "critical": False, "extn_value": asn1_core.Null()}
+        )
+    cert = asn1_x509.Certificate.load(identity.cert.public_bytes(serialization.Encoding.DER))
+    rid = (
+        asn1_ocsp.ResponderId(name="by_key", value=cert.public_key.sha1)
+        if responder_id == "key"
+        else asn1_ocsp.ResponderId(name="by_name", value=cert.subject)
+    )
+    tbs: dict[str, Any] = {"responder_id": rid, "produced_at": produced_at, "responses": responses}
+    if extensions:
+        tbs["response_extensions"] = extensions
+    data = asn1_ocsp.ResponseData(tbs)
+    key = identity.key
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        algorithm, signature = "ed25519", key.sign(data.dump())
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        hash_algorithm = pki.sign_hash(key)
+        assert hash_algorithm is not None
+        algorithm, signature = f"{hash_algorithm.name}_ecdsa", key.sign(data.dump(), ec.ECDSA(hash_algorithm))
+    else:
+        assert isinstance(key, rsa.RSAPrivateKey)
+        algorithm, signature = "sha256_rsa", key.sign(data.dump(), padding.PKCS1v15(), hashes.SHA256())
+    basic: dict[str, Any] = {
+        "tbs_response_data": data, "signature_algorithm": {"algorithm": algorithm}, "signature": signature,
+    }
+    if test_pki.responder is not None:
+        basic["certs"] = [asn1_x509.Certificate.load(test_pki.responder.cert.public_bytes(serialization.Encoding.DER))]
+    return bytes(asn1_ocsp.OCSPResponse({
+        "response_status": "successful",
+        "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
+    }).dump())
+
+
+@pytest.mark.parametrize(
+    ("key_type", "delegated", "responder_id"),
+    [("p256", True, "key"), ("p384", True, "name"), ("rsa2048", False, "name"), ("ed25519", True, "key")],
+)
+@pytest.mark.parametrize("n", [2, 3, 16])
+def test_several_certids_encode_as_asn1crypto_does(
+    tmp_path: Path, key_type: str, delegated: bool, responder_id: str, n: int
+) -> None:
+    test_pki = build_pki(
+        tmp_path, key_type=key_type, delegated=delegated,  # type: ignore[arg-type]
+        issuer_extra=f'responder_id = "{responder_id}"',
+    )
+    signer = load_signers(test_pki.config())["test-ca"]
+    certids, answers = several(signer, n)
+    for nonce in (None, b"n" * 32):
+        ours = signer.sign(certids, answers, THIS, NEXT, nonce)
+        loaded = ocsp.load_der_ocsp_response(ours)
+        reference = with_asn1crypto(test_pki, responder_id, certids, answers, nonce, loaded.produced_at_utc)
+        assert loaded.tbs_response_bytes == ocsp.load_der_ocsp_response(reference).tbs_response_bytes
+        if key_type in ("rsa2048", "ed25519"):  # deterministic signatures: the whole response
+            assert ours == reference
+        verify_response(ours, test_pki)
+
+
+@pytest.mark.parametrize("key_type", ["p256", "rsa2048", "ed25519"])
+@pytest.mark.parametrize("n", [1, 2, 16])
+@pytest.mark.parametrize("nonce", [None, b"\x01" * 16], ids=["no-nonce", "nonce"])
+def test_cryptography_reads_every_certid_of_a_response(
+    tmp_path: Path, key_type: pki.KeyType, n: int, nonce: bytes | None
+) -> None:
+    test_pki = build_pki(tmp_path, key_type=key_type)
+    signer = load_signers(test_pki.config())["test-ca"]
+    certids, answers = several(signer, n)
+    response = verify_response(signer.sign(certids, answers, THIS, NEXT, nonce), test_pki)
+    singles = list(response.responses)
+    assert len(singles) == n
+    for certid, answer, single in zip(certids, answers, singles, strict=True):
+        assert single.serial_number == certid.serial
+        assert single.hash_algorithm.name == certid.hash_name
+        assert (single.issuer_name_hash, single.issuer_key_hash) == (certid.name_hash, certid.key_hash)
+        assert single.certificate_status is getattr(ocsp.OCSPCertStatus, answer.status.upper())
+        assert (single.this_update_utc, single.next_update_utc) == (THIS, NEXT)
+        if answer.status == "revoked":
+            assert answer.revoked_at is not None
+            assert single.revocation_time_utc == answer.revoked_at.replace(microsecond=0)
+            assert single.revocation_reason is served_reason(answer.reason)
+        else:
+            assert single.revocation_time_utc is None
+    extensions = {e.oid: e for e in response.extensions}
+    if nonce is None:
+        assert x509.OCSPNonce.oid not in extensions
+    else:
+        assert extensions[x509.OCSPNonce.oid].value.nonce == nonce
+    assert (EXTENDED_REVOKE_OID in extensions) is any(a.extended_revoke for a in answers)
+
+
+@pytest.mark.parametrize("n", [1, 16])
+def test_a_response_of_n_certids_costs_one_signature(tmp_path: Path, n: int) -> None:
+    test_pki = build_pki(tmp_path)
+    signer = load_signers(test_pki.config())["test-ca"]
+    signed: list[bytes] = []
+    sign_data = signer._sign_data
+
+    def counted(data: bytes) -> bytes:
+        signed.append(data)
+        return sign_data(data)
+
+    signer._sign_data = counted
+    certids, answers = several(signer, n)
+    response = ocsp.load_der_ocsp_response(signer.sign(certids, answers, THIS, NEXT, b"n" * 16))
+    assert signed == [response.tbs_response_bytes]
+    assert len(list(response.responses)) == n
+
+
+@pytest.mark.parametrize("key_type", pki.KEY_TYPES)
+def test_public_key_bits_are_the_subject_public_key_without_its_unused_bits_octet(key_type: pki.KeyType) -> None:
+    from asn1crypto import x509 as asn1_x509
+
+    from ocspd.signer import public_key_bits
+
+    ca = pki.make_ca("bits", key_type)
+    for cert in (ca.cert, pki.make_leaf(ca, 0x42, "leaf.test").cert, pki.make_responder(ca, key_type).cert):
+        parsed = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+        assert public_key_bits(cert) == parsed.public_key["public_key"].contents[1:]
