@@ -95,6 +95,7 @@ async def _expect(request: web.BaseRequest) -> None:
     if request.version != HttpVersion11:
         return
     if expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        # ascii(): the value may hold any byte (surrogate escapes), which UTF-8 cannot encode.
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect!a}")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the interim response is not part of the body

@@ -49,10 +49,12 @@ def allowed_difference(fast: Sequence[bytes], aiohttp: Sequence[bytes]) -> bool:
     1. aiohttp parses a whole read before answering: a valid request followed
        in the same read by bytes it refuses (garbage, a second request after
        ``Connection: close``) gets one 400 for all of it, where the fast path
-       answers the valid request first (200), then refuses the rest (400) or
-       stops, as ``Connection: close`` says.
+       answers the valid request first (200, or 304 for a matching
+       ``If-None-Match``), then refuses the rest (400) or stops, as
+       ``Connection: close`` says.
     """
-    return bool(aiohttp == [b"400"] and fast[:1] == [b"200"] and set(fast[1:]) <= {b"200", b"400"})
+    answered = {b"200", b"304"}
+    return bool(aiohttp == [b"400"] and fast[:1] and fast[0] in answered and set(fast[1:]) <= answered | {b"400"})
 
 
 # -- inputs --------------------------------------------------------------------------------------
@@ -250,7 +252,9 @@ async def test_both_fronts_answer_fuzzed_requests_alike_and_never_with_a_5xx(
             await asyncio.gather(canary(fast.port, healthy, test_pki), canary(plain.port, healthy, test_pki))
 
     try:
-        await asyncio.gather(*(one(case, raw) for case, raw in enumerate(inputs)))
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
+            for case, raw in enumerate(inputs):
+                group.create_task(one(case, raw))
     finally:
         await fast.close()
         await plain.close()
@@ -266,6 +270,9 @@ FOUND = {
     # fast path waited for more (its version prefix accepted any of "HTP/.01").
     "version cut to a digit": b"GET /MEMwQTA 1",
     "version HTTP/2": b"GET /MEMwQTA HTTP/2",
+    # Slow mode: an Expect value with a byte above 0x7f made both fronts answer 500
+    # (ocspd's 417 text echoed it, and UTF-8 cannot encode a surrogate escape).
+    "expect with obs-text": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100\xdfcontinue\r\n\r\n0",
 }
 
 
@@ -279,6 +286,7 @@ async def test_inputs_the_fuzzer_found_are_answered_alike(test_pki: TestPki, raw
         await fast.close()
         await plain.close()
     assert ours == theirs, (ours, theirs)
+    assert not [s for s in ours if s.startswith(b"5")], ours
 
 
 def test_the_hypothesis_generator_is_deterministic_and_varied(test_pki: TestPki) -> None:
@@ -290,5 +298,7 @@ def test_the_hypothesis_generator_is_deterministic_and_varied(test_pki: TestPki)
 
 def test_the_allowed_differences_are_narrow() -> None:
     assert allowed_difference([b"200", b"400"], [b"400"])
+    assert allowed_difference([b"304", b"400"], [b"400"])
+    assert not allowed_difference([b"400", b"200"], [b"400"])
     assert not allowed_difference([b"400"], [b"200"])
     assert not allowed_difference([b"200"], [b"200", b"200"])
