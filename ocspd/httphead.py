@@ -128,8 +128,22 @@ def may_become_head(buf: bytes, start: int, prefix: bytes) -> bool:
     last = buf.rfind(b"\r\n", line_end)
     if _FIELDS.fullmatch(buf, line_end + 2, last + 2) is None or _FIELD_START.fullmatch(buf, last + 2) is None:
         return False
-    names = _NAMES.findall(buf[line_end:].lower())  # the last, incomplete line's name too
-    return len(set(names)) == len(names)
+    lowered = buf[line_end:].lower()
+    names = _NAMES.findall(lowered)  # the last, incomplete line's name too
+    if len(set(names)) != len(names) or len(names) > MAX_FIELDS:
+        return False
+    # What is already certain hands over now, as aiohttp's parser refuses (or takes
+    # over) at the end of the field's line: a field whose handling is aiohttp's,
+    # or a Content-Length that is no plain number.
+    complete = lowered[: last + 2 - line_end]
+    if not set(_NAMES.findall(complete)).isdisjoint(_HAND_OFF_NAMES):
+        return False
+    length_at = complete.find(b"\r\ncontent-length:")
+    if length_at >= 0:
+        value = _value(buf[line_end + 2 : last + 2], complete, length_at + 17)
+        if not value.isdigit() or len(value) > 9:
+            return False
+    return True
 
 
 def _value(fields: bytes, lowered: bytes, at: int) -> bytes:

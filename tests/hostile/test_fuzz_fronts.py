@@ -273,6 +273,10 @@ FOUND = {
     # Slow mode: an Expect value with a byte above 0x7f made both fronts answer 500
     # (ocspd's 417 text echoed it, and UTF-8 cannot encode a surrogate escape).
     "expect with obs-text": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100\xdfcontinue\r\n\r\n0",
+    # Slow mode: an incomplete head whose finished fields aiohttp refuses (or takes over)
+    # got aiohttp's 400 at once, and nothing from the fast path, which waited for the rest.
+    "incomplete head, transfer-encoding": b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\nHost: x\r\nCon",
+    "incomplete head, bad content-length": b"POST / HTTP/1.1\r\nContent-Length: 0-1\r\nHost: ocsest\r\nCon",
 }
 
 
