@@ -17,6 +17,7 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from ocspd.config import Config, load_config
+from ocspd.protocol import TRY_LATER
 
 GOOD_SERIAL = 0x1001
 REVOKED_SERIAL = 0x1002
@@ -163,6 +164,24 @@ def verify_response(der: bytes, test_pki: TestPki) -> ocsp.OCSPResponse:
             response.signature, response.tbs_response_bytes, padding.PKCS1v15(), response.signature_hash_algorithm
         )
     return response
+
+
+def outcome(http_status: int, body: bytes, test_pki: TestPki, expected: ocsp.OCSPCertStatus | None = None) -> str:
+    """What one answer was, for tests that count them: "HTTP <n>" (not 200), "tryLater",
+    another unsuccessful OCSP status's name, else (the signature checked) "right" or
+    "wrong: <status>" against ``expected``, or "signed" without one."""
+    if http_status != 200:
+        return f"HTTP {http_status}"
+    if body == TRY_LATER:
+        return "tryLater"
+    response = ocsp.load_der_ocsp_response(body)
+    if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        return response.response_status.name
+    checked = verify_response(body, test_pki)
+    if expected is None:
+        return "signed"
+    status = checked.certificate_status
+    return "right" if status is expected else f"wrong: {status.name}"
 
 
 def hold_after_fetch(source: Any) -> tuple[asyncio.Event, asyncio.Event]:

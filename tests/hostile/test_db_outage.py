@@ -29,11 +29,10 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from ocspd.http import METRICS
-from ocspd.protocol import TRY_LATER
 from ocspd.replication import LISTENER
 from ocspd.store import Store
 from tests.conftest import AppClient
-from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki, request_der, verify_response
+from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki, outcome, request_der
 from tests.pg import PgServer, throwaway_cluster
 
 WORKERS = 16
@@ -100,16 +99,7 @@ async def ask(client: TestClient[Any, Any], der: bytes, test_pki: TestPki, expec
     """What one request got: "right", "tryLater", or what was wrong with it."""
     resp = await client.post("/", data=der, headers={"Content-Type": "application/ocsp-request"},
                              timeout=REQUEST_TIMEOUT)
-    body = await resp.read()
-    if resp.status != 200:
-        return f"HTTP {resp.status}"
-    if body == TRY_LATER:
-        return "tryLater"
-    response = ocsp.load_der_ocsp_response(body)
-    if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
-        return response.response_status.name
-    status = verify_response(body, test_pki).certificate_status
-    return "right" if status is expected else f"wrong: {status.name}"
+    return outcome(resp.status, await resp.read(), test_pki, expected)
 
 
 async def until_right(client: TestClient[Any, Any], test_pki: TestPki, limit: float = 20.0) -> float:

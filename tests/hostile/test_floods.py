@@ -24,8 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from ocspd import pki
-from ocspd.protocol import TRY_LATER
-from tests.helpers import TestPki, build_pki, multi_request_der, request_der, verify_response
+from tests.helpers import TestPki, build_pki, multi_request_der, outcome, request_der
 from tests.test_serve import Served, start_serve, wait_http
 
 FLOOD_SECONDS = 3.0
@@ -61,16 +60,7 @@ async def _metric(session: aiohttp.ClientSession, served: Served, name: str) -> 
 
 async def _answer(session: aiohttp.ClientSession, url: str, der: bytes, test_pki: TestPki) -> str:
     async with session.post(url, data=der, headers={"Content-Type": "application/ocsp-request"}) as resp:
-        body = await resp.read()
-        if resp.status != 200:
-            return f"HTTP {resp.status}"
-    if body == TRY_LATER:
-        return "tryLater"
-    response = ocsp.load_der_ocsp_response(body)
-    if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
-        return response.response_status.name
-    verify_response(body, test_pki)
-    return "signed"
+        return outcome(resp.status, await resp.read(), test_pki)
 
 
 def _p99(values: list[float]) -> float:
