@@ -45,6 +45,9 @@ class ServerConfig:
     # An idle connection (no request since the last answer, or a head still
     # arriving) is closed after this long (more than 0).
     keepalive_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    # Connections one process holds; past it the longest-idle one is closed, or
+    # the new one refused (ocspd/connections.py). Each needs a file descriptor.
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +303,7 @@ def _listen(value: object, from_env: bool) -> tuple[tuple[str, int], ...]:
 _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "server": {"listen": (_listen, None), "path_prefix": (_str, None), "workers": (_int, 1),
                "max_request_bytes": (_int, 100), "fast_http": (_bool, None),
-               "keepalive_timeout": (_duration, None)},
+               "keepalive_timeout": (_duration, None), "max_connections": (_int, 1)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
                  "statement_timeout": (_duration, None), "timeout": (_duration, None), "pool_size": (_int, 1)},

@@ -14,8 +14,19 @@ aiohttp's. What counts as the common shape is ``ocspd/httphead.py``.
 Why: aiohttp's request and response objects cost more per request than the
 whole hit path; below them a memory hit takes a few µs (bench/README.md).
 Connections here keep the order of pipelined requests (one at a time), the
-keep-alive timeout the aiohttp side uses, write flow control, and the
-runner's drain on shutdown (``FastServer.pre_shutdown``/``shutdown``).
+keep-alive timeout the aiohttp side uses, the connection limit
+(``ocspd/connections.py``), and the runner's drain on shutdown
+(``FastServer.pre_shutdown``/``shutdown``).
+
+Fairness: a connection answers at most ``MAX_ANSWERS_PER_TURN`` pipelined
+requests, then stops reading and goes on in a later turn of the event loop
+(``call_soon``), so a client writing thousands of requests per write gets
+its share of the loop and no more (issue 11: without this, one such client
+held uvloop for seconds, libuv reading up to 32 buffers of it in a row).
+Write flow control: while the transport's buffer is above its high-water
+mark (``pause_writing``) nothing is answered and the socket is not read, so
+a client that does not read its answers meets TCP's backpressure, not a
+growing buffer here.
 """
 
 from __future__ import annotations
@@ -23,12 +34,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
 from email.utils import formatdate
 from typing import Any, cast
 
-from aiohttp import web
-
+from ocspd.connections import BoundedServer
 from ocspd.http import OcspHandlers, Reply
 from ocspd.httphead import Framing, may_become_head, parse_head
 
@@ -40,16 +50,19 @@ MAX_HEAD = 8192
 # Bytes read ahead while a request is being answered (pipelining): past this
 # the socket is not read until the answer is out.
 MAX_BUFFERED = 65536
-# aiohttp's RequestHandler default, used when the runner sets none.
-KEEPALIVE_TIMEOUT = 3630.0
+# Pipelined requests answered in one turn of the event loop (module docstring):
+# 8 memory hits are 0.1-0.2 ms here. Under 4 and 16 such clients a probe's p99
+# was ~1.2x and ~2x lower than with 16 a turn, for as many answers to them
+# (bench/README.md, "Pipelining fairness").
+MAX_ANSWERS_PER_TURN = 8
 
 _REASONS = {200: "OK", 304: "Not Modified"}
 
 
-class FastServer(web.Server):
+class FastServer(BoundedServer):
     """aiohttp's low-level server whose connections start on this module's path.
 
-    ``dispatch`` and ``kwargs`` are what a ``web.Server`` takes: they serve
+    ``dispatch`` and ``kwargs`` are what a ``BoundedServer`` takes: they serve
     every connection handed to aiohttp.
     """
 
@@ -57,7 +70,6 @@ class FastServer(web.Server):
         super().__init__(dispatch, **kwargs)
         self.handlers = handlers
         self.prefix = handlers.prefix.encode()
-        self.keepalive_timeout = float(kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT))
         self.fast: set[FastProtocol] = set()
         self.loop = asyncio.get_running_loop()
         self._date_second = -1
@@ -69,6 +81,13 @@ class FastServer(web.Server):
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """A protocol of aiohttp's own, for a connection handed over."""
         return super().__call__()
+
+    def idle_connections(self) -> Iterator[tuple[float, object, Callable[[], None]]]:
+        yield from super().idle_connections()
+        timeout = self.keepalive_timeout
+        for conn in self.fast:
+            if conn.is_idle():
+                yield conn.idle_since + timeout, conn, conn.close_idle
 
     def date(self) -> str:
         """The Date header value, formatted once a second."""
@@ -104,14 +123,16 @@ class FastProtocol(asyncio.Protocol):
         "_closing",
         "_eof",
         "_handlers",
-        "_idle_since",
+        "_later",
         "_loop",
         "_read_paused",
         "_server",
+        "_start",
         "_timer",
         "_transport",
         "_write_paused",
         "busy",
+        "idle_since",
     )  # fmt: skip
 
     def __init__(self, server: FastServer) -> None:
@@ -120,49 +141,54 @@ class FastProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._loop = server.loop
         self._buf = b""
+        self._start = 0  # where the unanswered bytes in _buf begin
         self.busy: asyncio.Task[None] | None = None
         self._closing = False
         self._write_paused = False
         self._read_paused = False
         self._eof = False
-        self._idle_since = 0.0
+        self.idle_since = 0.0  # when the last answer was written (or the connection made)
         self._timer: asyncio.TimerHandle | None = None
+        self._later: asyncio.Handle | None = None  # the next turn's share of pipelined requests
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._server.fast.add(self)
-        timeout = self._server.keepalive_timeout
+        server = self._server
+        server.fast.add(self)
+        server.open += 1
+        self.idle_since = self._loop.time()
+        if not server.admit(self):
+            self.close_idle()  # over the limit with none idle: refused (counted, logged)
+            return
+        timeout = server.keepalive_timeout
         if timeout > 0:
-            self._idle_since = self._loop.time()
-            self._timer = self._loop.call_at(self._idle_since + timeout, self._check_idle)
+            self._timer = self._loop.call_at(self.idle_since + timeout, self._check_idle)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._transport = None
-        self._server.fast.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._forget()
+        self._server.lost(self)
 
     def data_received(self, data: bytes) -> None:
-        self._buf = self._buf + data if self._buf else data
-        if self.busy is not None or self._write_paused:
+        if self._start:
+            self._buf = self._buf[self._start :] + data
+            self._start = 0
+        else:
+            self._buf = self._buf + data if self._buf else data
+        if self.busy is not None or self._write_paused or self._later is not None:
             if len(self._buf) > MAX_BUFFERED:
                 self._pause_reading()
             return
-        try:
-            self._process()
-        except Exception:  # a bug here must cost one connection, not the process
-            log.exception("internal error on the fast HTTP path")
-            self.abort()
+        self._run()
 
     def eof_received(self) -> bool:
         self._eof = True
         # Keep the transport open while answers are still to be written: one
-        # being produced, or complete requests held back by flow control.
-        # Otherwise what is buffered is an incomplete request: close.
-        return self.busy is not None or self._write_paused
+        # being produced, or complete requests held back by flow control or
+        # left for a later turn. Otherwise what is buffered is an incomplete
+        # request: close.
+        return self.busy is not None or self._write_paused or self._later is not None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -173,15 +199,30 @@ class FastProtocol(asyncio.Protocol):
 
     # -- requests ----------------------------------------------------------------------------
 
+    def _run(self) -> None:
+        try:
+            self._process()
+        except Exception:  # a bug here must cost one connection, not the process
+            log.exception("internal error on the fast HTTP path")
+            self.abort()
+
     def _process(self) -> None:
-        """Answer the complete requests in the buffer, in order, while they stay on this path."""
+        """Answer the complete requests in the buffer, in order, while they stay on this
+        path: up to ``MAX_ANSWERS_PER_TURN`` of them, the rest in later turns."""
         buf = self._buf
-        pos = 0
+        pos = self._start
         handlers = self._handlers
         transport = self._transport
+        answered = 0
         while pos < len(buf) and transport is not None and not self._closing:
             if self._write_paused:
                 self._pause_reading()
+                break
+            if answered == MAX_ANSWERS_PER_TURN:
+                # Not another one in this turn: other connections' reads, the
+                # accepts, the timers and the admin listener come first.
+                self._pause_reading()
+                self._later = self._loop.call_soon(self._go_on)
                 break
             end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
             if end < 0:
@@ -212,16 +253,21 @@ class FastProtocol(asyncio.Protocol):
                 if reply is None:
                     answer = handlers.answer_get(path, conditional, started)
             if answer is not None:
-                self._buf = buf[pos:]
+                self._start = pos
                 self.busy = self._loop.create_task(self._answer_later(answer, framing))
                 return
             assert reply is not None
             self._write(reply, framing)
+            answered += 1
             if framing[2]:
                 self._finish()
                 return
-        self._buf = buf[pos:] if pos else buf
-        if self._eof and not self._write_paused:
+        # The turn's answers are cut off the buffer once, not one by one.
+        if pos == len(buf):
+            self._buf, self._start = b"", 0
+        else:
+            self._start = pos
+        if self._eof and not self._write_paused and self._later is None:
             self._finish()  # what is left can no longer become a request
 
     async def _answer_later(self, answer: Awaitable[Reply], framing: Framing) -> None:
@@ -236,7 +282,7 @@ class FastProtocol(asyncio.Protocol):
         if self._transport is None:
             return  # the client went away meanwhile
         self._write(reply, framing)
-        if framing[2] or self._closing or (self._eof and not self._buf):
+        if framing[2] or self._closing or (self._eof and len(self._buf) == self._start):
             self._finish()
             return
         self._resume()
@@ -253,21 +299,25 @@ class FastProtocol(asyncio.Protocol):
         lines.append("\r\n")
         assert self._transport is not None
         self._transport.write("".join(lines).encode("latin-1") + body)
-        self._idle_since = self._loop.time()
+        self.idle_since = self._loop.time()
+
+    def _go_on(self) -> None:
+        self._later = None
+        self._resume()
 
     def _resume(self) -> None:
-        """Go on with what was read ahead, and read again."""
-        if self._transport is None or self.busy is not None or self._write_paused:
+        """Go on with what was read ahead, then read again once no complete request is left."""
+        if self._transport is None or self.busy is not None or self._write_paused or self._later is not None:
             return
-        if self._read_paused:
+        if len(self._buf) > self._start or self._eof:
+            self._run()
+        transport = self._transport  # None if handed over meanwhile
+        if (
+            self._read_paused and transport is not None and not transport.is_closing()
+            and self.busy is None and not self._write_paused and self._later is None
+        ):  # fmt: skip
             self._read_paused = False
-            self._transport.resume_reading()
-        if self._buf or self._eof:
-            try:
-                self._process()
-            except Exception:
-                log.exception("internal error on the fast HTTP path")
-                self.abort()
+            transport.resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._read_paused and self._transport is not None:
@@ -280,10 +330,15 @@ class FastProtocol(asyncio.Protocol):
         """From here on aiohttp serves this connection, starting with ``unanswered``."""
         transport = self._transport
         assert transport is not None
-        self.connection_lost(None)  # forget it here: timer, server's set
-        protocol = self._server.aiohttp_protocol()
+        self._forget()  # still one connection of the server's, now aiohttp's
+        server = self._server
+        protocol = server.aiohttp_protocol()
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
+        server.handing_over = True
+        try:
+            protocol.connection_made(transport)
+        finally:
+            server.handing_over = False
         if self._write_paused:
             protocol.pause_writing()
         if self._read_paused:
@@ -292,12 +347,30 @@ class FastProtocol(asyncio.Protocol):
         if self._eof:
             protocol.eof_received()
 
+    def _forget(self) -> None:
+        """This protocol no longer serves the connection: timers off, out of the server's set."""
+        self._transport = None
+        self._server.fast.discard(self)
+        for handle in (self._timer, self._later):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._later = None
+
+    def is_idle(self) -> bool:
+        """No answer being produced nor owed: an idle keep-alive connection, or a head arriving."""
+        return self.busy is None and self._later is None and not self._write_paused and self._transport is not None
+
+    def close_idle(self) -> None:
+        """Closed by the connection limit (``ocspd/connections.py``): no further request is read."""
+        self._closing = True
+        self._finish()
+
     def _check_idle(self) -> None:
         self._timer = None
         if self._transport is None:
             return
         timeout = self._server.keepalive_timeout
-        due = self._idle_since + timeout
+        due = self.idle_since + timeout
         if self.busy is None and self._loop.time() >= due:
             self._finish()
             return

@@ -7,7 +7,8 @@ cleanup_ctx and shutdown run the same way, the handlers and limits are the
 same) but dispatches to the OCSP handlers itself instead of through the
 router and the middleware chain (the app has no middlewares): ~10 % of a
 memory hit (bench/README.md). With ``[server] fast_http`` (the default)
-the common requests do not reach aiohttp's request objects at all.
+the common requests do not reach aiohttp's request objects at all. Either
+front holds at most ``[server] max_connections`` (``ocspd/connections.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
+from ocspd.connections import BoundedServer
 from ocspd.fasthttp import FastServer
-from ocspd.http import HANDLERS, OcspHandlers, refuse_content_encoding
+from ocspd.http import ENGINE, HANDLERS, METRICS, OcspHandlers, refuse_content_encoding
 
 
 class OcspRunner(web.BaseRunner):
@@ -42,7 +44,9 @@ class OcspRunner(web.BaseRunner):
         self._app.on_startup.freeze()
         await self._app.startup()
         self._app.freeze()
-        return _front(self._app[HANDLERS], **self._kwargs)
+        # Read at start, as the listeners are (a reload does not change it); a runner's own wins (tests).
+        kwargs = {"max_connections": self._app[ENGINE].config.server.max_connections, **self._kwargs}
+        return _front(self._app[HANDLERS], metrics=self._app[METRICS], **kwargs)
 
     async def _cleanup_server(self) -> None:
         await self._app.cleanup()
@@ -81,7 +85,7 @@ def _front(handlers: OcspHandlers, **kwargs: Any) -> web.Server:
     kwargs["auto_decompress"] = False
     if handlers.fast_http:
         return FastServer(handlers, dispatch, request_factory=make_request, **kwargs)
-    return web.Server(dispatch, request_factory=make_request, **kwargs)
+    return BoundedServer(dispatch, request_factory=make_request, **kwargs)
 
 
 async def _expect(request: web.BaseRequest) -> None:

@@ -155,6 +155,14 @@ class Metrics:
             "match the prefix shows here)",
             registry=r,
         )
+        self.connections_limited = Counter(
+            "ocspd_connections_limited",
+            "Connections closed because [server] max_connections was reached, by action: idle_closed (the "
+            "longest-idle ones, to make room for a new one), refused (a new one, when none was idle)",
+            ["action"], registry=r,
+        )
+        for action in ("idle_closed", "refused"):
+            self.connections_limited.labels(action)  # present (at 0) before the first
         self.build_info = Gauge(
             "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
             registry=r, multiprocess_mode="livemax",

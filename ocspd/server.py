@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -44,6 +45,11 @@ SCHEMA_RETRY_SECONDS = 2.0
 # request allocates is freed by reference counting, so collecting 70x less
 # often costs a little memory and no correctness.
 GC_THRESHOLDS = (50_000, 20, 20)
+# File descriptors a process needs besides its OCSP connections and database
+# pool: listeners, the event loop's own, metric files, index files, the admin
+# listener's connections, a margin. systemd/ocspd.service's LimitNOFILE= covers
+# the default [server] max_connections plus this.
+FILE_RESERVE = 256
 
 
 def summary(config: Config, signers: Mapping[str, Signer]) -> None:
@@ -64,6 +70,37 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
         postgres_tier="on" if config.database else "off",
         validity=str(config.responses.validity), nonce=config.responses.nonce,
     )
+
+
+def files_needed(config: Config) -> int:
+    """File descriptors one serving process may need: every connection the limit lets in, and more."""
+    pool = config.database.pool_size + 1 if config.database is not None else 0  # + the LISTEN connection
+    return config.server.max_connections + pool + FILE_RESERVE
+
+
+def ensure_file_limit(config: Config) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to what ``[server] max_connections`` needs (never past
+    the hard limit, which needs no privilege), and warn when even that is short: a process out
+    of descriptors stops accepting anyone, where the limit would have closed an idle connection."""
+    needed = files_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:  # e.g. a seccomp filter refusing it
+            event(log, "file_limit_unchanged", logging.WARNING, soft=soft, error=str(exc))
+        else:
+            event(log, "file_limit_raised", soft=target, was=soft, hard=hard)
+            soft = target
+    if soft < needed:
+        event(
+            log, "file_limit_low", logging.WARNING, soft=soft, hard=hard, needed=needed,
+            max_connections=config.server.max_connections,
+            fix="raise LimitNOFILE= (ulimit -n) or lower [server] max_connections",
+        )
 
 
 def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
@@ -246,6 +283,7 @@ def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = N
     logs.setup(config.log, level=os.environ.get("OCSPD_LOG_LEVEL"))
     for warning in config.warnings:
         event(log, "config_warning", logging.WARNING, message=warning)
+    ensure_file_limit(config)  # before the workers start: they inherit it
     if worker_fd is None and config.server.workers > 1:
         from ocspd.workers import Supervisor
 

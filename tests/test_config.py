@@ -367,6 +367,14 @@ def test_max_request_bytes_at_least_100(tmp_path: Path) -> None:
                  "must be at least 100")  # fmt: skip
 
 
+def test_max_connections_at_least_one_and_4096_by_default(tmp_path: Path) -> None:
+    expect_error(write_config(tmp_path, "[server]\nmax_connections = 0"), "server.max_connections",
+                 "must be at least 1, got 0")  # fmt: skip
+    assert load(write_config(tmp_path)).server.max_connections == 4096
+    config = load(write_config(tmp_path), env={"OCSPD_SERVER_MAX_CONNECTIONS": "100"})
+    assert config.server.max_connections == 100
+
+
 def test_max_entries_at_least_one(tmp_path: Path) -> None:
     expect_error(write_config(tmp_path, "[cache]\nmax_entries = 0"), "cache.max_entries", "must be at least 1")
 

@@ -424,6 +424,15 @@ class FakeTransport:
         self.closed = True
         self.ended = "abort"  # at once, dropping what is not sent yet
 
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol  # a hand-over to aiohttp
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
 
 def fake_connection(server: OcspTestServer) -> tuple[fasthttp.FastServer, fasthttp.FastProtocol, FakeTransport]:
     """A connection of ``server``'s fast path over a FakeTransport."""
@@ -452,6 +461,10 @@ async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test
         assert protocol.eof_received() is True  # the client is done sending; answers are still owed
         assert not transport.closed
         protocol.resume_writing()  # the client reads again: everything is answered, in order, then closed
+        for _ in range(sent // len(request)):  # a share of them per loop turn
+            if transport.closed:
+                break
+            await asyncio.sleep(0)
         answers = b"".join(transport.written)
         assert answers.count(b"HTTP/1.1 200 OK") == sent // len(request)
         assert answers.count(warm.body) == sent // len(request)
@@ -560,3 +573,138 @@ async def test_stopping_closes_connections_without_dropping_what_is_written(serv
         assert transport.ended == "close"
     finally:
         protocol.connection_lost(None)
+
+
+# -- fairness ----------------------------------------------------------------------------------------
+
+
+async def _pipeline(port: int, data: bytes, answers: int) -> list[Answer]:
+    """Write ``data`` on one connection while reading ``answers`` responses (so neither side blocks)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        reading = asyncio.create_task(_read_answers(reader, answers))
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), 30)
+        return await asyncio.wait_for(reading, 30)
+    finally:
+        writer.close()
+
+
+async def _read_answers(reader: asyncio.StreamReader, n: int) -> list[Answer]:
+    return [await read_answer(reader) for _ in range(n)]
+
+
+async def test_a_long_pipeline_is_answered_in_order_across_turns_and_handed_over_midway(
+    serve: Serve, test_pki: TestPki
+) -> None:
+    server = await serve(test_pki)
+    ders = {name: request_der(test_pki.leaves[name].cert, test_pki.ca.cert) for name in ("good", "revoked")}
+    warm = await exchange(server.port, b"".join(post_bytes(der) for der in ders.values()), 2)
+    bodies = {name: answer.body for name, answer in zip(ders, warm, strict=True)}  # memory hits from now on
+    rng = random.Random(11)
+    names = [rng.choice(("good", "revoked")) for _ in range(5000)]
+    requests = [get_bytes(ders[name]) if rng.random() < 0.5 else post_bytes(ders[name]) for name in names]
+    # At 3000, a request the fast path hands over (a repeated field): aiohttp answers it and the rest.
+    handed_over = 3000
+    names.insert(handed_over, "good")
+    requests.insert(handed_over, post_bytes(ders["good"], "X-Twice: a", "X-Twice: b"))
+    answers = await _pipeline(server.port, b"".join(requests), len(requests))
+    assert [a.body for a in answers] == [bodies[name] for name in names]
+    assert all(a.status == 200 for a in answers)
+    servers = ["server" in a.headers for a in answers]
+    assert servers == [False] * handed_over + [True] * (len(answers) - handed_over)
+
+
+async def test_a_pipeline_is_answered_a_bounded_share_per_loop_turn(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (warm,) = await exchange(server.port, get_bytes(der), 1)  # a memory hit from now on
+    _, protocol, transport = fake_connection(server)
+    loop = asyncio.get_running_loop()
+    total = 5000
+    seen: list[int] = []  # answers written so far, at each turn of the loop
+
+    def tick() -> None:  # a callback of another connection's: it runs once a turn
+        seen.append(len(transport.written))
+        if len(transport.written) < total:
+            loop.call_soon(tick)
+
+    try:
+        loop.call_soon(tick)
+        protocol.data_received(get_bytes(der) * total)  # one read holding 5000 requests
+        assert len(transport.written) == fasthttp.MAX_ANSWERS_PER_TURN
+        assert not transport.reading  # the rest first, then more from the socket
+        for _ in range(2 * total):
+            if len(transport.written) == total:
+                break
+            await asyncio.sleep(0)
+        assert len(transport.written) == total
+        shares = [b - a for a, b in itertools.pairwise([0, *seen])]
+        assert max(shares) <= fasthttp.MAX_ANSWERS_PER_TURN, max(shares)
+        assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(warm.body) for w in transport.written)
+        assert transport.reading and not transport.closed  # all answered: reading again
+    finally:
+        protocol.connection_lost(None)
+
+
+async def test_a_hand_over_in_a_later_turn_reads_the_socket_again(serve: Serve, test_pki: TestPki) -> None:
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (warm,) = await exchange(server.port, get_bytes(der), 1)  # a memory hit from now on
+    _, protocol, transport = fake_connection(server)
+    try:
+        # Hits for two turns, then a request aiohttp must answer (a repeated field): handed over in the third.
+        protocol.data_received(get_bytes(der) * (2 * fasthttp.MAX_ANSWERS_PER_TURN) + get_bytes(der, "X: a", "X: b"))
+        assert not transport.reading
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert len(transport.written) == 2 * fasthttp.MAX_ANSWERS_PER_TURN
+        assert getattr(transport, "protocol", protocol) is not protocol, "not handed over"
+        # aiohttp's now, and the socket is read again (aiohttp's protocol pauses it only when it wants to).
+        assert transport.reading
+        for _ in range(20):
+            if len(transport.written) > 2 * fasthttp.MAX_ANSWERS_PER_TURN:
+                break
+            await asyncio.sleep(0.01)
+        answer = b"".join(transport.written[2 * fasthttp.MAX_ANSWERS_PER_TURN :])
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Server: " in answer and answer.endswith(warm.body)
+    finally:
+        getattr(transport, "protocol", protocol).connection_lost(None)
+
+
+async def test_a_client_that_never_reads_meets_backpressure_not_a_growing_buffer(
+    serve: Serve, test_pki: TestPki
+) -> None:
+    server = await serve(test_pki)
+    fast = server.runner.server
+    assert isinstance(fast, fasthttp.FastServer)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    (warm,) = await exchange(server.port, get_bytes(der), 1)  # a memory hit from now on
+    one_answer = len(warm.body) + 400  # an answer's head is well under 400 bytes
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    try:
+        local = writer.get_extra_info("sockname")
+        total = 20000  # ~20 MB of answers: far more than the kernel's socket buffers hold
+        writer.write(get_bytes(der) * total)
+        sending = asyncio.create_task(writer.drain())
+        conn = next(c for c in list(fast.fast) if c._transport and c._transport.get_extra_info("peername") == local)
+        largest = 0
+        deadline = loop.time() + 10
+        # The client reads nothing: the server's buffer must stop at its high-water mark (plus a turn's answers).
+        while not (conn._write_paused and conn._read_paused) and loop.time() < deadline:
+            largest = max(largest, conn._transport.get_write_buffer_size() if conn._transport else 0)
+            await asyncio.sleep(0.001)
+        assert conn._write_paused and conn._read_paused, "the server never stopped for the client"
+        for _ in range(50):  # and it stays stopped
+            assert conn._transport is not None
+            largest = max(largest, conn._transport.get_write_buffer_size())
+            await asyncio.sleep(0.005)
+        assert largest <= 65536 + fasthttp.MAX_ANSWERS_PER_TURN * one_answer, largest
+        assert conn._read_paused
+        # The client reads at last: every answer arrives, in full.
+        answers = await asyncio.wait_for(_read_answers(reader, total), 60)
+        await asyncio.wait_for(sending, 10)
+        assert [a.body for a in answers] == [warm.body] * total
+    finally:
+        writer.close()

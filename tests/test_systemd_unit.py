@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ocspd.config import _KEYS
+from ocspd.config import _KEYS, Config, DatabaseConfig, ServerConfig
+from ocspd.server import files_needed
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "ocspd.service"
@@ -262,3 +263,16 @@ def test_tmpfiles_creates_the_config_directory(tmp_path: Path) -> None:
     gid = int(next(line.split(":")[2] for line in group if line.startswith("ocspd:")))
     st = (tmp_path / "etc" / "ocspd").stat()
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 0, gid)
+
+
+def test_unit_file_limit_covers_the_connection_limit(unit: dict[str, list[tuple[str, str]]]) -> None:
+    # LimitNOFILE= is "soft:hard" or one value for both (systemd.exec(5)).
+    soft = int(one(unit, "Service", "LimitNOFILE").split(":")[0])
+    example = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    server = ServerConfig(max_connections=example["server"].get("max_connections", ServerConfig().max_connections))
+    database = DatabaseConfig(dsn=example["database"]["dsn"], pool_size=example["database"]["pool_size"])
+    for config in (Config(), Config(server=server, database=database)):  # the defaults, and the example's
+        # At or above what ocspd asks for at start: ocspd's own setrlimit() is then not needed
+        # (the unit's system call filter may refuse it).
+        assert soft >= files_needed(config), (soft, files_needed(config))
+    assert soft >= 2 * ServerConfig().max_connections  # room to raise max_connections a little without an edit
