@@ -307,6 +307,31 @@ async def test_a_request_split_across_reads_is_answered(serve: Serve, test_pki: 
         assert status_of(answer, test_pki) is ocsp.OCSPCertStatus.REVOKED
 
 
+@pytest.mark.parametrize("trickled", ["head", "body"])
+async def test_a_request_trickling_in_over_many_reads_goes_to_aiohttp_and_is_answered(
+    serve: Serve, test_pki: TestPki, trickled: str
+) -> None:
+    """Each read of an incomplete request looks at it from its start: past
+    MAX_PARTIAL_READS reads it is aiohttp's (whose parser keeps its place), so a
+    byte-a-read sender costs linear time, and still gets its answer. A request
+    in a few reads stays on the fast path (its answers carry no Server field)."""
+    server = await serve(test_pki)
+    der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
+    raw = post_bytes(der, "X-Pad: " + "p" * 60)
+    head_end = raw.index(b"\r\n\r\n") + 4
+    split = 0 if trickled == "head" else head_end
+    steps = fasthttp.MAX_PARTIAL_READS + 4
+    piece = max(1, (len(raw) - split) // steps)
+    cuts = [0, *range(split or 1, len(raw), piece), len(raw)]
+    (slow,) = await exchange(server.port, [raw[a:b] for a, b in itertools.pairwise(cuts)], 1, pause=0.005)
+    assert status_of(slow, test_pki) is ocsp.OCSPCertStatus.REVOKED
+    assert "server" in slow.headers  # answered by aiohttp
+    few = [raw[: head_end - 5], raw[head_end - 5 : head_end + 10], raw[head_end + 10 :]]
+    (quick,) = await exchange(server.port, few, 1, pause=0.005)
+    assert status_of(quick, test_pki) is ocsp.OCSPCertStatus.REVOKED
+    assert "server" not in quick.headers  # the fast path's
+
+
 async def test_connection_close_and_http10_are_honoured(serve: Serve, test_pki: TestPki) -> None:
     server = await serve(test_pki)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
