@@ -23,7 +23,7 @@ from ocspd.engine import Engine, Issuer
 from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
-from ocspd.logs import CLIENT_ERRORS, Throttle, event
+from ocspd.logs import CLIENT_ERRORS, Throttle, bug, event
 from ocspd.metrics import Metrics
 from ocspd.protocol import (
     ERROR_HEADERS,
@@ -205,10 +205,17 @@ def update_gauges(app: web.Application) -> None:
 async def _gauges(app: web.Application) -> AsyncIterator[None]:
     # Gauges are set periodically rather than on every change: that keeps the
     # hit path free of them, and works the same with several worker processes.
+    throttle = Throttle(60.0)
+
     async def loop() -> None:
         while True:
-            app[ENGINE].memory.sweep()
-            update_gauges(app)
+            try:
+                app[ENGINE].memory.sweep()
+                update_gauges(app)
+            except Exception:  # a bug: said (once a minute at most), and the loop goes on
+                held = throttle.allow()
+                if held is not None:
+                    bug(log, "gauges_failed", held_back=held)
             await asyncio.sleep(GAUGE_SECONDS)
 
     task = asyncio.create_task(loop())

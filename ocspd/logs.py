@@ -33,6 +33,12 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, name, extra={_EVENT: name, _FIELDS: fields})
 
 
+def bug(logger: logging.Logger, name: str, **fields: Any) -> None:
+    """Log event ``name`` at ERROR with the traceback of the exception being handled:
+    for our own bugs only (a background loop that must go on, say), never a client's."""
+    logger.error(name, exc_info=True, extra={_EVENT: name, _FIELDS: fields})
+
+
 class Throttle:
     """At most one log line per ``interval`` seconds for one kind of event a client can
     repeat at will; the lines held back are counted, and the next line says how many.

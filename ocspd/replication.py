@@ -18,7 +18,7 @@ from aiohttp import web
 from ocspd.cache import Entry
 from ocspd.engine import Engine
 from ocspd.exceptions import SourceUnavailable, StoreError
-from ocspd.logs import event
+from ocspd.logs import bug, event
 from ocspd.store import DueRow, Listener, Store
 
 log = logging.getLogger("ocspd.replication")
@@ -102,6 +102,8 @@ async def refresh_loop(store: Store, engine: Engine, issuers: list[str], setting
             event(log, "refresh_skipped", logging.DEBUG, reason=str(exc))
         except StoreError as exc:
             event(log, "refresh_failed", logging.ERROR, error=str(exc))
+        except Exception:  # a bug (in signing, say): said, and the next round tries again
+            bug(log, "refresh_crashed")
         if done:
             event(log, "refreshed", responses=done)
         if done < settings.batch:

@@ -13,8 +13,10 @@ import psycopg2
 import pytest
 from cryptography.x509 import ocsp
 
+from ocspd import http
 from ocspd.engine import Engine
-from ocspd.replication import LISTENER
+from ocspd.http import ENGINE
+from ocspd.replication import LISTENER, STORE, RefreshSettings, refresh_loop
 from ocspd.signer import load_signers
 from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
 from ocspd.store import DueRow, Store
@@ -256,3 +258,59 @@ def test_the_database_accepts_exactly_the_revocation_reasons_of_the_one_table(pg
     assert (stored is not None) == revocable
     if stored is not None:  # unspecified is kept as no reason, as answers carry it
         assert stored[0] == (None if reason == "unspecified" else reason)
+
+
+async def test_the_refresh_loop_says_a_bug_and_goes_on(
+    ocspd_client: AppClient, db_pki: TestPki, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception in a round (a bug) used to end the shared refresh for good,
+    without a line: now it is logged at ERROR with its traceback, and the next round runs."""
+    client = await ocspd_client(db_pki)
+    store, engine = client.app[STORE], client.app[ENGINE]
+    real, rounds = store.refresh_due, 0
+
+    async def first_round_breaks(*args: Any, **kwargs: Any) -> int:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise RuntimeError("a bug in a round")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "refresh_due", first_round_breaks)
+    settings = RefreshSettings(interval=0.01, lead=dt.timedelta(minutes=1))
+    task = asyncio.create_task(refresh_loop(store, engine, ["test-ca"], settings))
+    try:
+        for _ in range(500):
+            if rounds >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert rounds >= 3, "the loop stopped after the failing round"
+    finally:
+        task.cancel()
+    crashed = [r for r in caplog.records if r.getMessage() == "refresh_crashed"]
+    assert len(crashed) == 1 and crashed[0].levelname == "ERROR" and crashed[0].exc_info
+
+
+async def test_the_gauge_loop_says_a_bug_and_goes_on(
+    ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http, "GAUGE_SECONDS", 0.01)
+    client = await ocspd_client(test_pki)
+    memory = client.app[ENGINE].memory
+    real, sweeps = memory.sweep, 0
+
+    def breaks_twice() -> None:
+        nonlocal sweeps
+        sweeps += 1
+        if sweeps <= 2:
+            raise RuntimeError("a bug in a sweep")
+        real()
+
+    monkeypatch.setattr(memory, "sweep", breaks_twice)
+    for _ in range(500):
+        if sweeps >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sweeps >= 4, "the gauge loop stopped after a failing round"
+    failed = [r for r in caplog.records if r.getMessage() == "gauges_failed"]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR" and failed[0].exc_info  # the second is held back
