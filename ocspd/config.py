@@ -45,6 +45,8 @@ class ServerConfig:
     # An idle connection (no request since the last answer, or a head still
     # arriving) is closed after this long (more than 0).
     keepalive_timeout: dt.timedelta = dt.timedelta(seconds=30)
+    # A request head must arrive whole within this long of its first byte (more than 0).
+    header_timeout: dt.timedelta = dt.timedelta(seconds=5)
     # Connections one process holds; past it the longest-idle one is closed, or
     # the new one refused (ocspd/connections.py). Each needs a file descriptor.
     max_connections: int = 4096
@@ -303,7 +305,8 @@ def _listen(value: object, from_env: bool) -> tuple[tuple[str, int], ...]:
 _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "server": {"listen": (_listen, None), "path_prefix": (_str, None), "workers": (_int, 1),
                "max_request_bytes": (_int, 100), "fast_http": (_bool, None),
-               "keepalive_timeout": (_duration, None), "max_connections": (_int, 1)},
+               "keepalive_timeout": (_duration, None), "header_timeout": (_duration, None),
+               "max_connections": (_int, 1)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
                  "statement_timeout": (_duration, None), "timeout": (_duration, None), "pool_size": (_int, 1)},
@@ -429,6 +432,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     if server.keepalive_timeout <= dt.timedelta(0):
         # aiohttp's side would close after every answer, the fast path never: refused, not guessed.
         raise _error("must be greater than 0", where("server", "keepalive_timeout"), source)
+    if server.header_timeout <= dt.timedelta(0):
+        raise _error("must be greater than 0", where("server", "header_timeout"), source)
     database = None
     # The section exists if the file has [database] or any OCSPD_DATABASE_* is set.
     if "database" in doc or raw["database"]:

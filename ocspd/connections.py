@@ -16,6 +16,11 @@ answers out of 613). So the front counts its connections, on the fast path
 
 Either is counted in ``ocspd_connections_limited_total{action}`` and logged
 at most once per ``LOG_SECONDS`` (with the number of lines held back).
+
+A head that is not whole within ``[server] header_timeout`` of its first
+byte is closed too (``_HeadTimedHandler`` on aiohttp's side; the fast path
+sweeps its own connections).
+
 A connection handed from the fast path to aiohttp stays one connection.
 """
 
@@ -37,8 +42,9 @@ log = logging.getLogger("ocspd.http")
 
 # aiohttp's RequestHandler default, used when the runner sets none.
 KEEPALIVE_TIMEOUT = 3630.0
-# ServerConfig's default, for a server built without a configuration (tests).
+# ServerConfig's defaults, for a server built without a configuration (tests).
 MAX_CONNECTIONS = 4096
+HEADER_TIMEOUT = 5.0
 LOG_SECONDS = 10.0
 # Past the limit, at least this share of it is closed at once (1/64: 64 of
 # 4,096), so that a flood of new connections costs one look over the open ones
@@ -56,10 +62,12 @@ class BoundedServer(web.Server):
     """
 
     def __init__(
-        self, dispatch: Any, *, max_connections: int = MAX_CONNECTIONS, metrics: Metrics | None = None, **kwargs: Any
+        self, dispatch: Any, *, max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT,
+        metrics: Metrics | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(dispatch, **kwargs)
         self.keepalive_timeout = float(kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT))
+        self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.open = 0  # connections whose transport is not closed yet
         self.handing_over = False  # a fast-path connection becoming aiohttp's: counted already
@@ -70,6 +78,10 @@ class BoundedServer(web.Server):
         )  # fmt: skip
         self._log = Throttle(LOG_SECONDS)
         self._none_idle_until = float("-inf")
+
+    def __call__(self) -> RequestHandler:
+        """A handler for a connection of aiohttp's (new, or handed over by the fast path)."""
+        return _HeadTimedHandler(self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs)
 
     # -- aiohttp's RequestHandler calls these for its connections ------------------------------
 
@@ -138,3 +150,37 @@ class BoundedServer(web.Server):
                 log, "connection_limit", action=action, connections=n, open=self.open, limit=self.max_connections,
                 suppressed=held,
             )
+
+
+class _HeadTimedHandler(RequestHandler):
+    """aiohttp's handler, closing a connection whose request head is not whole within
+    ``header_timeout`` of its first byte: aiohttp's own timer (the keep-alive one) would
+    let a head trickle in for as long as ``keepalive_timeout``."""
+
+    __slots__ = ("_head_timer", "_header_timeout")
+
+    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages or self._request_in_progress:  # the head is whole: a request to answer
+            self._stop_head_timer()
+        elif self._head_timer is None and not self._force_close:
+            self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if not (self._messages or self._request_in_progress):
+            self.force_close()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None

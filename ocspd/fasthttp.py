@@ -79,9 +79,26 @@ class FastServer(BoundedServer):
         self.loop = asyncio.get_running_loop()
         self._date_second = -1
         self._date = ""
+        self._head_sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> FastProtocol:  # type: ignore[override]
         return FastProtocol(self)
+
+    def watch_heads(self) -> None:
+        """Look over the connections for heads past header_timeout, a few times per timeout,
+        while any head is arriving (a sweep, not a timer per request: the hit path stays free)."""
+        if self._head_sweep is None:
+            self._head_sweep = self.loop.call_later(min(1.0, self.header_timeout / 4), self._sweep_heads)
+
+    def _sweep_heads(self) -> None:
+        self._head_sweep = None
+        since = self.loop.time() - self.header_timeout
+        arriving = False
+        for conn in list(self.fast):
+            if not conn.head_late(since) and conn.head_arriving():
+                arriving = True
+        if arriving:
+            self.watch_heads()
 
     def aiohttp_protocol(self) -> asyncio.Protocol:
         """A protocol of aiohttp's own, for a connection handed over."""
@@ -128,6 +145,7 @@ class FastProtocol(asyncio.Protocol):
         "_closing",
         "_eof",
         "_handlers",
+        "_head_since",
         "_later",
         "_loop",
         "_partial_reads",
@@ -149,6 +167,7 @@ class FastProtocol(asyncio.Protocol):
         self._buf = b""
         self._start = 0  # where the unanswered bytes in _buf begin
         self._partial_reads = 0  # reads so far of the request at _start, still incomplete
+        self._head_since = 0.0  # when the first byte of an incomplete request came (0: none buffered)
         self.busy: asyncio.Task[None] | None = None
         self._closing = False
         self._write_paused = False
@@ -178,6 +197,9 @@ class FastProtocol(asyncio.Protocol):
         self._server.lost(self)
 
     def data_received(self, data: bytes) -> None:
+        if len(self._buf) == self._start:  # the first byte of a request: header_timeout runs
+            self._head_since = self._loop.time()
+            self._server.watch_heads()
         if self._start:
             self._buf = self._buf[self._start :] + data
             self._start = 0
@@ -271,6 +293,7 @@ class FastProtocol(asyncio.Protocol):
                     answer = handlers.answer_get(path, conditional, started)
             if answer is not None:
                 self._start = pos
+                self._head_since = self._loop.time() if pos < len(buf) else 0.0
                 self.busy = self._loop.create_task(self._answer_later(answer, framing))
                 return
             assert reply is not None
@@ -282,7 +305,10 @@ class FastProtocol(asyncio.Protocol):
         # The turn's answers are cut off the buffer once, not one by one.
         if pos == len(buf):
             self._buf, self._start = b"", 0
+            self._head_since = 0.0
         else:
+            if pos != self._start:  # a request was answered: what is left is the next one's start
+                self._head_since = self._loop.time()
             self._start = pos
         if self._eof and not self._write_paused and self._later is None:
             self._finish()  # what is left can no longer become a request
@@ -376,6 +402,19 @@ class FastProtocol(asyncio.Protocol):
     def is_idle(self) -> bool:
         """No answer being produced nor owed: an idle keep-alive connection, or a head arriving."""
         return self.busy is None and self._later is None and not self._write_paused and self._transport is not None
+
+    def head_arriving(self) -> bool:
+        return bool(self._head_since) and self._transport is not None and len(self._buf) > self._start
+
+    def head_late(self, since: float) -> bool:
+        """Whether an incomplete request has been arriving since before ``since``: closed then."""
+        if not self._head_since or self._head_since > since or self._transport is None:
+            return False
+        if self.busy is not None or self._later is not None or len(self._buf) == self._start:
+            return False  # a request being answered, or none begun since
+        self._closing = True
+        self._finish()
+        return True
 
     def close_idle(self) -> None:
         """Closed by the connection limit (``ocspd/connections.py``): no further request is read."""

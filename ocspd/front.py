@@ -45,7 +45,9 @@ class OcspRunner(web.BaseRunner):
         await self._app.startup()
         self._app.freeze()
         # Read at start, as the listeners are (a reload does not change it); a runner's own wins (tests).
-        kwargs = {"max_connections": self._app[ENGINE].config.server.max_connections, **self._kwargs}
+        server = self._app[ENGINE].config.server
+        kwargs = {"max_connections": server.max_connections,
+                  "header_timeout": server.header_timeout.total_seconds(), **self._kwargs}
         return _front(self._app[HANDLERS], metrics=self._app[METRICS], **kwargs)
 
     async def _cleanup_server(self) -> None:

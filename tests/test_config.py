@@ -390,6 +390,12 @@ def test_keepalive_timeout_must_be_positive(tmp_path: Path) -> None:
                  "must be greater than 0")  # fmt: skip
 
 
+def test_header_timeout_must_be_positive_and_is_5s_by_default(tmp_path: Path) -> None:
+    expect_error(write_config(tmp_path, '[server]\nheader_timeout = "0s"'), "server.header_timeout",
+                 "must be greater than 0")  # fmt: skip
+    assert load(write_config(tmp_path)).server.header_timeout == dt.timedelta(seconds=5)
+
+
 def test_database_timeout_must_be_positive(tmp_path: Path) -> None:
     # Without a deadline a sick database would hold every miss for ever.
     expect_error(write_config(tmp_path, '[database]\ndsn = "dbname=x"\ntimeout = "0s"'), "database.timeout",

@@ -332,6 +332,39 @@ async def test_a_request_trickling_in_over_many_reads_goes_to_aiohttp_and_is_ans
     assert "server" not in quick.headers  # the fast path's
 
 
+@pytest.mark.parametrize("fast_http", [True, False], ids=["fast path", "aiohttp"])
+async def test_a_head_not_whole_within_the_header_timeout_is_closed_and_an_idle_connection_is_not(
+    serve: Serve, test_pki: TestPki, fast_http: bool
+) -> None:
+    """[server] header_timeout (here 0.5 s) bounds a head from its first byte, on both
+    fronts, while an idle keep-alive connection waits for keepalive_timeout (30 s)."""
+    server = await serve(test_pki, fast_http=fast_http, env={"OCSPD_SERVER_HEADER_TIMEOUT": "500ms"})
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    loop = asyncio.get_running_loop()
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(post_bytes(der))  # a first request, answered: then the next head trickles in
+        assert status_of(await asyncio.wait_for(read_answer(reader), 10), test_pki) is ocsp.OCSPCertStatus.GOOD
+        started = loop.time()
+        closed_after = None
+        for byte in post_bytes(der)[:60]:
+            writer.write(bytes([byte]))
+            try:
+                if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                    closed_after = loop.time() - started
+                    break
+            except TimeoutError:
+                continue
+        assert closed_after is not None, "the trickling head was never closed"
+        assert 0.4 <= closed_after <= 1.8, closed_after
+        with pytest.raises(TimeoutError):  # the idle one is still open
+            await asyncio.wait_for(idle_reader.read(1), 0.2)
+    finally:
+        writer.close()
+        idle_writer.close()
+
+
 async def test_connection_close_and_http10_are_honoured(serve: Serve, test_pki: TestPki) -> None:
     server = await serve(test_pki)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
