@@ -68,6 +68,29 @@ async def ocspd_server() -> AsyncIterator[Callable[[web.Application], Awaitable[
         await servers.pop().close()
 
 
+Serve = Callable[..., Awaitable[OcspTestServer]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Serve a TestPki's app on 127.0.0.1 as ``ocspd serve`` does; ``fast_http``, extra
+    environment (``env``) and runner kwargs (``max_connections=``...) as given."""
+    servers: list[OcspTestServer] = []
+
+    async def start(
+        test_pki: TestPki, fast_http: bool = True, env: dict[str, str] | None = None, **kwargs: Any
+    ) -> OcspTestServer:
+        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false", **(env or {}))
+        server = OcspTestServer(init_app(config, index_poll=0.05), host="127.0.0.1")
+        await server.start_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    while servers:
+        await servers.pop().close()
+
+
 # -- PostgreSQL ---------------------------------------------------------------------
 
 

@@ -14,37 +14,18 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ocspd.connections import NONE_IDLE_SECONDS, BoundedServer
-from ocspd.http import ENGINE, METRICS, init_app
-from tests.conftest import OcspTestServer
+from ocspd.http import ENGINE, METRICS
+from tests.conftest import OcspTestServer, Serve
 from tests.helpers import TestPki, hold_after_fetch, post_bytes, read_answer, request_der
 
-Serve = Callable[..., Awaitable[OcspTestServer]]
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Connect = Callable[..., Awaitable[Conn]]
 
 FRONTS = pytest.mark.parametrize("fast_http", [True, False], ids=["fast-path", "aiohttp"])
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start a server for a TestPki (runner kwargs as given), closed at the end of the test."""
-    servers: list[OcspTestServer] = []
-
-    async def start(test_pki: TestPki, fast_http: bool, **kwargs: Any) -> OcspTestServer:
-        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false")
-        server = OcspTestServer(init_app(config, index_poll=0.05), host="127.0.0.1")
-        await server.start_server(**kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    while servers:
-        await servers.pop().close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import os
 import random
 import re
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -21,31 +20,10 @@ import pytest
 from cryptography.x509 import ocsp
 
 from ocspd import fasthttp
-from ocspd.http import ENGINE, init_app
+from ocspd.http import ENGINE
 from ocspd.protocol import MALFORMED_REQUEST
-from tests.conftest import OcspTestServer
+from tests.conftest import OcspTestServer, Serve
 from tests.helpers import Answer, TestPki, hold_after_fetch, post_bytes, read_answer, request_der, verify_response
-
-Serve = Callable[..., Awaitable[OcspTestServer]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Serve a TestPki's app on 127.0.0.1 as ``ocspd serve`` does; ``fast_http`` and runner kwargs as given."""
-    servers: list[OcspTestServer] = []
-
-    async def start(
-        test_pki: TestPki, fast_http: bool = True, env: dict[str, str] | None = None, **kwargs: Any
-    ) -> OcspTestServer:
-        config = test_pki.config(OCSPD_SERVER_FAST_HTTP="true" if fast_http else "false", **(env or {}))
-        server = OcspTestServer(init_app(config, index_poll=0.05), host="127.0.0.1")
-        await server.start_server(**kwargs)
-        servers.append(server)
-        return server
-
-    yield start
-    while servers:
-        await servers.pop().close()
 
 
 async def exchange(port: int, data: bytes | list[bytes], answers: int, pause: float = 0.0) -> list[Answer]:
