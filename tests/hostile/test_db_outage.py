@@ -36,7 +36,7 @@ from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, buil
 from tests.pg import PgServer, throwaway_cluster
 
 WORKERS = 16
-OUTAGE_SECONDS = 2.0
+OUTAGE_SECONDS = 1.0
 REQUEST_TIMEOUT = 10.0
 
 

@@ -38,7 +38,7 @@ from ocspd.logs import ClientErrorFilter
 from tests.conftest import OcspTestServer
 from tests.helpers import TestPki, post_bytes, request_der, verify_response
 
-FUZZ_INPUTS = int(os.environ.get("OCSPD_FUZZ_INPUTS", "600"))
+FUZZ_INPUTS = int(os.environ.get("OCSPD_FUZZ_INPUTS", "400"))
 CONCURRENCY = 64
 READ_LIMIT = 5.0  # seconds for the whole answer stream of one input (a hang is a failure)
 QUIET = 0.5  # seconds without a byte after which a front has said all it will say

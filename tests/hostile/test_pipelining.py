@@ -31,7 +31,7 @@ from tests.helpers import build_pki, request_der
 from tests.hostile.clients import loop_name, probe, probe_once, start_flood, start_ocspd, stop_process, uses_uvloop
 from tests.test_serve import wait_http
 
-PHASE_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "2.5"))
+PHASE_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "1.5"))
 BATCH = 2000
 PROBE_INTERVAL = 0.02
 PROBE_TIMEOUT = 5.0
