@@ -80,6 +80,23 @@ def test_database_down_is_one_line_not_a_traceback(db_pki: TestPki) -> None:
     assert "database unavailable" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(("db", "migrate"), "OCSPD_DATABASE_DSN"), (("serve",), "OCSPD_DATABASE_DSN"),
+     (("serve",), "OCSPD_DATABASE_LISTEN_DSN")],
+    ids=["migrate-dsn", "serve-dsn", "serve-listen-dsn"],
+)
+def test_a_dsn_libpq_cannot_read_is_one_line_naming_the_key(
+    db_pki: TestPki, command: tuple[str, ...], variable: str
+) -> None:
+    result = run(*command, "--config", str(db_pki.config_path), env={variable: "dbname='unterminated"}, timeout=30)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    key = "listen_dsn" if "LISTEN" in variable else "dsn"
+    assert [line for line in lines if f"[database] {key}: unterminated quoted string" in line], result.stderr
+
+
 def test_import_pem_and_der_certificates(db_pki: TestPki, tmp_path: Path) -> None:
     leaves = [pki.make_leaf(db_pki.ca, 0x5000 + i, f"import{i}.example.test").cert for i in range(3)]
     bundle = tmp_path / "bundle.pem"

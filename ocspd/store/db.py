@@ -94,7 +94,8 @@ class Store:
     ) -> None:
         """``lock_timeout`` and ``statement_timeout`` (seconds) are set on the server for
         the pool's connections: a query waiting on a lock, or running too long, then
-        gives up there, and its backend is free again, whatever happened to the client."""
+        gives up there, and its backend is free again, whatever happened to the client.
+        A ``dsn`` libpq cannot read is a StoreError here, not at the first query."""
         self.dsn = dsn
         self._pool_dsn = session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
         self._maxsize = maxsize
@@ -112,10 +113,6 @@ class Store:
 
     async def open(self) -> None:
         """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
-        try:
-            psycopg.conninfo.conninfo_to_dict(self._pool_dsn)
-        except psycopg.ProgrammingError as exc:
-            raise StoreError(f"dsn: {_one_line(exc)}") from None
         self._pool = Pool(self._pool_dsn, size=self._maxsize)
 
     async def close(self) -> None:

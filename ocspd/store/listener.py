@@ -18,6 +18,7 @@ from collections.abc import Callable
 import psycopg
 
 from ocspd.logs import event
+from ocspd.store.values import checked_dsn
 
 log = logging.getLogger("ocspd.listener")
 
@@ -39,6 +40,7 @@ class Listener:
         backoff_max: float = 10.0,
         timeout: float = 5.0,
     ) -> None:
+        checked_dsn(dsn, "[database] listen_dsn")  # a typo is a start-up error, not a reconnect loop
         self.dsn = dsn
         self._on_notify = on_notify
         self._on_connect = on_connect

@@ -5,16 +5,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography import x509
+from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ocspd.exceptions import StoreError
 from ocspd.status import REASON_BY_FLAG, REASON_BY_NAME, served_reason
+
+
+def checked_dsn(dsn: str, what: str) -> dict[str, str]:
+    """The keywords of ``dsn`` (libpq's syntax), or StoreError naming ``what`` and the fault."""
+    try:
+        return {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except ProgrammingError as exc:
+        raise StoreError(f"{what}: {' '.join(str(exc).split())}") from None
 
 
 def session_dsn(dsn: str, *, lock_timeout: float | None = None, statement_timeout: float | None = None) -> str:
     """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
     its backends can be told apart in pg_stat_activity, and ``lock_timeout`` and
     ``statement_timeout`` (seconds; None or 0: not set) in ``options``."""
-    given = conninfo_to_dict(dsn)
+    given = checked_dsn(dsn, "[database] dsn")
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"
