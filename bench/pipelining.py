@@ -6,7 +6,7 @@ One ``ocspd serve`` (index.txt, P-256 responder) per event loop (and per front w
 on the admin listener and for an OCSP GET of a cached answer (5 s timeout), first with
 no flood, then with 1, 4 and 16 flooding connections (``--floods``), each writing
 ``--batch`` pipelined GETs of the cached answer per write in a loop and reading the
-answers (tests/hostile/clients.py, in a process of its own). Reported per phase: probe
+answers (tests/hostile/flood.py, in a process of its own). Reported per phase: probe
 success, p50, p99 and max, against the same probes without a flood, and the flood's
 answers per second.
 

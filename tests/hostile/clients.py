@@ -4,25 +4,20 @@ bench/pipelining.py. Everything targets 127.0.0.1, is bounded in time and stops 
 - ``start_ocspd``: the real ``ocspd serve`` process, on uvloop or on asyncio's loop
   (``sys.modules["uvloop"] = None`` makes ocspd's ``import uvloop`` fail, as without the
   ``speed`` extra), so the front that production runs is what is attacked.
-- The pipelining flood, run as a process of its own so that its CPU is not the
-  prober's: ``python -m tests.hostile.clients --port P --path /MEow.. --connections 4
-  --batch 2000 --seconds 4``. Each connection writes ``batch`` pipelined GETs per write,
-  in a loop, while a thread reads (and counts) the answers; it prints one JSON line.
+- ``start_flood``: the pipelining flood (tests/hostile/flood.py), run as a process of
+  its own so that its CPU is not the prober's.
 - ``probe``: fresh connections, one request each, latency measured to the full answer.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import resource
-import socket
 import sys
-import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +25,7 @@ from tests.helpers import TestPki
 from tests.test_serve import Served, free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
+FLOOD = Path(__file__).resolve().parent / "flood.py"  # standard library only: it starts in milliseconds
 _WITHOUT_UVLOOP = "import sys; sys.modules['uvloop'] = None; from ocspd.cli import main; sys.exit(main())"
 
 
@@ -70,54 +66,12 @@ def uses_uvloop(pid: int) -> bool:
 # -- the pipelining flood ----------------------------------------------------------------------
 
 
-def flood(port: int, path: str, connections: int, batch: int, seconds: float) -> dict[str, float]:
-    """Write ``batch`` pipelined GETs of ``path`` per write on each connection for ``seconds``."""
-    data = f"GET {path} HTTP/1.1\r\nHost: ocsp.test\r\n\r\n".encode() * batch
-    answers = [0] * connections
-    stop = time.monotonic() + seconds
-    socks = [socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) for _ in range(connections)]
-
-    def read(i: int) -> None:
-        sock, tail = socks[i], b""
-        while True:
-            try:
-                chunk = sock.recv(1 << 20)
-            except OSError:
-                return
-            if not chunk:
-                return
-            seen = tail + chunk
-            answers[i] += seen.count(b"HTTP/1.1 200 ")
-            tail = seen[-16:]  # a status line cut in two is counted once, in the next chunk
-            answers[i] -= tail.count(b"HTTP/1.1 200 ")
-
-    def write(i: int) -> None:
-        while time.monotonic() < stop:
-            try:
-                socks[i].sendall(data)
-            except OSError:
-                return
-
-    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(connections)]
-    writers = [threading.Thread(target=write, args=(i,)) for i in range(connections)]
-    started = time.monotonic()
-    for thread in (*readers, *writers):
-        thread.start()
-    for thread in writers:
-        thread.join()
-    elapsed = time.monotonic() - started
-    for sock in socks:
-        sock.close()
-    return {"answers": sum(answers), "seconds": elapsed, "connections": connections}
-
-
 async def start_flood(port: int, path: str, connections: int, batch: int, seconds: float) -> asyncio.subprocess.Process:
     """The flood in a process of its own (stopped by itself after ``seconds``; kill it by PID if not)."""
     args = ["--port", str(port), "--path", path, "--connections", str(connections), "--batch", str(batch),
             "--seconds", str(seconds)]  # fmt: skip
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.hostile.clients", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        sys.executable, str(FLOOD), *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
 
 
@@ -178,13 +132,18 @@ async def probe_once(port: int, request: bytes, body: bytes | None, timeout: flo
 
 
 async def probe(
-    targets: dict[str, tuple[int, bytes, bytes | None]], seconds: float, interval: float, timeout: float = 5.0
+    targets: Mapping[str, tuple[int, bytes, bytes | None]],
+    seconds: float,
+    interval: float,
+    timeout: float = 5.0,
+    until: asyncio.Event | None = None,
 ) -> Probes:
-    """Probe every target (port, request, expected body or None) once per ``interval``, for ``seconds``."""
+    """Probe every target (port, request, expected body or None) once per ``interval``, for
+    ``seconds`` or until ``until`` is set, whichever comes first."""
     probes = Probes({name: [] for name in targets}, {name: [] for name in targets})
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    while loop.time() < end:
+    while loop.time() < end and not (until is not None and until.is_set()):
         tick = loop.time()
         results = await asyncio.gather(*(probe_once(*target, timeout) for target in targets.values()))
         for name, result in zip(targets, results, strict=True):
@@ -194,19 +153,3 @@ async def probe(
                 probes.failures[name].append(result)
         await asyncio.sleep(max(0.0, tick + interval - loop.time()))
     return probes
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description="the pipelining flood (tests/hostile/clients.py)")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--connections", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args()
-    print(json.dumps(flood(args.port, args.path, args.connections, args.batch, args.seconds)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -128,14 +128,14 @@ async def test_postgres_stopped_and_started_under_load_gives_try_later_then_reco
     load = Load(client, outage_pki)
     load.start()
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.25)  # under way
         before = sum(load.answers.values())
         await asyncio.to_thread(cluster.control.stop, "fast")
         await asyncio.sleep(OUTAGE_SECONDS)
         during = Counter(load.answers)
         await asyncio.to_thread(cluster.control.start)
         recovered_after = await until_right(client, outage_pki)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.25)  # the load, too, gets answers again
     finally:
         await load.stop()
     assert before > 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import random
@@ -36,7 +37,7 @@ from hypothesis import strategies as st
 from ocspd.http import init_app
 from ocspd.logs import ClientErrorFilter
 from tests.conftest import OcspTestServer
-from tests.helpers import TestPki, post_bytes, request_der, verify_response
+from tests.helpers import TestPki, build_pki, post_bytes, request_der, verify_response
 
 FUZZ_INPUTS = int(os.environ.get("OCSPD_FUZZ_INPUTS", "400"))
 CONCURRENCY = 64
@@ -116,6 +117,23 @@ def mutate(rng: random.Random, raw: bytes) -> bytes:
         else:  # the case of a name or method changed
             data = bytearray(bytes(data).swapcase()) if rng.random() < 0.2 else data
     return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """One PKI for the module (the tests only read it), so that the hypothesis inputs,
+    built for its request, are built once for both loops (``_fuzz_inputs``)."""
+    return build_pki(tmp_path_factory.mktemp("fuzz") / "pki")
+
+
+@functools.cache
+def _fuzz_inputs(generator: str, good: bytes, revoked: bytes, count: int) -> tuple[bytes, ...]:
+    """The inputs of a fuzz run: the same for both loops, so built once."""
+    if generator == "mutations":
+        rng = random.Random(9112)
+        base = corpus(good, revoked)
+        return tuple(mutate(rng, base[i % len(base)]) for i in range(count))
+    return tuple(_hypothesis_inputs(good, count))
 
 
 def _hypothesis_inputs(good: bytes, count: int) -> list[bytes]:
@@ -234,12 +252,7 @@ async def test_both_fronts_answer_fuzzed_requests_alike_and_never_with_a_5xx(
     caplog.set_level(logging.DEBUG)
     good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     revoked = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
-    if generator == "mutations":
-        rng = random.Random(9112)
-        base = corpus(good, revoked)
-        inputs = [mutate(rng, base[i % len(base)]) for i in range(FUZZ_INPUTS)]
-    else:
-        inputs = _hypothesis_inputs(good, FUZZ_INPUTS)
+    inputs = _fuzz_inputs(generator, good, revoked, FUZZ_INPUTS)
     fast, plain = await _fronts(test_pki)
     slots = asyncio.Semaphore(CONCURRENCY)
     healthy = post_bytes(good)
@@ -297,9 +310,9 @@ async def test_inputs_the_fuzzer_found_are_answered_alike(test_pki: TestPki, raw
 
 def test_the_hypothesis_generator_is_deterministic_and_varied(test_pki: TestPki) -> None:
     good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
-    first, second = _hypothesis_inputs(good, 200), _hypothesis_inputs(good, 200)
+    first, second = _hypothesis_inputs(good, 60), _hypothesis_inputs(good, 60)
     assert first == second
-    assert len(set(first)) > 80  # hypothesis repeats small examples; most are new
+    assert len(set(first)) > 24  # hypothesis repeats small examples; most are new
 
 
 def test_the_allowed_differences_are_narrow() -> None:
