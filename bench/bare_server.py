@@ -16,11 +16,11 @@ attribute the difference (hit_path.py --variants runs them):
   cache key, parsing only a request never seen before;
 - ``lowlevel``: no extra work, but served by aiohttp's low-level server
   (``web.Server``, no router) as ``ocspd serve`` serves its app
-  (ocspd/front.py): the bare handler ocspd's front competes with.
+  (ocspd/web/runner.py): the bare handler ocspd's front competes with.
 - ``protocol``: no aiohttp at all, a bare ``asyncio.Protocol`` that finds
   the end of each request (head, then Content-Length bytes) and writes the
   same response bytes: the ceiling for a Python server on this loop, next to
-  which ocspd's fast path (ocspd/fasthttp.py) shows what its parsing, checks
+  which ocspd's fast path (ocspd/web/fast.py) shows what its parsing, checks
   and lookup cost.
 
     python bench/bare_server.py --port 8081 --body response.der --headers headers.json [--loop uvloop]

@@ -37,9 +37,9 @@ from typing import Any
 import common
 from common import Row, log
 
+from ocspd.app import ENGINE, init_app
 from ocspd.cache import ENTRY_OVERHEAD, Entry
 from ocspd.config import load_config
-from ocspd.http import ENGINE, init_app
 from ocspd.pki import KEY_TYPES
 from ocspd.protocol import CertId
 from ocspd.status import CertStatus, Status

@@ -42,11 +42,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 
 import ocspd
+from ocspd.app import ENGINE, INDEX_FILES, init_app
 from ocspd.config import load_config
-from ocspd.http import ENGINE, INDEX_FILES, init_app
 from ocspd.pki import KEY_TYPES
 from ocspd.protocol import CertId, parse_request
 from ocspd.signer import Answer
+from ocspd.status import Served, Status
 
 FIRST_SERIAL = 0x7000_0000
 REASONS = ("keyCompromise", "superseded", "cessationOfOperation", "")
@@ -137,11 +138,11 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
         for j in range(max(1, args.listed // n))
     ]
     certids = [CertId("sha1", name_hash, key_hash, FIRST_SERIAL + k) for k in range(n)]
-    answers = [Answer("good"), Answer("revoked", dt.datetime(2026, 1, 2, tzinfo=dt.UTC))] * n
+    answers = [Answer(Status.GOOD), Answer(Status.REVOKED, dt.datetime(2026, 1, 2, tzinfo=dt.UTC))] * n
     this_update = dt.datetime.now(dt.UTC).replace(microsecond=0)
     next_update = this_update + dt.timedelta(hours=24)
     sign = bare_sign(bench_pki.responder.key)
-    tbs_like = signer.sign(certids[:1], answers[:1], this_update, next_update)[:300]
+    tbs_like = signer.sign(certids[:1], answers[:1], this_update, next_update, produced_at=this_update)[:300]
 
     async def miss(i: int) -> None:
         if i % len(singles) == 0:
@@ -155,8 +156,8 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
     steps: list[tuple[str, Callable[[int], Any]]] = [
         ("single_miss", miss),
         ("multi", multi),
-        ("sign_1", lambda i: signer.sign(certids[:1], answers[:1], this_update, next_update)),
-        ("sign_n", lambda i: signer.sign(certids, answers[:n], this_update, next_update)),
+        ("sign_1", lambda i: signer.sign(certids[:1], answers[:1], this_update, next_update, produced_at=this_update)),
+        ("sign_n", lambda i: signer.sign(certids, answers[:n], this_update, next_update, produced_at=this_update)),
         ("parse_1", lambda i: parse_request(singles[i % len(singles)])),
         ("parse_n", lambda i: parse_request(multis[i % len(multis)])),
         ("bare_sign", lambda i: sign(tbs_like)),
@@ -164,8 +165,8 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
     # Once: a request of n CertIDs gets n SingleResponses, good and revoked among them.
     entry, _ = await engine.respond(parse_request(multis[0]))
     singles_answered = list(ocsp.load_der_ocsp_response(entry.der).responses)
-    if entry.status != "mixed" or len(singles_answered) != n:
-        raise SystemExit(f"unexpected answer to {n} CertIDs: {entry.status}, {len(singles_answered)} responses")
+    if entry.status is not Served.MIXED or len(singles_answered) != n:
+        raise SystemExit(f"unexpected answer to {n} CertIDs: {entry.status.value}, {len(singles_answered)} responses")
     for _, step in steps[:2]:  # warm both paths
         await timed(0.05, step)
     rounds: list[dict[str, Any]] = []
@@ -185,8 +186,8 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
         "ocspd": code_version(),
         "ocspd_path": ocspd.__file__,
         "response_bytes": {
-            "1": len(signer.sign(certids[:1], answers[:1], this_update, next_update)),
-            str(n): len(signer.sign(certids, answers[:n], this_update, next_update)),
+            "1": len(signer.sign(certids[:1], answers[:1], this_update, next_update, produced_at=this_update)),
+            str(n): len(signer.sign(certids, answers[:n], this_update, next_update, produced_at=this_update)),
         },
         "rounds": rounds,
     }

@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 import aiohttp
-import psycopg
 import common
 import load
+import psycopg
 from common import Row, log
 from load import BackgroundLoad, LoadSpec
 

@@ -18,7 +18,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from ocspd.memo import Memo
 from ocspd.protocol import http_date
+from ocspd.status import Served
 
 T = TypeVar("T")
 
@@ -54,21 +56,23 @@ class Window:
         self.refresh_at = (this.ts + next_.ts) / 2
 
 
-_WINDOWS: dict[tuple[float, float], Window] = {}
-_WINDOWS_MAX = 4096  # distinct windows remembered; entries keep their own references
+WINDOWS_MEMO = 4096  # distinct windows remembered; entries keep their own references
 
 
-def window(this_ts: float, next_ts: float) -> Window:
-    """The interned Window of two POSIX timestamps."""
-    key = (this_ts, next_ts)
-    found = _WINDOWS.get(key)
-    if found is None:
-        if len(_WINDOWS) >= _WINDOWS_MAX:
-            _WINDOWS.clear()
-        this_text = http_date(dt.datetime.fromtimestamp(this_ts, dt.UTC))
-        next_text = http_date(dt.datetime.fromtimestamp(next_ts, dt.UTC))
-        found = _WINDOWS[key] = Window(Stamp(this_ts, this_text), Stamp(next_ts, next_text))
-    return found
+def _window(times: tuple[float, float]) -> Window:
+    this_ts, next_ts = times
+    this_text = http_date(dt.datetime.fromtimestamp(this_ts, dt.UTC))
+    next_text = http_date(dt.datetime.fromtimestamp(next_ts, dt.UTC))
+    return Window(Stamp(this_ts, this_text), Stamp(next_ts, next_text))
+
+
+def windows() -> Memo[tuple[float, float], Window]:
+    """A memo of interned Windows: ``memo[(this_ts, next_ts)]`` for two POSIX timestamps.
+
+    Each maker of entries owns one (the memory tier, the store's reads), so
+    that the entries it makes in one second share one Window.
+    """
+    return Memo(WINDOWS_MEMO, _window)
 
 
 DIGEST = 32  # SHA-256 of the DER, kept after it in the same bytes object
@@ -78,26 +82,17 @@ class Entry:
     """A signed response plus what the HTTP layer needs to serve it as is.
 
     Kept small (SPEC §7: <= 300 bytes above the DER): the DER and its SHA-256
-    share one bytes object, the times are an interned Window, and what only
-    the write-back needs (status version, signer) is passed beside it.
+    share one bytes object, the times are an interned Window (from the
+    maker's ``windows()`` memo), and what only the write-back needs (status
+    version, signer) is passed beside it.
     """
 
     __slots__ = ("blob", "status", "window")
 
-    def __init__(self, der: bytes, status: str, this_update: dt.datetime, next_update: dt.datetime) -> None:
-        self._fill(der, status, window(this_update.timestamp(), next_update.timestamp()))
-
-    @classmethod
-    def at(cls, der: bytes, status: str, this_ts: float, next_ts: float) -> Entry:
-        """An entry from POSIX timestamps (as the store reads them)."""
-        entry = cls.__new__(cls)
-        entry._fill(der, status, window(this_ts, next_ts))
-        return entry
-
-    def _fill(self, der: bytes, status: str, times: Window) -> None:
+    def __init__(self, der: bytes, status: Served, window: Window) -> None:
         self.blob = der + hashlib.sha256(der).digest()
         self.status = status
-        self.window = times
+        self.window = window
 
     @property
     def der(self) -> bytes:
@@ -126,7 +121,7 @@ class Entry:
         return '"' + self.blob[-DIGEST:].hex() + '"'
 
     def __repr__(self) -> str:
-        return f"<Entry {self.status} {len(self.blob) - DIGEST}B>"
+        return f"<Entry {self.status.value} {len(self.blob) - DIGEST}B>"
 
 
 class MemoryTier:
@@ -146,6 +141,8 @@ class MemoryTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
+        # The Windows of the entries made for this tier (by the engine).
+        self.windows = windows()
 
     def get(self, key: Hashable) -> Entry | None:
         """The entry for key, or None if absent or past its refresh point."""

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocspd import commands, importer, logs, server
+from ocspd import commands, daemon, importer, logs
 from ocspd.commands import UsageError
 from ocspd.config import dump_config, load_config
 from ocspd.exceptions import ConfigError, OcspdError
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     try:
         if args.command == "serve":
-            return server.serve(args.config, load_config(args.config), worker_fd=args.worker_fd)
+            return daemon.serve(args.config, load_config(args.config), worker_fd=args.worker_fd)
         if args.command == "demo":
             return _demo(args.dir, args.port)
         if args.command == "check-config":
@@ -172,7 +172,7 @@ def _demo(directory: Path, port: int) -> int:
         print(f"  {command}\n")
     print("Revoke a certificate: edit index.txt (change V to R and add a revocation time);")
     print("the next answer says 'revoked' within about a second. Ctrl-C stops.\n", flush=True)
-    return server.serve(demo.config, load_config(demo.config, environ={}))
+    return daemon.serve(demo.config, load_config(demo.config, environ={}))
 
 
 def console() -> None:

@@ -3,7 +3,7 @@ status, presign (SPEC §4); cert import is in ``importer``. Parsing of user
 input lives here too: serials, times, reasons, each refused with one line
 naming what is wrong.
 
-The revocation rules are the database's (sql/migrations/0003): these
+The revocation rules are the database's (ocspd/sql/migrations/0003): these
 commands say what they found and kept, and turn a refusal into one line.
 """
 
@@ -24,7 +24,7 @@ from ocspd.config import Config, DatabaseConfig, IssuerConfig
 from ocspd.exceptions import ConfigError, OcspdError, RuleViolation
 from ocspd.index import IndexFile
 from ocspd.status import REASONS, Status, revocation_reason
-from ocspd.store import Certificates, CertRecord, CertRow, RevokeResult, Store
+from ocspd.store import Certificates, CertRecord, CertRow, RevokeResult, SignedResponse, Store
 
 PRESIGN_BATCH = 500
 PRESIGN_HASHES = ("sha1", "sha256")
@@ -118,7 +118,7 @@ async def _with_store(config: Config, work: Callable[[Store], Awaitable[T]], sto
 
 def with_certificates(config: Config, work: Callable[[Certificates], Awaitable[T]]) -> T:
     """Run ``work`` on the certificate table of ``config``'s database."""
-    return asyncio.run(_with_store(config, lambda store: work(Certificates(store))))
+    return asyncio.run(_with_store(config, lambda store: work(store.certificates)))
 
 
 def db_migrate(config: Config) -> int:
@@ -163,8 +163,9 @@ def cert_add(config: Config, issuer_id: str, serial_text: str, not_after_text: s
     return 0
 
 
-def revoke(config: Config, issuer_id: str, serial_text: str, reason_text: str | None, at: str | None,
-           amend: bool = False) -> int:
+def revoke(
+    config: Config, issuer_id: str, serial_text: str, reason_text: str | None, at: str | None, amend: bool = False
+) -> int:
     """``ocspd revoke``: every replica answers revoked once this commits; permanent but for a hold."""
     database_issuer(config, issuer_id, "revoke")
     serial = parse_serial(serial_text)
@@ -215,7 +216,7 @@ def status(config: Config, issuer_id: str, serial_text: str, as_json: bool) -> i
         index.load()
         found = index.lookup(serial)
         info["source"] = f"index {issuer.index}"
-        info["status"] = found.status.value if found is not None else "unknown"
+        info["status"] = (found.status if found is not None else Status.UNKNOWN).value
         if found is not None and found.status is Status.REVOKED:
             info["revoked_at"] = found.revoked_at
             info["reason"] = found.reason.value if found.reason is not None else None
@@ -224,14 +225,18 @@ def status(config: Config, issuer_id: str, serial_text: str, as_json: bool) -> i
         row = with_certificates(config, lambda table: table.status(issuer_id, serial))
         info["source"] = "postgres"
         if row is None:
-            info["status"] = "unknown"
+            info["status"] = Status.UNKNOWN.value
         else:
             info.update(
-                status=row.status.value, revoked_at=row.revoked_at,
-                reason=row.reason.value if row.reason is not None else None, not_after=row.not_after,
-                version=row.version, updated_at=row.updated_at, stored_responses=row.stored_responses,
+                status=row.status.value,
+                revoked_at=row.revoked_at,
+                reason=row.reason.value if row.reason is not None else None,
+                not_after=row.not_after,
+                version=row.version,
+                updated_at=row.updated_at,
+                stored_responses=row.stored_responses,
             )
-    if info["status"] == "unknown":
+    if info["status"] == Status.UNKNOWN.value:
         info["served"] = {"unknown": "unknown", "revoked": "revoked (extended)", "unauthorized": "unauthorized"}[
             issuer.unknown_serial
         ]
@@ -260,25 +265,31 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     async def work(store: Store) -> None:
         started = time.monotonic()
         for issuer_id in issuer_ids:
-            total = await Certificates(store).count(issuer_id)
+            total = await store.certificates.count(issuer_id)
             for hash_alg in PRESIGN_HASHES:
-                after, done, written = "", 0, 0
+                after: int | None = None
+                done, written = 0, 0
                 fingerprint = signers[issuer_id].fingerprint
-                while batch := await store.presign_batch(issuer_id, hash_alg, fingerprint, after, PRESIGN_BATCH):
+                while batch := await store.responses.presign_batch(
+                    issuer_id, hash_alg, fingerprint, after, PRESIGN_BATCH
+                ):
                     items = [
-                        (
-                            int(serial, 16), hash_alg,
-                            engine.sign_stored(issuer_id, int(serial, 16), hash_alg, status), status.version,
+                        SignedResponse(
+                            row.serial,
+                            hash_alg,
+                            engine.sign_stored(issuer_id, row.serial, hash_alg, row.status),
+                            row.status.version,
                         )
-                        for serial, status in batch
+                        for row in batch
                     ]
-                    written += await store.store_many(issuer_id, fingerprint, items)
+                    written += await store.responses.store_many(issuer_id, fingerprint, items)
                     done += len(batch)
-                    after = batch[-1][0]
+                    after = batch[-1].serial
                     print(
                         f"presign issuer={issuer_id} hash={hash_alg} signed={done} stored={written} "
                         f"certificates={total} elapsed={time.monotonic() - started:.1f}s",
-                        file=sys.stderr, flush=True,
+                        file=sys.stderr,
+                        flush=True,
                     )
                 print(f"presigned issuer={issuer_id} hash={hash_alg} stored={written}", file=sys.stderr, flush=True)
 

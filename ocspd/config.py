@@ -48,7 +48,7 @@ class ServerConfig:
     # A request head must arrive whole within this long of its first byte (more than 0).
     header_timeout: dt.timedelta = dt.timedelta(seconds=5)
     # Connections one process holds; past it the longest-idle one is closed, or
-    # the new one refused (ocspd/connections.py). Each needs a file descriptor.
+    # the new one refused (ocspd/web/connections.py). Each needs a file descriptor.
     max_connections: int = 4096
 
 

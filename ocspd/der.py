@@ -71,28 +71,15 @@ def oid(dotted: str) -> bytes:
     return tlv(0x06, bytes(out))
 
 
-_TIMES: dict[int, bytes] = {}
-_TIMES_MAX = 4096
-
-
 def generalized_time(moment: dt.datetime) -> bytes:
     """GeneralizedTime in whole seconds, UTC (RFC 5280 §4.1.2.5.2).
 
-    Remembered per second: the responses signed in one second share their
-    producedAt, thisUpdate and nextUpdate, and strftime is not cheap.
+    Not cheap (strftime): the signer remembers what it encodes, since the
+    responses signed in one second share their producedAt, thisUpdate and
+    nextUpdate.
     """
-    return generalized_time_at(math.floor(moment.timestamp()))
-
-
-def generalized_time_at(second: int) -> bytes:
-    """GeneralizedTime of a POSIX second (see ``generalized_time``)."""
-    found = _TIMES.get(second)
-    if found is None:
-        if len(_TIMES) >= _TIMES_MAX:
-            _TIMES.clear()
-        text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y%m%d%H%M%SZ")
-        found = _TIMES[second] = tlv(0x18, text.encode("ascii"))
-    return found
+    second = dt.datetime.fromtimestamp(math.floor(moment.timestamp()), dt.UTC)
+    return tlv(0x18, second.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
 
 
 def explicit(number: int, content: bytes) -> bytes:

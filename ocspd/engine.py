@@ -13,9 +13,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography import x509
-
-from ocspd.cache import Entry, Flight, MemoryTier, Singleflight
+from ocspd.cache import Entry, Flight, MemoryTier, Singleflight, Window
 from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import MalformedRequest, Overloaded, TryLater, Unauthorized
 from ocspd.logs import event
@@ -23,7 +21,7 @@ from ocspd.metrics import Metrics
 from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
 from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
 from ocspd.sources import IndexSource, StatusSource
-from ocspd.status import CertStatus, Status
+from ocspd.status import HOLD, SERVED, CertStatus, Served, Status
 
 log = logging.getLogger("ocspd.engine")
 
@@ -89,9 +87,6 @@ class Engine:
         # served from memory.
         self.channel_up = not notified
         self.signing = 0  # productions in progress (cache misses and live signatures)
-        # The HTTP layer's map of raw requests to (key, issuer), kept here so
-        # that a reload, which may change what a request means, clears it.
-        self.known_requests: dict[bytes | str, tuple[Key, Issuer]] = {}
         self._apply(config, signers)
 
     def _apply(self, config: Config, signers: Mapping[str, Signer]) -> None:
@@ -114,8 +109,8 @@ class Engine:
         self._by_certid = by_certid
         self._validity = config.responses.validity
         self._backdate = config.responses.backdate
-        self._window_second = -1  # (thisUpdate, nextUpdate) are remembered for one second
-        self._window_times = (dt.datetime.min, dt.datetime.min)
+        self._window_second = -1  # the times of a response are remembered for one second
+        self._window_times: tuple[dt.datetime, dt.datetime, dt.datetime, Window] | None = None
         self._echo_nonce = config.responses.nonce == "echo"
         self._max_certids = config.responses.max_certids_per_request
         self._max_signing = config.responses.max_inflight_signatures
@@ -132,7 +127,6 @@ class Engine:
         old = self.issuers
         responses_changed = config.responses != self.config.responses
         self._apply(config, signers)
-        self.known_requests.clear()
         changed = [
             issuer_id
             for issuer_id, issuer in self.issuers.items()
@@ -252,23 +246,24 @@ class Engine:
             for issuer, certid in zip(issuers, certids, strict=True):
                 lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
                 answers.append(self._answer(issuer, lookup.status))
-            this_update, next_update = self._window()
-            der = self._sign(issuers[0], certids, answers, this_update, next_update, nonce)
-            status = answers[0].status if len(answers) == 1 else "mixed"
-            return Entry(der, status, this_update, next_update)
+            produced_at, this_update, next_update, window = self._window()
+            der = self._sign(issuers[0], certids, answers, produced_at, this_update, next_update, nonce)
+            status = SERVED[answers[0].status] if len(answers) == 1 else Served.MIXED
+            return Entry(der, status, window)
 
     def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
         """Sign a cacheable (nonce-free, one-CertID) response for this status."""
         answer = self._answer(issuer, status)
-        this_update, next_update = self._window()
-        der = self._sign(issuer, (certid,), (answer,), this_update, next_update, None)
-        return Entry(der, answer.status, this_update, next_update)
+        produced_at, this_update, next_update, window = self._window()
+        der = self._sign(issuer, (certid,), (answer,), produced_at, this_update, next_update, None)
+        return Entry(der, SERVED[answer.status], window)
 
     def _sign(
         self,
         issuer: Issuer,
         certids: tuple[CertId, ...],
         answers: Sequence[Answer],
+        produced_at: dt.datetime,
         this_update: dt.datetime,
         next_update: dt.datetime,
         nonce: bytes | None,
@@ -276,7 +271,7 @@ class Engine:
         counter, seconds, errors = self._signed[issuer.config.id]
         started = time.perf_counter()
         try:
-            der = issuer.signer.sign(certids, answers, this_update, next_update, nonce)
+            der = issuer.signer.sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
         except Exception:
             errors.inc()
             raise
@@ -296,27 +291,33 @@ class Engine:
             raise Overloaded("too many signatures in flight")
         return _Slot(self, inline)
 
-    def _window(self) -> tuple[dt.datetime, dt.datetime]:
+    def _window(self) -> tuple[dt.datetime, dt.datetime, dt.datetime, Window]:
+        """producedAt, thisUpdate, nextUpdate and their memory-tier Window, for the clock's second."""
         # Whole seconds: the DER holds whole seconds, and the HTTP headers
         # (Last-Modified, Expires) must say the same as the DER.
         now = int(self.clock())
-        if now != self._window_second:
-            this_update = dt.datetime.fromtimestamp(now, dt.UTC) - self._backdate
-            self._window_second, self._window_times = now, (this_update, this_update + self._validity)
-        return self._window_times
+        times = self._window_times
+        if times is None or now != self._window_second:
+            produced_at = dt.datetime.fromtimestamp(now, dt.UTC)
+            this_update = produced_at - self._backdate
+            next_update = this_update + self._validity
+            window = self.memory.windows[(this_update.timestamp(), next_update.timestamp())]
+            times = self._window_times = (produced_at, this_update, next_update, window)
+            self._window_second = now
+        return times
 
     @staticmethod
     def _answer(issuer: Issuer, status: CertStatus) -> Answer:
         if status.status is Status.GOOD:
-            return Answer("good")
+            return Answer(Status.GOOD)
         if status.status is Status.REVOKED:
-            return Answer("revoked", status.revoked_at, status.reason)
+            return Answer(Status.REVOKED, status.revoked_at, status.reason)
         policy = issuer.config.unknown_serial
         if policy == "revoked":
-            return Answer("revoked", EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, extended_revoke=True)
+            return Answer(Status.REVOKED, EXTENDED_REVOKE_TIME, HOLD.flag, extended_revoke=True)
         if policy == "unauthorized":
             raise Unauthorized("serial not issued by this CA")
-        return Answer("unknown")
+        return Answer(Status.UNKNOWN)
 
     def invalidate(self, issuer_id: str, serials: Iterable[int], cause: str = "notify") -> int:
         """Forget everything known about these serials; returns entries dropped."""

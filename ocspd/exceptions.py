@@ -1,7 +1,7 @@
 """The one exception hierarchy of ocspd.
 
 The HTTP layer maps these to OCSP response statuses in one place
-(``ocspd.http``); nothing else decides what a client sees.
+(``ocspd.web.handlers``); nothing else decides what a client sees.
 """
 
 from __future__ import annotations
@@ -80,4 +80,4 @@ class StoreError(OcspdError):
 
 
 class RuleViolation(StoreError):
-    """A write the revocation rules refuse (SQLSTATE 23R01, sql/migrations/0003): the message says which."""
+    """A write the revocation rules refuse (SQLSTATE 23R01, ocspd/sql/migrations/0003): the message says which."""

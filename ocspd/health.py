@@ -9,10 +9,13 @@ without its memory tier), so it is ready but *degraded*.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ocspd.exceptions import OcspdError
-from ocspd.index import IndexFile
-from ocspd.store import Listener, Store
+
+if TYPE_CHECKING:  # the web layer imports Readiness without the store's driver
+    from ocspd.index import IndexFile
+    from ocspd.store import Listener, Store
 
 
 @dataclass(frozen=True, slots=True)

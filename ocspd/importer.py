@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from ocspd.commands import UsageError, database_issuer, with_certificates
 from ocspd.config import Config
 from ocspd.index import IndexFile
 from ocspd.status import Status
-from ocspd.store import Certificates, CertRecord, fold_duplicates
+from ocspd.store import Certificates, CertRecord, ImportCounts, fold_duplicates
 
 IMPORT_BATCH = 5000
 # The database refuses revocation times further ahead of its clock than this
-# (sql/migrations/0003): checked here first, so that nothing half-imports.
+# (ocspd/sql/migrations/0003): checked here first, so that nothing half-imports.
 CLOCK_SKEW = dt.timedelta(minutes=1)
 
 
@@ -44,9 +43,9 @@ def cert_import(config: Config, issuer_id: str, files: Sequence[Path]) -> int:
     _refuse_future_revocations(records)
     total = len(records)
 
-    async def work(table: Certificates) -> Counter[str]:
+    async def work(table: Certificates) -> ImportCounts:
         started = time.monotonic()
-        outcomes: Counter[str] = Counter()
+        outcomes = ImportCounts()
         for done, batch in _batches(records, IMPORT_BATCH):
             outcomes += await table.merge_in(issuer_id, batch)
             elapsed = time.monotonic() - started
@@ -55,9 +54,9 @@ def cert_import(config: Config, issuer_id: str, files: Sequence[Path]) -> int:
 
     outcomes = with_certificates(config, work)
     print(
-        f"imported {total} certificates for issuer {issuer_id}: {outcomes['new']} new, "
-        f"{outcomes['revoked']} revoked, {outcomes['kept']} already revoked, kept, "
-        f"{outcomes['conflict']} revoked otherwise in the database, kept, {outcomes['unchanged']} unchanged; "
+        f"imported {total} certificates for issuer {issuer_id}: {outcomes.new} new, "
+        f"{outcomes.revoked} revoked, {outcomes.kept} already revoked, kept, "
+        f"{outcomes.conflict} revoked otherwise in the database, kept, {outcomes.unchanged} unchanged; "
         f"{folded} duplicates merged",
         file=sys.stderr,
     )

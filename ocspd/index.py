@@ -47,7 +47,7 @@ from cryptography import x509
 
 from ocspd.exceptions import SourceUnavailable
 from ocspd.logs import event
-from ocspd.status import REASONS, CertStatus, Status, served_reason
+from ocspd.status import HOLD, REASONS, CertStatus, Status, served_reason
 
 __all__ = ["IndexFile"]
 
@@ -56,16 +56,12 @@ _GOOD = CertStatus(Status.GOOD)
 _MAX_LINE_WARNINGS = 20  # per load; after that, only a count
 
 # OpenSSL's crl_reasons (apps/ca.c), in lower case -> (reason, needs an argument):
-# the names of the one reason table (removeFromCRL is no revocation reason,
-# so a line with it is malformed), and three forms that carry an argument.
+# the OpenSSL names of the one reason table (removeFromCRL is no revocation
+# reason, so a line with it is malformed), and its three forms with an argument.
 _REASONS: dict[str, tuple[x509.ReasonFlags | None, bool]] = {
     r.openssl.lower(): (served_reason(r.flag), False) for r in REASONS if r.openssl and r.revocation
 }
-_REASONS.update({
-    "holdinstruction": (x509.ReasonFlags.certificate_hold, True),  # ,OID
-    "keytime": (x509.ReasonFlags.key_compromise, True),  # ,compromise time
-    "cakeytime": (x509.ReasonFlags.ca_compromise, True),  # ,compromise time
-})
+_REASONS.update({r.openssl_with_argument.lower(): (r.flag, True) for r in REASONS if r.openssl_with_argument})
 
 _StatKey = tuple[int, int, int]
 
@@ -126,7 +122,7 @@ def _revoked(field: str) -> CertStatus:
             raise _BadLine(f"unknown revocation reason {parts[1]!r}") from None
         if needs_arg != (len(parts) == 3) or (needs_arg and not parts[2]):
             raise _BadLine(f"bad argument for revocation reason {parts[1]!r}")
-        if needs_arg and parts[1].lower() != "holdinstruction":
+        if needs_arg and reason is not HOLD.flag:  # holdInstruction's argument is an OID
             _parse_time(parts[2])
     elif len(parts) == 3:
         raise _BadLine(f"bad revocation field {field!r}")

@@ -31,6 +31,11 @@ STATUSES = (
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
+# Why the fast HTTP path handed a request to aiohttp: the values of ocspd.web.head.HandOff.
+HANDOFF_REASONS = (
+    "request_line", "method", "target", "version", "field_syntax", "repeated_field", "too_many_fields", "no_host",
+    "hand_off_field", "content_length", "body_too_large", "connection", "head_too_large", "partial_reads",
+)
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SIGNING_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -75,8 +80,9 @@ class Timing:
         counts = self.counts
         if not any(counts):
             return
-        # prometheus-client has no bulk observe; its per-bucket values are the
-        # documented-by-use way to add many observations at once.
+        # prometheus-client has no bulk observe, and observe() per observation
+        # costs ~5 times Timing.observe: its private per-bucket values add many at
+        # once. setup.cfg bounds the release; tests/test_metrics.py checks them.
         buckets = self.child._buckets
         for i, n in enumerate(counts):
             if n:
@@ -163,6 +169,12 @@ class Metrics:
         )
         for action in ("idle_closed", "refused"):
             self.connections_limited.labels(action)  # present (at 0) before the first
+        self.http_handoffs = Counter(
+            "ocspd_http_handoffs",
+            "Requests the fast HTTP path handed to aiohttp (with their connection), by reason: the first rule "
+            "of the fast path's head reader the request did not meet (ocspd/web/head.py)",
+            ["reason"], registry=r,
+        )
         self.build_info = Gauge(
             "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
             registry=r, multiprocess_mode="livemax",
@@ -180,6 +192,8 @@ class Metrics:
             *self.request_counter.values(), *self.request_latency.values(), self.memory_hit, self.memory_miss,
             self.postgres_hit, self.postgres_miss, self.outside_prefix,
         ]
+        self.handoff = {reason: Tally(self.http_handoffs.labels(reason)) for reason in HANDOFF_REASONS}  # all at 0
+        self._tallies += self.handoff.values()
         self._signing: dict[tuple[str, str], tuple[Tally, Timing, Counter]] = {}
         self.invalidation = {cause: self.invalidations.labels(cause) for cause in INVALIDATION_CAUSES}
         for result in WRITE_BACK_RESULTS:

@@ -1,11 +1,9 @@
-"""Running ``ocspd serve`` as a daemon: listeners, signals, systemd
-notification, and (with ``server.workers`` > 1) a supervisor of worker
-processes that share the OCSP port with SO_REUSEPORT.
+"""One serving process of ``ocspd serve``: listeners, signals, reload, systemd
+notification, and what the process needs (file descriptors, GC thresholds).
 
-One process (workers = 1) serves OCSP and the admin endpoints itself. With
-several workers, each worker is a full replica (its own memory tier, pool
-and listener) and the supervisor serves the admin endpoints, summing the
-workers' metrics (prometheus-client multiprocess mode) and their readiness.
+A ``Process`` serves OCSP and, unless it is a worker, the admin endpoints.
+Whether ``ocspd serve`` runs one process or a supervisor of workers
+(``ocspd/workers.py``) is decided in ``ocspd/daemon.py``.
 """
 
 from __future__ import annotations
@@ -22,14 +20,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ocspd import logs
+from ocspd.app import ENGINE, LISTENER, METRICS, STORE, app_readiness, init_app, reload_app, runner_for
 from ocspd.config import Config, load_config
 from ocspd.exceptions import OcspdError, SchemaOutdated, SourceUnavailable, StoreError
-from ocspd.health import Readiness
 from ocspd.logs import event
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
 from ocspd.signer import Signer
 from ocspd.store import Listener, Store
+from ocspd.web.admin import init_admin_app
 
 log = logging.getLogger("ocspd.server")
 
@@ -131,14 +129,10 @@ class Process:
         self.serving = False  # READY=1 sent (or, for a worker, reported)
 
     async def run(self) -> None:
-        from ocspd.front import OcspRunner
-        from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app, init_app, reload_app
-        from ocspd.replication import LISTENER, STORE
-
         app = init_app(self.config)  # keys are loaded here, once
         if self.worker_fd is None:
             summary(self.config, {issuer_id: i.signer for issuer_id, i in app[ENGINE].issuers.items()})
-        runner = OcspRunner(
+        runner = runner_for(
             app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False,
             keepalive_timeout=self.config.server.keepalive_timeout.total_seconds(),
         )
@@ -147,7 +141,7 @@ class Process:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload(app, reload_app))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reload(app))
         tasks: list[asyncio.Task[None]] = []
         await runner.setup()  # index files loaded, pool and listener started
         # What exists now (config, keys, index files) lives as long as the
@@ -163,7 +157,7 @@ class Process:
                 await _start_site(admin_runner, *self.config.admin.listen, reuse_port=False)
             if self.worker_fd is not None:
                 # From now on, so that the supervisor's /readyz says what a waiting worker waits for.
-                tasks.append(asyncio.create_task(self._report(app, app_readiness)))
+                tasks.append(asyncio.create_task(self._report(app)))
             if not await self._servable(app.get(STORE), app.get(LISTENER), stop):
                 return  # stopped while waiting
             event(log, "ready", issuers=",".join(i.id for i in self.config.issuers), pid=os.getpid())
@@ -228,7 +222,7 @@ class Process:
             if not await _unless_stopped(asyncio.sleep(SCHEMA_RETRY_SECONDS), stop):
                 return False
 
-    def _reload(self, app: web.Application, reload_app: Callable[[web.Application, Config], list[str]]) -> None:
+    def _reload(self, app: web.Application) -> None:
         # Before READY=1, a reload must not announce readiness (RELOADING=1 ... READY=1).
         if self.serving:
             self.notifier.reloading()
@@ -243,9 +237,7 @@ class Process:
         if self.serving:
             self.notifier.ready("serving")
 
-    async def _report(
-        self, app: web.Application, app_readiness: Callable[[web.Application], asyncio.Future[Readiness]]
-    ) -> None:
+    async def _report(self, app: web.Application) -> None:
         """Tell the supervisor, once a second, whether this worker is ready."""
         assert self.worker_fd is not None
         with open(self.worker_fd, "w", buffering=1, closefd=True) as pipe:
@@ -278,23 +270,7 @@ async def _unless_stopped(waiting: Awaitable[object], stop: asyncio.Event) -> bo
     return finished
 
 
-def serve(config_path: Path | None, config: Config, *, worker_fd: int | None = None) -> int:
-    """``ocspd serve``: run until SIGTERM/SIGINT; returns the exit status."""
-    logs.setup(config.log, level=os.environ.get("OCSPD_LOG_LEVEL"))
-    for warning in config.warnings:
-        event(log, "config_warning", logging.WARNING, message=warning)
-    ensure_file_limit(config)  # before the workers start: they inherit it
-    if worker_fd is None and config.server.workers > 1:
-        from ocspd.workers import Supervisor
-
-        return Supervisor(config_path, config).run()
-    gc.set_threshold(*GC_THRESHOLDS)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(Process(config_path, config, worker_fd=worker_fd).run())
-    return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's, when it is installed (the ``speed`` extra): a faster event loop. Else asyncio's."""
     try:
         import uvloop

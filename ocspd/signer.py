@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from ocspd import der
 from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import ConfigError
 from ocspd.logs import event
+from ocspd.memo import Memo
 from ocspd.protocol import HASH_NAMES, CertId
-from ocspd.status import REASON_BY_FLAG, served_reason
+from ocspd.status import REASON_BY_FLAG, Status, served_reason
 
 log = logging.getLogger("ocspd.signer")
 
@@ -41,15 +41,16 @@ EXTENDED_REVOKE_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 class Answer:
     """What to say about one CertID, after the unknown-serial policy."""
 
-    status: str  # "good" | "revoked" | "unknown"
+    status: Status
     revoked_at: dt.datetime | None = None
     reason: x509.ReasonFlags | None = None
     extended_revoke: bool = False  # RFC 6960 §2.2 answer for an unissued serial
 
 
-# thisUpdate and [0] nextUpdate, encoded, per (thisUpdate, nextUpdate): every
-# response signed in one second shares them.
-_TIME_PAIRS: dict[tuple[dt.datetime, dt.datetime], bytes] = {}
+# How many encoded times (producedAt and revocation times) and (thisUpdate,
+# nextUpdate) pairs a signer remembers (ocspd/memo.py).
+TIMES_MEMO = 4096
+TIME_PAIRS_MEMO = 1024
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -110,6 +111,10 @@ class Signer:
             if responder_cert is not None
             else b""
         )
+        # Times encoded once: every response signed in one second shares its
+        # producedAt, and its thisUpdate and [0] nextUpdate; revocation times repeat.
+        self._times: Memo[dt.datetime, bytes] = Memo(TIMES_MEMO, der.generalized_time)
+        self._time_pairs: Memo[tuple[dt.datetime, dt.datetime], bytes] = Memo(TIME_PAIRS_MEMO, _time_pair)
 
     def sign(
         self,
@@ -118,6 +123,8 @@ class Signer:
         this_update: dt.datetime,
         next_update: dt.datetime,
         nonce: bytes | None = None,
+        *,
+        produced_at: dt.datetime,
     ) -> bytes:
         """Build and sign one successful OCSPResponse (DER) for these CertIDs.
 
@@ -126,7 +133,8 @@ class Signer:
         encodings. Each CertID is echoed with the hash algorithm the client
         used. The nonce, if given, goes to responseExtensions (RFC 9654
         §2.1), and so does the extended-revoke extension when any answer is
-        one (RFC 6960 §4.4.8).
+        one (RFC 6960 §4.4.8). ``produced_at`` is the caller's "now" (the
+        engine's clock), in whole seconds like every time of the response.
 
         For one CertID these are the bytes cryptography's OCSPResponseBuilder
         produces, for several those of asn1crypto (tests/test_signer.py
@@ -135,13 +143,7 @@ class Signer:
         """
         if len(certids) != len(answers) or not certids:
             raise ValueError("certids and answers must be non-empty and of equal length")
-        times = _TIME_PAIRS.get((this_update, next_update))
-        if times is None:
-            if len(_TIME_PAIRS) >= 1024:
-                _TIME_PAIRS.clear()
-            times = _TIME_PAIRS[(this_update, next_update)] = der.generalized_time(this_update) + der.explicit(
-                0, der.generalized_time(next_update)
-            )
+        times = self._time_pairs[(this_update, next_update)]
         singles = []
         extended_revoke = False
         for certid, answer in zip(certids, answers, strict=True):
@@ -154,7 +156,7 @@ class Signer:
             extensions.append(der.sequence(_EXTENDED_REVOKE_OID, der.octet_string(der.NULL)))
         tbs = der.sequence(
             self._responder_id,
-            der.generalized_time_at(int(time.time())),  # producedAt
+            self._times[produced_at],  # producedAt
             der.sequence(*singles),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
@@ -185,13 +187,13 @@ class Signer:
                 + der.octet_string(certid.key_hash)
             )
         cert_id = der.sequence(cert_id, der.integer(certid.serial))
-        if answer.status == "good":
+        if answer.status is Status.GOOD:
             status = b"\x80\x00"  # good [0] IMPLICIT NULL
-        elif answer.status == "unknown":
+        elif answer.status is Status.UNKNOWN:
             status = b"\x82\x00"  # unknown [2] IMPLICIT NULL
         else:
             assert answer.revoked_at is not None
-            info = der.generalized_time(answer.revoked_at)
+            info = self._times[answer.revoked_at]
             reason = served_reason(answer.reason)
             if reason is not None:
                 info += der.explicit(0, der.tlv(0x0A, bytes((REASON_BY_FLAG[reason].code,))))
@@ -216,6 +218,12 @@ class Signer:
             return "ed25519"
         family = "ecdsa" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "rsa"
         return f"{self._hash.name}_{family}"
+
+
+def _time_pair(times: tuple[dt.datetime, dt.datetime]) -> bytes:
+    """thisUpdate and [0] nextUpdate of a SingleResponse, encoded."""
+    this_update, next_update = times
+    return der.generalized_time(this_update) + der.explicit(0, der.generalized_time(next_update))
 
 
 _SIGNATURE_OIDS = {

@@ -1,6 +1,10 @@
-"""What a status source says about one certificate, and the one table of
-revocation reasons (RFC 5280 §5.3.1) that every source, the signer and the
-CLI read.
+"""The one status vocabulary: what a status source says about one
+certificate (``Status``), what a signed response says (``Served``), and the
+one table of revocation reasons (RFC 5280 §5.3.1) that every source, the
+signer, the store and the CLI read.
+
+Code passes these enums around; their ``value`` is the spelling at the
+edges (log fields, metric labels, SQL parameters, CLI output).
 """
 
 from __future__ import annotations
@@ -18,6 +22,28 @@ class Status(enum.Enum):
     GOOD = "good"
     REVOKED = "revoked"
     UNKNOWN = "unknown"  # the source has never heard of this serial
+
+
+class Served(enum.Enum):
+    """What a signed response says, as the transaction log and the store's responses table spell it.
+
+    One CertID's answer after the unknown-serial policy (an unissued serial
+    answered "revoked" is REVOKED), or MIXED for any response of several
+    CertIDs, whatever their answers.
+    """
+
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+    MIXED = "mixed"
+
+
+# The served status of one CertID's answer (``signer.Answer.status`` is a Status).
+SERVED: dict[Status, Served] = {status: Served(status.value) for status in Status}
+# By spelling, for the edges that read one back (the store's columns, per row):
+# a dict lookup, where calling the enum costs about a microsecond.
+STATUS_BY_VALUE: dict[str, Status] = {status.value: status for status in Status}
+SERVED_BY_VALUE: dict[str, Served] = {served.value: served for served in Served}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +71,9 @@ class Reason:
     code: int  # the CRLReason enumeration value
     openssl: str  # how `openssl ca` spells it in index.txt ("" where it has no name for it)
     revocation: bool = True  # can a certificate be revoked with it?
+    # OpenSSL's other name for it, followed in index.txt by an argument: ``,OID``
+    # for holdInstruction, ``,time`` (of the compromise) for the others.
+    openssl_with_argument: str = ""
 
     @property
     def name(self) -> str:
@@ -54,12 +83,12 @@ class Reason:
 _F = x509.ReasonFlags
 REASONS: tuple[Reason, ...] = (
     Reason(_F.unspecified, 0, "unspecified"),
-    Reason(_F.key_compromise, 1, "keyCompromise"),
-    Reason(_F.ca_compromise, 2, "CACompromise"),
+    Reason(_F.key_compromise, 1, "keyCompromise", openssl_with_argument="keyTime"),
+    Reason(_F.ca_compromise, 2, "CACompromise", openssl_with_argument="CAkeyTime"),
     Reason(_F.affiliation_changed, 3, "affiliationChanged"),
     Reason(_F.superseded, 4, "superseded"),
     Reason(_F.cessation_of_operation, 5, "cessationOfOperation"),
-    Reason(_F.certificate_hold, 6, "certificateHold"),
+    Reason(_F.certificate_hold, 6, "certificateHold", openssl_with_argument="holdInstruction"),
     # 7 is unused. removeFromCRL marks, in a delta CRL, an entry that left the
     # base CRL (a released hold): it is not a reason to revoke anything.
     Reason(_F.remove_from_crl, 8, "removeFromCRL", revocation=False),

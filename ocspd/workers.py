@@ -31,6 +31,9 @@ from ocspd.health import Readiness
 from ocspd.logs import event
 from ocspd.metrics import mark_process_dead, multiprocess_exposition
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
+from ocspd.server import ignore_stop_signals, summary
+from ocspd.signer import load_signers
+from ocspd.web.admin import init_admin_app
 
 log = logging.getLogger("ocspd.workers")
 
@@ -69,10 +72,6 @@ class Supervisor:
         return 0
 
     async def _main(self) -> None:
-        from ocspd.http import init_admin_app
-        from ocspd.server import ignore_stop_signals, summary
-        from ocspd.signer import load_signers
-
         # Keys are checked here once, so that a bad one fails before any worker starts.
         summary(self.config, load_signers(self.config))
 
@@ -173,8 +172,6 @@ class Supervisor:
         self.notifier.reloading()
         try:
             config = load_config(self.config_path)
-            from ocspd.signer import load_signers
-
             load_signers(config)
             if config.server.workers != self.config.server.workers or config.admin != self.config.admin:
                 raise OcspdError("changes to server.workers or [admin] need a restart")

@@ -13,8 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
-from ocspd.front import OcspRunner
-from ocspd.http import init_app
+from ocspd.app import init_app, runner_for
 from ocspd.store import Store
 from tests.faults import PgProxy
 from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki
@@ -30,10 +29,10 @@ def test_pki(tmp_path: Path) -> TestPki:
 
 
 class OcspTestServer(TestServer):
-    """A test server that serves the app as ``ocspd serve`` does (front.OcspRunner)."""
+    """A test server that serves the app as ``ocspd serve`` does (web.runner.OcspRunner)."""
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
-        return OcspRunner(self.app, **kwargs)
+        return runner_for(self.app, **kwargs)
 
 
 @pytest.fixture

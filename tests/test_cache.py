@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspd.cache import ENTRY_OVERHEAD, Entry, Flight, MemoryTier, Singleflight
-from ocspd.http import ENGINE
+from ocspd.app import ENGINE
+from ocspd.cache import ENTRY_OVERHEAD, WINDOWS_MEMO, Entry, Flight, MemoryTier, Singleflight, windows
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer, load_signers
+from ocspd.status import Served
 from tests.conftest import AppClient
 from tests.helpers import TestPki, build_pki, hold_after_fetch, request_der, verify_response
 
@@ -32,9 +33,42 @@ class Clock:
         return self.now
 
 
+WINDOWS = windows()
+
+
 def entry(der: bytes = b"x" * 100, *, this_update: float = T0, hours: float = 24) -> Entry:
-    start = dt.datetime.fromtimestamp(this_update, dt.UTC)
-    return Entry(der, "good", start, start + dt.timedelta(hours=hours))
+    return Entry(der, Served.GOOD, WINDOWS[(this_update, this_update + hours * 3600)])
+
+
+def test_a_memo_makes_each_value_once_and_empties_when_full() -> None:
+    from ocspd.memo import Memo
+
+    made: list[int] = []
+
+    def make(key: int) -> str:
+        made.append(key)
+        return str(key)
+
+    memo = Memo(3, make)
+    assert [memo[k] for k in (1, 2, 1, 3, 2)] == ["1", "2", "1", "3", "2"]
+    assert made == [1, 2, 3] and len(memo) == 3
+    assert memo[4] == "4" and dict(memo) == {4: "4"}  # full: emptied, then 4 kept
+    assert memo.get(1) is None  # get() only looks
+    with pytest.raises(ValueError, match="limit"):
+        Memo(0, make)
+
+
+def test_entries_of_one_window_share_it_and_the_memo_is_bounded() -> None:
+    memo = windows()
+    a, b = memo[(T0, T0 + 3600)], memo[(T0, T0 + 3600)]
+    assert a is b
+    assert (a.this.http, a.next.http) == ("Fri, 15 Jan 2027 08:00:00 GMT", "Fri, 15 Jan 2027 09:00:00 GMT")
+    assert a.refresh_at == T0 + 1800
+    for i in range(WINDOWS_MEMO + 10):
+        memo[(T0 + i, T0 + i + 3600)]
+    assert 0 < len(memo) <= WINDOWS_MEMO
+    assert memo[(T0, T0 + 3600)] is not a  # made again once forgotten: the old one stays valid
+    assert MemoryTier(1, 1, Clock()).windows is not MemoryTier(1, 1, Clock()).windows
 
 
 def test_entry_is_served_until_its_refresh_point_only() -> None:
@@ -193,11 +227,13 @@ class CountingSigner(Signer):
         this_update: dt.datetime,
         next_update: dt.datetime,
         nonce: bytes | None = None,
+        *,
+        produced_at: dt.datetime,
     ) -> bytes:
         self.count += 1
         if self.fail:
             raise RuntimeError("injected signer failure")
-        return super().sign(certids, answers, this_update, next_update, nonce)
+        return super().sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
 
 
 def counting_signers(test_pki: TestPki) -> dict[str, CountingSigner]:
@@ -319,12 +355,26 @@ async def test_expired_response_is_never_served(ocspd_client: AppClient, test_pk
     assert verify_response(second, test_pki).next_update_utc.timestamp() > clock.now  # type: ignore[union-attr]
 
 
+async def test_produced_at_is_the_engines_clock_second(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    """producedAt, like thisUpdate, comes from the injected clock (in whole seconds), not the wall clock."""
+    clock = Clock(T0 + 0.75)
+    client = await ocspd_client(test_pki, clock=clock)
+    backdate = test_pki.config().responses.backdate
+    for nonce in (None, b"n" * 16):  # cached and live signatures
+        second = dt.datetime.fromtimestamp(int(clock.now), dt.UTC)
+        der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=nonce)
+        response = ocsp.load_der_ocsp_response(await (await client.post("/", data=der)).read())
+        assert response.produced_at_utc == second
+        assert response.this_update_utc == second - backdate
+        clock.now += 1
+
+
 async def test_production_caught_by_a_reload_signs_with_the_new_key(
     ocspd_client: AppClient, test_pki: TestPki
 ) -> None:
     """A miss under way when SIGHUP brings a new responder key must not cache an old-key answer."""
     from ocspd import pki
-    from ocspd.http import reload_app
+    from ocspd.app import reload_app
 
     client = await ocspd_client(test_pki)
     engine = client.app[ENGINE]  # type: ignore[index]

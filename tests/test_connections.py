@@ -1,4 +1,4 @@
-"""``[server] max_connections`` (ocspd/connections.py) on both fronts, and the file
+"""``[server] max_connections`` (ocspd/web/connections.py) on both fronts, and the file
 limit ``ocspd serve`` asks for at start (ocspd/server.py): past the limit the
 longest-idle connection is closed, or the new one refused when none is idle,
 counted and logged in one throttled line; the count stays right through
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ocspd.connections import NONE_IDLE_SECONDS, BoundedServer
-from ocspd.http import ENGINE, METRICS
+from ocspd.app import ENGINE, METRICS
+from ocspd.web.connections import NONE_IDLE_SECONDS, BoundedServer
 from tests.conftest import OcspTestServer, Serve
 from tests.helpers import TestPki, hold_after_fetch, post_bytes, read_answer, request_der
 

@@ -1,4 +1,4 @@
-"""The fast HTTP/1.1 path (ocspd/fasthttp.py), on raw sockets: it answers the
+"""The fast HTTP/1.1 path (ocspd/web/fast.py), on raw sockets: it answers the
 common requests as aiohttp would, keeps pipelined answers in order, hands
 everything else to aiohttp, and closes idle connections."""
 
@@ -17,10 +17,13 @@ from urllib.parse import quote
 
 import pytest
 from cryptography.x509 import ocsp
+from prometheus_client.parser import text_string_to_metric_families
 
-from ocspd import fasthttp
-from ocspd.http import ENGINE
+from ocspd.app import ENGINE, METRICS
+from ocspd.metrics import HANDOFF_REASONS
 from ocspd.protocol import MALFORMED_REQUEST
+from ocspd.web import fast as fast_path
+from ocspd.web.admin import init_admin_app
 from tests.conftest import OcspTestServer, Serve
 from tests.helpers import Answer, TestPki, hold_after_fetch, post_bytes, read_answer, request_der, verify_response
 
@@ -297,7 +300,7 @@ async def test_a_request_trickling_in_over_many_reads_goes_to_aiohttp_and_is_ans
     raw = post_bytes(der, "X-Pad: " + "p" * 60)
     head_end = raw.index(b"\r\n\r\n") + 4
     split = 0 if trickled == "head" else head_end
-    steps = fasthttp.MAX_PARTIAL_READS + 4
+    steps = fast_path.MAX_PARTIAL_READS + 4
     piece = max(1, (len(raw) - split) // steps)
     cuts = [0, *range(split or 1, len(raw), piece), len(raw)]
     (slow,) = await exchange(server.port, [raw[a:b] for a, b in itertools.pairwise(cuts)], 1, pause=0.005)
@@ -469,10 +472,10 @@ class FakeTransport:
         return default
 
 
-def fake_connection(server: OcspTestServer) -> tuple[fasthttp.FastServer, fasthttp.FastProtocol, FakeTransport]:
+def fake_connection(server: OcspTestServer) -> tuple[fast_path.FastServer, fast_path.FastProtocol, FakeTransport]:
     """A connection of ``server``'s fast path over a FakeTransport."""
     fast = server.runner.server
-    assert isinstance(fast, fasthttp.FastServer)
+    assert isinstance(fast, fast_path.FastServer)
     protocol = fast()
     transport = FakeTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -488,11 +491,11 @@ async def test_a_client_that_does_not_read_is_not_read_either(serve: Serve, test
         protocol.pause_writing()  # the socket's send buffer is full
         request = post_bytes(der)
         sent = 0
-        while transport.reading and sent < 10 * fasthttp.MAX_BUFFERED:
+        while transport.reading and sent < 10 * fast_path.MAX_BUFFERED:
             protocol.data_received(request)
             sent += len(request)
         assert not transport.reading and not transport.written  # stopped reading, answered nothing
-        assert sent <= fasthttp.MAX_BUFFERED + len(request)
+        assert sent <= fast_path.MAX_BUFFERED + len(request)
         assert protocol.eof_received() is True  # the client is done sending; answers are still owed
         assert not transport.closed
         protocol.resume_writing()  # the client reads again: everything is answered, in order, then closed
@@ -600,7 +603,7 @@ async def test_a_pipeline_is_answered_a_bounded_share_per_loop_turn(serve: Serve
     try:
         loop.call_soon(tick)
         protocol.data_received(get_bytes(der) * total)  # one read holding 5000 requests
-        assert len(transport.written) == fasthttp.MAX_ANSWERS_PER_TURN
+        assert len(transport.written) == fast_path.MAX_ANSWERS_PER_TURN
         assert not transport.reading  # the rest first, then more from the socket
         for _ in range(2 * total):
             if len(transport.written) == total:
@@ -608,7 +611,7 @@ async def test_a_pipeline_is_answered_a_bounded_share_per_loop_turn(serve: Serve
             await asyncio.sleep(0)
         assert len(transport.written) == total
         shares = [b - a for a, b in itertools.pairwise([0, *seen])]
-        assert max(shares) <= fasthttp.MAX_ANSWERS_PER_TURN, max(shares)
+        assert max(shares) <= fast_path.MAX_ANSWERS_PER_TURN, max(shares)
         assert all(w.startswith(b"HTTP/1.1 200 OK\r\n") and w.endswith(warm.body) for w in transport.written)
         assert transport.reading and not transport.closed  # all answered: reading again
     finally:
@@ -622,19 +625,19 @@ async def test_a_hand_over_in_a_later_turn_reads_the_socket_again(serve: Serve, 
     _, protocol, transport = fake_connection(server)
     try:
         # Hits for two turns, then a request aiohttp must answer (a repeated field): handed over in the third.
-        protocol.data_received(get_bytes(der) * (2 * fasthttp.MAX_ANSWERS_PER_TURN) + get_bytes(der, "X: a", "X: b"))
+        protocol.data_received(get_bytes(der) * (2 * fast_path.MAX_ANSWERS_PER_TURN) + get_bytes(der, "X: a", "X: b"))
         assert not transport.reading
         for _ in range(3):
             await asyncio.sleep(0)
-        assert len(transport.written) == 2 * fasthttp.MAX_ANSWERS_PER_TURN
+        assert len(transport.written) == 2 * fast_path.MAX_ANSWERS_PER_TURN
         assert getattr(transport, "protocol", protocol) is not protocol, "not handed over"
         # aiohttp's now, and the socket is read again (aiohttp's protocol pauses it only when it wants to).
         assert transport.reading
         for _ in range(20):
-            if len(transport.written) > 2 * fasthttp.MAX_ANSWERS_PER_TURN:
+            if len(transport.written) > 2 * fast_path.MAX_ANSWERS_PER_TURN:
                 break
             await asyncio.sleep(0.01)
-        answer = b"".join(transport.written[2 * fasthttp.MAX_ANSWERS_PER_TURN :])
+        answer = b"".join(transport.written[2 * fast_path.MAX_ANSWERS_PER_TURN :])
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Server: " in answer and answer.endswith(warm.body)
     finally:
         getattr(transport, "protocol", protocol).connection_lost(None)
@@ -645,7 +648,7 @@ async def test_a_client_that_never_reads_meets_backpressure_not_a_growing_buffer
 ) -> None:
     server = await serve(test_pki)
     fast = server.runner.server
-    assert isinstance(fast, fasthttp.FastServer)
+    assert isinstance(fast, fast_path.FastServer)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     (warm,) = await exchange(server.port, get_bytes(der), 1)  # a memory hit from now on
     one_answer = len(warm.body) + 400  # an answer's head is well under 400 bytes
@@ -668,7 +671,7 @@ async def test_a_client_that_never_reads_meets_backpressure_not_a_growing_buffer
             assert conn._transport is not None
             largest = max(largest, conn._transport.get_write_buffer_size())
             await asyncio.sleep(0.005)
-        assert largest <= 65536 + fasthttp.MAX_ANSWERS_PER_TURN * one_answer, largest
+        assert largest <= 65536 + fast_path.MAX_ANSWERS_PER_TURN * one_answer, largest
         assert conn._read_paused
         # The client reads at last: every answer arrives, in full.
         answers = await asyncio.wait_for(_read_answers(reader, total), 60)
@@ -676,3 +679,40 @@ async def test_a_client_that_never_reads_meets_backpressure_not_a_growing_buffer
         assert [a.body for a in answers] == [warm.body] * total
     finally:
         writer.close()
+
+
+# -- hand-overs, counted by reason ---------------------------------------------------------------
+
+
+async def test_hand_overs_are_counted_by_reason_on_metrics(
+    serve: Serve, test_pki: TestPki, aiohttp_client: Any
+) -> None:
+    server = await serve(test_pki, fast_http=True)
+    good = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    chunked = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(good):x}\r\n".encode() + good + b"\r\n0\r\n\r\n"
+    )
+    sent = [
+        (chunked, 1),  # hand_off_field
+        (post_bytes(good, "Expect: 100-continue"), 2),  # hand_off_field: 100 Continue, then the answer
+        (post_bytes(good).replace(b"Host: ocsp.test\r\n", b""), 1),  # no_host
+        (post_bytes(good, "Host: other.test"), 1),  # repeated_field
+        (post_bytes(good).replace(b"POST", b"PUT", 1), 1),  # method
+        (get_bytes(good, version="HTTP/1.0").replace(b"Host: ocsp.test\r\n", b""), 1),  # answered here
+    ]
+    for raw, answers in sent:
+        await exchange(server.port, raw, answers)
+    admin = await aiohttp_client(init_admin_app(server.app[METRICS].exposition))
+    text = await (await admin.get("/metrics")).text()
+    counts = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ocspd_http_handoffs"
+        for sample in family.samples
+        if sample.name == "ocspd_http_handoffs_total"
+    }
+    expected = dict.fromkeys(HANDOFF_REASONS, 0.0) | {
+        "hand_off_field": 2.0, "no_host": 1.0, "repeated_field": 1.0, "method": 1.0,
+    }
+    assert counts == expected

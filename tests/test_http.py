@@ -308,8 +308,8 @@ async def test_wrong_method_is_405(ocspd_client: AppClient, test_pki: TestPki, m
 async def test_store_outage_is_try_later(ocspd_client: AppClient, test_pki: TestPki) -> None:
     """A status source that cannot be read gives tryLater, never a guess (SPEC §3.5)."""
     client = await ocspd_client(test_pki)
+    from ocspd.app import ENGINE
     from ocspd.exceptions import SourceUnavailable
-    from ocspd.http import ENGINE
 
     source = client.app[ENGINE].issuers["test-ca"].source  # type: ignore[index]
 
@@ -379,10 +379,11 @@ async def test_remembered_requests_stay_bounded(ocspd_client: AppClient, test_pk
     from asn1crypto import ocsp as asn1_ocsp
     from cryptography.hazmat.primitives import serialization
 
-    from ocspd import http
+    from ocspd.app import HANDLERS
+    from ocspd.web import handlers
 
     client = await ocspd_client(test_pki)
-    known = client.app[http.ENGINE].known_requests  # type: ignore[index]
+    known = client.app[HANDLERS].known_requests  # type: ignore[index]
     small = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     # The same CertID with a large extension: valid and cacheable, but over the byte bound.
     padded = asn1_ocsp.OCSPRequest.load(small)
@@ -396,7 +397,7 @@ async def test_remembered_requests_stay_bounded(ocspd_client: AppClient, test_pk
     await post(client, small)
     assert small in known
     req = ocsp.load_der_ocsp_request(small)
-    old_max, http.KNOWN_REQUESTS_MAX = http.KNOWN_REQUESTS_MAX, 3
+    old_max, handlers.KNOWN_REQUESTS_MAX = handlers.KNOWN_REQUESTS_MAX, 3
     try:
         for serial in range(0x5000, 0x500A):
             builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
@@ -405,10 +406,26 @@ async def test_remembered_requests_stay_bounded(ocspd_client: AppClient, test_pk
             await post(client, builder.build().public_bytes(serialization.Encoding.DER))
             assert len(known) <= 3
     finally:
-        http.KNOWN_REQUESTS_MAX = old_max
+        handlers.KNOWN_REQUESTS_MAX = old_max
 
 
-# -- the serving front (front.OcspRunner) and aiohttp's router answer alike ------------------
+async def test_a_reload_forgets_the_requests_seen_before(ocspd_client: AppClient, test_pki: TestPki) -> None:
+    """What a raw request means may change with the configuration: the hit path's map starts over."""
+    from ocspd.app import HANDLERS, reload_app
+
+    client = await ocspd_client(test_pki)
+    der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
+    await post(client, der)
+    known = client.app[HANDLERS].known_requests  # type: ignore[index]
+    assert der in known
+    assert reload_app(client.app, test_pki.config()) == []
+    assert len(known) == 0
+    _, body = await post(client, der)
+    assert verify_response(body, test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert der in known
+
+
+# -- the serving front (web.runner.OcspRunner) and aiohttp's router answer alike ------------------
 
 
 def _get_path(der: bytes, prefix: str = "/") -> str:
@@ -514,8 +531,9 @@ async def test_requests_outside_the_prefix_are_counted_and_logged_rate_limited(
     ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A misconfigured AIA URL shows in a metric and in the log, without one line per request."""
-    from ocspd.http import METRICS, OUTSIDE_PREFIX_LOG_SECONDS
+    from ocspd.app import METRICS
     from ocspd.logs import KeyValueFormatter
+    from ocspd.web.handlers import OUTSIDE_PREFIX_LOG_SECONDS
 
     offset = [0.0]
     client = await ocspd_client(

@@ -163,6 +163,24 @@ def test_malformed_line_is_skipped_and_logged_with_line_number(
         assert str(path) in message and f"line={lineno} " in message
 
 
+@pytest.mark.parametrize(
+    "revocation",
+    [
+        "260102030405Z,keyTime",  # the compromise time is missing
+        "260102030405Z,keyTime,",
+        "260102030405Z,CAkeyTime,1.2.840.10040.2.2",  # an OID where a time belongs
+        "260102030405Z,holdInstruction",  # the OID is missing
+        "260102030405Z,keyCompromise,260101000000Z",  # no argument for the plain names
+        "260102030405Z,,260101000000Z",
+    ],
+)
+def test_the_argument_of_a_reason_is_required_where_openssl_writes_one_and_refused_elsewhere(
+    tmp_path: Path, revocation: str
+) -> None:
+    index = loaded(tmp_path / "index.txt", v("10"), r("11", revocation))
+    assert index.lookup(0x10) is not None and index.lookup(0x11) is None
+
+
 def test_malformed_line_hides_earlier_lines_of_its_serial(tmp_path: Path) -> None:
     index = loaded(
         tmp_path / "index.txt",

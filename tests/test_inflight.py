@@ -12,8 +12,8 @@ import pytest
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography.x509 import ocsp
 
+from ocspd.app import ENGINE
 from ocspd.exceptions import Overloaded
-from ocspd.http import ENGINE
 from ocspd.protocol import TRY_LATER, parse_request
 from tests.conftest import AppClient
 from tests.helpers import build_pki, verify_response

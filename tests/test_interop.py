@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ocspd import pki
-from ocspd.http import init_app
+from ocspd.app import init_app
 from tests.helpers import TestPki, build_pki
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")

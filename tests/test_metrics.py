@@ -12,9 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocspd.http import ENGINE, METRICS, app_readiness, init_admin_app
+from ocspd.app import ENGINE, LISTENER, METRICS, STORE, app_readiness
 from ocspd.logs import JsonFormatter, KeyValueFormatter, event
-from ocspd.replication import LISTENER, STORE
+from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
 from tests.helpers import GOOD_SERIAL, TestPki, request_der
 from tests.test_cache import counting_signers
@@ -23,7 +23,7 @@ from tests.test_replicas import eventually, sql, start_replicas
 
 def samples(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of an app's metrics, keyed by (name, sorted labels)."""
-    from ocspd.http import update_gauges
+    from ocspd.app import update_gauges
 
     update_gauges(app)
     text = app[METRICS].exposition().decode()
@@ -126,7 +126,7 @@ async def test_postgres_tier_notify_and_listener_metrics(
 
 async def test_reload_invalidation_is_counted_as_local(ocspd_client: AppClient, test_pki: TestPki) -> None:
     from ocspd import pki
-    from ocspd.http import reload_app
+    from ocspd.app import reload_app
 
     client = await ocspd_client(test_pki)
     await post(client, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
@@ -250,3 +250,58 @@ async def test_a_known_request_past_its_refresh_point_counts_one_memory_miss(
     await post(client, der)  # known request, entry gone: one miss, signed again
     assert value(client.app, "ocspd_cache_lookups_total", tier="memory", result="hit") == 1
     assert value(client.app, "ocspd_cache_lookups_total", tier="memory", result="miss") == 2
+
+
+# -- metrics.Timing and the prometheus-client release it is written against -----------------------
+
+TIMING_BUCKETS = (0.001, 0.01, 0.1, 1.0)
+
+
+def test_timing_relies_on_these_private_attributes_of_a_histogram_child() -> None:
+    """setup.cfg bounds prometheus-client because of these: a release without them must fail here."""
+    from importlib.metadata import version
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    child = Histogram("t", "t", ["l"], buckets=TIMING_BUCKETS, registry=CollectorRegistry()).labels("x")
+    release = version("prometheus-client")
+    assert list(child._upper_bounds) == [*TIMING_BUCKETS, float("inf")], release
+    assert len(child._buckets) == len(child._upper_bounds), release
+    for counter in (*child._buckets, child._sum):
+        counter.inc(2)
+        assert counter.get() == 2, release
+
+
+def histogram_samples(registry: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Bucket counts, count and sum (not the creation time) of a registry's samples."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in registry.collect()
+        for s in m.samples
+        if not s.name.endswith("_created")
+    }
+
+
+@pytest.mark.parametrize(
+    "seconds", [[], [0.0005], [0.001, 0.001], [0.0011, 0.05, 0.5, 3.0, 1e9], [0.0] * 7 + [0.01, 0.1, 1.0]]
+)
+def test_timing_flushes_what_observe_would_have_counted(seconds: list[float]) -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from ocspd.metrics import Timing
+
+    def family(registry: CollectorRegistry) -> Histogram:
+        return Histogram("t_seconds", "t", ["l"], buckets=TIMING_BUCKETS, registry=registry)
+
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    timing, child = Timing(family(ours).labels("x")), family(reference).labels("x")
+    for flushes in range(2):  # a second flush adds to the first
+        for s in seconds:
+            timing.observe(s)
+            child.observe(s)
+        timing.flush()
+        got, want = histogram_samples(ours), histogram_samples(reference)
+        assert got.keys() == want.keys(), flushes
+        for key, expected in want.items():
+            assert got[key] == pytest.approx(expected), (flushes, key)
+    assert timing.counts == [0] * len(timing.bounds) and timing.total == 0.0

@@ -15,9 +15,9 @@ import psycopg2.extensions
 from aiohttp.test_utils import TestClient
 from cryptography.x509 import ocsp
 
-from ocspd.http import ENGINE
+from ocspd.app import ENGINE, LISTENER, STORE
 from ocspd.protocol import TRY_LATER
-from ocspd.replication import LISTENER, STORE
+from ocspd.status import Served
 from tests.conftest import AppClient
 from tests.faults import PgProxy
 from tests.helpers import GOOD_SERIAL, TestPki, hold_after_fetch, request_der, verify_response
@@ -167,7 +167,7 @@ async def test_status_read_before_a_notified_revocation_is_read_again(
     release.set()
     assert await request == Status.REVOKED  # the held status was discarded and read again
     cached = engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL))
-    assert cached is not None and cached.status == "revoked"
+    assert cached is not None and cached.status is Served.REVOKED
     await store.flush()
     assert stored_rows(pg_dsn, GOOD_SERIAL) and all(s == "revoked" for _, s in stored_rows(pg_dsn, GOOD_SERIAL))
 
@@ -179,13 +179,13 @@ async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
     engine, store = client.app[ENGINE], client.app[STORE]
     release = asyncio.Event()
-    real_write = store._write
+    real_write = store.writes._write
 
     async def held_write(batch: Any) -> None:
         await release.wait()
         await real_write(batch)
 
-    store._write = held_write  # type: ignore[method-assign]
+    store.writes._write = held_write  # type: ignore[method-assign]
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD  # answered; its write-back is held
     sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
@@ -220,9 +220,9 @@ def _queue_only(store: Any) -> Any:
 
     def write_back(*args: Any) -> None:
         real(*args)
-        if store._write_timer is not None:
-            store._write_timer.cancel()
-            store._write_timer = None
+        if store.writes._write_timer is not None:
+            store.writes._write_timer.cancel()
+            store.writes._write_timer = None
 
     return write_back
 

@@ -18,23 +18,25 @@ from cryptography.x509 import ocsp
 from ocspd import der, pki
 from ocspd.protocol import CertId
 from ocspd.signer import EXTENDED_REVOKE_OID, EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
-from ocspd.status import served_reason
+from ocspd.status import Status, served_reason
 from tests.helpers import TestPki, build_pki, verify_response
 
 THIS = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.UTC)
 NEXT = THIS + dt.timedelta(hours=24)
+# The signer's "now", as the engine's clock gives it: the response holds whole seconds.
+PRODUCED = THIS + dt.timedelta(hours=1, seconds=7, microseconds=654321)
 
 ANSWERS = {
-    "good": Answer("good"),
-    "unknown": Answer("unknown"),
+    "good": Answer(Status.GOOD),
+    "unknown": Answer(Status.UNKNOWN),
     "revoked": Answer(
-        "revoked", dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), x509.ReasonFlags.key_compromise
+        Status.REVOKED, dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), x509.ReasonFlags.key_compromise
     ),
-    "revoked-no-reason": Answer("revoked", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
+    "revoked-no-reason": Answer(Status.REVOKED, dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)),
     "revoked-remove-from-crl": Answer(
-        "revoked", dt.datetime(2026, 1, 2, tzinfo=dt.UTC), x509.ReasonFlags.remove_from_crl
+        Status.REVOKED, dt.datetime(2026, 1, 2, tzinfo=dt.UTC), x509.ReasonFlags.remove_from_crl
     ),
-    "extended-revoke": Answer("revoked", EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, True),
+    "extended-revoke": Answer(Status.REVOKED, EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, True),
 }
 SERIALS = [1, 0x80, 0x7F, 0xFF00FF00FF00FF00FF00, (1 << 159) | 12345]
 
@@ -44,8 +46,8 @@ def with_builder(test_pki: TestPki, responder_id: str, certid: CertId, answer: A
     identity = test_pki.responder or test_pki.ca
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         certid.name_hash, certid.key_hash, certid.serial, getattr(hashes, certid.hash_name.upper())(),
-        getattr(ocsp.OCSPCertStatus, answer.status.upper()), THIS, NEXT, answer.revoked_at,
-        answer.reason if answer.status == "revoked" else None,
+        ocsp.OCSPCertStatus[answer.status.name], THIS, NEXT, answer.revoked_at,
+        answer.reason if answer.status is Status.REVOKED else None,
     )
     encoding = ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
     builder = builder.responder_id(encoding, identity.cert)
@@ -61,14 +63,16 @@ def with_builder(test_pki: TestPki, responder_id: str, certid: CertId, answer: A
 def both(
     test_pki: TestPki, signer: Signer, certid: CertId, answer: Answer, nonce: bytes | None, responder_id: str = "key"
 ) -> tuple[bytes, bytes]:
-    """Ours and the builder's, produced in the same second (producedAt is "now")."""
-    for _ in range(5):
-        ours = signer.sign((certid,), (answer,), THIS, NEXT, nonce)
-        reference = with_builder(test_pki, responder_id, certid, answer, nonce)
-        a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
-        if a.produced_at_utc == b.produced_at_utc:
-            return ours, reference
-    raise AssertionError("could not build both within one second")
+    """Ours and the builder's, with the same producedAt.
+
+    The builder takes producedAt from the wall clock; ours is given it, as the
+    engine gives it its clock's second: we sign with the builder's.
+    """
+    reference = with_builder(test_pki, responder_id, certid, answer, nonce)
+    produced_at = ocsp.load_der_ocsp_response(reference).produced_at_utc
+    ours = signer.sign((certid,), (answer,), THIS, NEXT, nonce, produced_at=produced_at)
+    assert ocsp.load_der_ocsp_response(ours).produced_at_utc == produced_at
+    return ours, reference
 
 
 @pytest.mark.parametrize(
@@ -154,7 +158,40 @@ def test_der_generalized_time_matches_asn1crypto(moment: dt.datetime) -> None:
     from asn1crypto.core import GeneralizedTime
 
     assert der.generalized_time(moment) == GeneralizedTime(moment.replace(microsecond=0)).dump()
-    assert der.generalized_time(moment) == der.generalized_time(moment)  # remembered, same bytes
+
+
+def test_produced_at_is_the_given_second_not_the_wall_clock(tmp_path: Path) -> None:
+    """producedAt comes from the caller (the engine's clock), truncated to whole seconds like the other times."""
+    test_pki = build_pki(tmp_path, key_type="ed25519")
+    signer = load_signers(test_pki.config())["test-ca"]
+    name_hash, key_hash = signer.certid_hashes["sha1"]
+    certid = CertId("sha1", name_hash, key_hash, 1)
+    for produced in (PRODUCED, PRODUCED + dt.timedelta(days=400), dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)):
+        response = ocsp.load_der_ocsp_response(
+            signer.sign((certid,), (ANSWERS["good"],), THIS, NEXT, produced_at=produced)
+        )
+        assert response.produced_at_utc == produced.replace(microsecond=0)
+        assert (response.this_update_utc, response.next_update_utc) == (THIS, NEXT)
+
+
+def test_the_signers_time_memos_are_bounded_and_its_own(tmp_path: Path) -> None:
+    from ocspd.signer import TIME_PAIRS_MEMO, TIMES_MEMO
+
+    test_pki = build_pki(tmp_path, key_type="ed25519")
+    first, second = load_signers(test_pki.config())["test-ca"], load_signers(test_pki.config())["test-ca"]
+    name_hash, key_hash = first.certid_hashes["sha1"]
+    certid = CertId("sha1", name_hash, key_hash, 1)
+    for i in range(TIMES_MEMO + 10):
+        this_update = THIS + dt.timedelta(seconds=i)
+        revoked = Answer(Status.REVOKED, THIS - dt.timedelta(seconds=i))
+        response = ocsp.load_der_ocsp_response(
+            first.sign((certid,), (revoked,), this_update, NEXT, produced_at=this_update)
+        )
+        assert response.revocation_time_utc == THIS - dt.timedelta(seconds=i)
+        assert response.this_update_utc == response.produced_at_utc == this_update
+    assert 0 < len(first._times) <= TIMES_MEMO
+    assert 0 < len(first._time_pairs) <= TIME_PAIRS_MEMO
+    assert len(second._times) == len(second._time_pairs) == 0
 
 
 # -- several CertIDs: one signature over N SingleResponses -----------------------------------------
@@ -164,7 +201,7 @@ HASHES = ("sha1", "sha256", "sha384", "sha512")
 
 def several(signer: Signer, n: int) -> tuple[list[CertId], list[Answer]]:
     """n CertIDs of distinct serials, every hash algorithm and every kind of answer in turn."""
-    kinds = [*ANSWERS.values(), Answer("revoked", THIS - dt.timedelta(days=3), x509.ReasonFlags.unspecified)]
+    kinds = [*ANSWERS.values(), Answer(Status.REVOKED, THIS - dt.timedelta(days=3), x509.ReasonFlags.unspecified)]
     certids = []
     for i in range(n):
         name_hash, key_hash = signer.certid_hashes[HASHES[i % len(HASHES)]]
@@ -189,14 +226,14 @@ def with_asn1crypto(
     responses = []
     for certid, answer in zip(certids, answers, strict=True):
         status: Any
-        if answer.status == "revoked":
+        if answer.status is Status.REVOKED:
             assert answer.revoked_at is not None
             info: dict[str, Any] = {"revocation_time": answer.revoked_at.replace(microsecond=0)}
             if answer.reason is not None and answer.reason is not x509.ReasonFlags.unspecified:  # RFC 5280 §5.3.1
                 info["revocation_reason"] = answer.reason.name
             status = asn1_ocsp.CertStatus(name="revoked", value=info)
         else:
-            status = asn1_ocsp.CertStatus(name=answer.status, value=asn1_core.Null())
+            status = asn1_ocsp.CertStatus(name=answer.status.value, value=asn1_core.Null())
         responses.append({
             "cert_id": {
                 "hash_algorithm": {"algorithm": certid.hash_name},
@@ -259,9 +296,9 @@ def test_several_certids_encode_as_asn1crypto_does(
     signer = load_signers(test_pki.config())["test-ca"]
     certids, answers = several(signer, n)
     for nonce in (None, b"n" * 32):
-        ours = signer.sign(certids, answers, THIS, NEXT, nonce)
+        ours = signer.sign(certids, answers, THIS, NEXT, nonce, produced_at=PRODUCED)
         loaded = ocsp.load_der_ocsp_response(ours)
-        reference = with_asn1crypto(test_pki, responder_id, certids, answers, nonce, loaded.produced_at_utc)
+        reference = with_asn1crypto(test_pki, responder_id, certids, answers, nonce, PRODUCED.replace(microsecond=0))
         assert loaded.tbs_response_bytes == ocsp.load_der_ocsp_response(reference).tbs_response_bytes
         if key_type in ("rsa2048", "ed25519"):  # deterministic signatures: the whole response
             assert ours == reference
@@ -277,16 +314,16 @@ def test_cryptography_reads_every_certid_of_a_response(
     test_pki = build_pki(tmp_path, key_type=key_type)
     signer = load_signers(test_pki.config())["test-ca"]
     certids, answers = several(signer, n)
-    response = verify_response(signer.sign(certids, answers, THIS, NEXT, nonce), test_pki)
+    response = verify_response(signer.sign(certids, answers, THIS, NEXT, nonce, produced_at=PRODUCED), test_pki)
     singles = list(response.responses)
     assert len(singles) == n
     for certid, answer, single in zip(certids, answers, singles, strict=True):
         assert single.serial_number == certid.serial
         assert single.hash_algorithm.name == certid.hash_name
         assert (single.issuer_name_hash, single.issuer_key_hash) == (certid.name_hash, certid.key_hash)
-        assert single.certificate_status is getattr(ocsp.OCSPCertStatus, answer.status.upper())
+        assert single.certificate_status is ocsp.OCSPCertStatus[answer.status.name]
         assert (single.this_update_utc, single.next_update_utc) == (THIS, NEXT)
-        if answer.status == "revoked":
+        if answer.status is Status.REVOKED:
             assert answer.revoked_at is not None
             assert single.revocation_time_utc == answer.revoked_at.replace(microsecond=0)
             assert single.revocation_reason is served_reason(answer.reason)
@@ -313,7 +350,7 @@ def test_a_response_of_n_certids_costs_one_signature(tmp_path: Path, n: int) -> 
 
     signer._sign_data = counted
     certids, answers = several(signer, n)
-    response = ocsp.load_der_ocsp_response(signer.sign(certids, answers, THIS, NEXT, b"n" * 16))
+    response = ocsp.load_der_ocsp_response(signer.sign(certids, answers, THIS, NEXT, b"n" * 16, produced_at=PRODUCED))
     assert signed == [response.tbs_response_bytes]
     assert len(list(response.responses)) == n
 

@@ -13,13 +13,12 @@ import psycopg2
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspd import http
+from ocspd import app as ocspd_app
+from ocspd.app import ENGINE, LISTENER, STORE, RefreshSettings, refresh_loop
 from ocspd.engine import Engine
-from ocspd.http import ENGINE
-from ocspd.replication import LISTENER, STORE, RefreshSettings, refresh_loop
 from ocspd.signer import load_signers
 from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
-from ocspd.store import DueRow, Store
+from ocspd.store import DueRow, SignedResponse, Store
 from ocspd.store.queries import migrations
 from tests.conftest import AppClient
 from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
@@ -129,8 +128,7 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
     rows = 300
     query(
         pg_dsn,
-        "INSERT INTO ocspd_certificates (issuer_id, serial)"
-        " SELECT 'test-ca', to_hex(g) FROM generate_series(1, %s) g",
+        "INSERT INTO ocspd_certificates (issuer_id, serial) SELECT 'test-ca', to_hex(g) FROM generate_series(1, %s) g",
         rows,
     )
     config = db_pki.config()
@@ -142,9 +140,9 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
         past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
         certificates = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates")
         good = [(int(s, 16), CertStatus(Status.GOOD, version=v)) for s, v in certificates]
-        batch = [(n, "sha1", engine.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good]
+        batch = [SignedResponse(n, "sha1", engine.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good]
         signer = engine.issuers["test-ca"].signer.fingerprint
-        assert await store.store_many("test-ca", signer, batch) == len(batch)
+        assert await store.responses.store_many("test-ca", signer, batch) == len(batch)
         query(pg_dsn, "UPDATE ocspd_responses SET refresh_at = %s", past)
     finally:
         await store.close()
@@ -176,7 +174,7 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
 async def test_refresher_task_keeps_stored_responses_fresh(
     ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
 ) -> None:
-    from ocspd.replication import RefreshSettings
+    from ocspd.app import RefreshSettings
 
     client = await ocspd_client(db_pki, refresh=RefreshSettings(interval=0.05, lead=dt.timedelta(hours=13)))
     await asyncio.wait_for(client.app[LISTENER].ever_connected.wait(), 10)
@@ -194,7 +192,7 @@ async def test_refresher_task_keeps_stored_responses_fresh(
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: Any, db_pki: TestPki) -> None:
-    from ocspd.http import init_app
+    from ocspd.app import init_app
     from tests.test_interop import assert_verified, openssl_ocsp
 
     server = await ocspd_server(init_app(db_pki.config()))
@@ -207,8 +205,19 @@ async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: A
 def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
     from ocspd.store.values import number_array, text_array
 
-    texts: list[str | None] = ["plain", 'quo"te', "back\\slash", "com,ma", "{brace}", " spaced ", "", "NULL", "ünï",
-                               "a\\\"b", None]
+    texts: list[str | None] = [
+        "plain",
+        'quo"te',
+        "back\\slash",
+        "com,ma",
+        "{brace}",
+        " spaced ",
+        "",
+        "NULL",
+        "ünï",
+        'a\\"b',
+        None,
+    ]
     assert query(pg_dsn, "SELECT %s::text[]", text_array(texts)) == [(texts,)]
     moments = [dt.datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC), None]
     literal = text_array([m.isoformat() if m else None for m in moments])
@@ -221,13 +230,15 @@ def test_array_parameters_round_trip_any_text(pg_dsn: str) -> None:
 
 async def test_write_backs_beyond_the_bound_are_dropped_not_queued(monkeypatch: pytest.MonkeyPatch) -> None:
     """The response tier is a cache: with the database unusable, write-backs are counted and let go."""
-    from ocspd.cache import Entry
-    from ocspd.store import db
+    from ocspd.cache import Entry, windows
+    from ocspd.status import Served
+    from ocspd.store import writes
 
-    monkeypatch.setattr(db, "WRITE_BEHIND_MAX_PENDING", 2)
-    monkeypatch.setattr(db, "WRITE_BEHIND_BATCH", 2)  # the second write-back sends the batch
-    store = db.Store("host=127.0.0.1 port=1 dbname=none")  # never opened: every write fails
-    entry = Entry(b"\x30\x00", "good", dt.datetime.now(dt.UTC), dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    monkeypatch.setattr(writes, "WRITE_BEHIND_MAX_PENDING", 2)
+    monkeypatch.setattr(writes, "WRITE_BEHIND_BATCH", 2)  # the second write-back sends the batch
+    store = Store("host=127.0.0.1 port=1 dbname=none")  # never opened: every write fails
+    now = dt.datetime.now(dt.UTC).timestamp()
+    entry = Entry(b"\x30\x00", Served.GOOD, windows()[(now, now + 3600)])
     for serial in (1, 2, 3):  # the third finds two being written
         store.write_back("ca", serial, "sha1", entry, 1, "signer")
     await store.flush()
@@ -294,7 +305,7 @@ async def test_the_refresh_loop_says_a_bug_and_goes_on(
 async def test_the_gauge_loop_says_a_bug_and_goes_on(
     ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http, "GAUGE_SECONDS", 0.01)
+    monkeypatch.setattr(ocspd_app, "GAUGE_SECONDS", 0.01)
     client = await ocspd_client(test_pki)
     memory = client.app[ENGINE].memory
     real, sweeps = memory.sweep, 0

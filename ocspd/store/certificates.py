@@ -1,7 +1,7 @@
 """The certificate table as the CLI writes it: import, add, revoke, unhold, status.
 
 The revocation rules themselves live in the database (a trigger, see
-``sql/migrations/0003_revocation_rules.sql``), so that every writer meets
+``ocspd/sql/migrations/0003_revocation_rules.sql``), so that every writer meets
 them; this module only speaks them. ``merge`` is the Python twin of the SQL
 ``ocspd_merge``, used to fold the duplicates of one import into one record
 before the database sees them.
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from cryptography import x509
 
 from ocspd.status import HOLD, Status
-from ocspd.store.db import Store
+from ocspd.store.connector import Connector
 from ocspd.store.values import reason_flag, reason_name, serial_hex, text_array
 
 
@@ -85,6 +84,20 @@ def fold_duplicates(records: Iterable[CertRecord]) -> tuple[list[CertRecord], in
 
 
 @dataclass(frozen=True, slots=True)
+class ImportCounts:
+    """What merging records in did, by outcome (the query ``import_certificates``)."""
+
+    new: int = 0  # not listed before: inserted as given
+    revoked: int = 0  # a revocation applied (of a good serial, or a hold made permanent)
+    kept: int = 0  # the table's revocation kept over an offer of "good"
+    conflict: int = 0  # the table's revocation kept over another revocation
+    unchanged: int = 0  # nothing to change
+
+    def __add__(self, other: ImportCounts) -> ImportCounts:
+        return ImportCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True, slots=True)
 class RevokeResult:
     """What ``revoke`` found and left."""
 
@@ -97,15 +110,14 @@ class RevokeResult:
 
 
 class Certificates:
-    """The CLI's operations on ``ocspd_certificates`` of one store."""
+    """The CLI's operations on ``ocspd_certificates`` of one database."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, connector: Connector) -> None:
+        self._connector = connector
 
-    async def merge_in(self, issuer_id: str, records: Sequence[CertRecord]) -> Counter[str]:
-        """Merge distinct-serial records in one statement; counts by outcome
-        (new, revoked, kept, conflict, unchanged: see ``import_certificates``)."""
-        rows = await self.store.query(
+    async def merge_in(self, issuer_id: str, records: Sequence[CertRecord]) -> ImportCounts:
+        """Merge distinct-serial records in one statement; counts by outcome."""
+        rows = await self._connector.query(
             "import_certificates",
             # Array literals, not lists: psycopg2 adapts a list element by element (bench/README.md).
             {
@@ -118,7 +130,7 @@ class Certificates:
             },
             retry=False,
         )
-        return Counter({outcome: int(n) for outcome, n in rows})
+        return ImportCounts(**{outcome: int(n) for outcome, n in rows})
 
     async def revoke(
         self, issuer_id: str, serial: int, reason: x509.ReasonFlags | None, at: dt.datetime | None, *, amend: bool
@@ -129,32 +141,40 @@ class Certificates:
         """
         before = await self.status(issuer_id, serial)
         params = {
-            "issuer": issuer_id, "serial": serial_hex(serial), "reason": reason_name(reason), "at": at,
+            "issuer": issuer_id,
+            "serial": serial_hex(serial),
+            "reason": reason_name(reason),
+            "at": at,
             "amend": amend,
         }
-        await self.store.query("revoke", params, retry=False)
+        await self._connector.query("revoke", params, retry=False)
         after = await self.status(issuer_id, serial)
         assert after is not None  # revoke inserts an unlisted serial
         return RevokeResult(before, after)
 
     async def unhold(self, issuer_id: str, serial: int) -> int:
         """Release a certificateHold; returns the new version. RuleViolation on anything else."""
-        rows = await self.store.query("unhold", {"issuer": issuer_id, "serial": serial_hex(serial)}, retry=False)
+        rows = await self._connector.query("unhold", {"issuer": issuer_id, "serial": serial_hex(serial)}, retry=False)
         return int(rows[0][0])
 
     async def status(self, issuer_id: str, serial: int) -> CertRow | None:
         """What the table says about one certificate (None: not listed)."""
-        rows = await self.store.query("status", {"issuer": issuer_id, "serial": serial_hex(serial)})
+        rows = await self._connector.query("status", {"issuer": issuer_id, "serial": serial_hex(serial)})
         if not rows:
             return None
         status, revoked_at, reason, not_after, version, updated_at, stored = rows[0]
         return CertRow(
-            Status(status), revoked_at, reason_flag(reason), not_after, int(version),
-            updated_at, int(stored),
+            Status(status),
+            revoked_at,
+            reason_flag(reason),
+            not_after,
+            int(version),
+            updated_at,
+            int(stored),
         )
 
     async def count(self, issuer_id: str) -> int:
-        rows = await self.store.query("count_certificates", {"issuer": issuer_id})
+        rows = await self._connector.query("count_certificates", {"issuer": issuer_id})
         return int(rows[0][0])
 
 

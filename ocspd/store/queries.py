@@ -1,4 +1,4 @@
-"""Named SQL queries and migrations, read once from the ``sql/`` directory."""
+"""Named SQL queries and migrations, read once from the ``ocspd/sql/`` directory."""
 
 from __future__ import annotations
 

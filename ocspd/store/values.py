@@ -1,15 +1,17 @@
-"""How values travel to PostgreSQL: serial spelling, reason names, array literals, session settings."""
+"""How values travel to and from PostgreSQL: serial spelling, reason names, status columns, array literals,
+session settings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from psycopg import ProgrammingError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ocspd.exceptions import StoreError
-from ocspd.status import REASON_BY_FLAG, REASON_BY_NAME, served_reason
+from ocspd.status import REASON_BY_FLAG, REASON_BY_NAME, STATUS_BY_VALUE, UNKNOWN, CertStatus, Status, served_reason
 
 
 def checked_dsn(dsn: str, what: str) -> dict[str, str]:
@@ -28,9 +30,11 @@ def session_dsn(dsn: str, *, lock_timeout: float | None = None, statement_timeou
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"
-    settings = [f"-c {name}={round(seconds * 1000)}ms"
-                for name, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout))
-                if seconds]
+    settings = [
+        f"-c {name}={round(seconds * 1000)}ms"
+        for name, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout))
+        if seconds
+    ]
     if settings:
         extra["options"] = " ".join([str(given.get("options") or ""), *settings]).strip()
     return make_conninfo(dsn, **extra) if extra else dsn
@@ -48,6 +52,16 @@ def reason_flag(name: str | None) -> x509.ReasonFlags | None:
     return REASON_BY_NAME[name].flag if name else None
 
 
+def row_status(row: Sequence[Any]) -> CertStatus:
+    """CertStatus from (status, revoked_at, reason, version) columns."""
+    status, revoked_at, reason, version = row[:4]
+    if status is None:
+        return UNKNOWN
+    if STATUS_BY_VALUE.get(status) is Status.REVOKED:
+        return CertStatus(Status.REVOKED, revoked_at, reason_flag(reason), version)
+    return CertStatus(Status.GOOD, None, None, version)
+
+
 def serial_hex(serial: int) -> str:
     """The stored spelling of a serial: lower-case hex without leading zeros."""
     return format(serial, "x")
@@ -63,9 +77,11 @@ def text_array(values: Sequence[str | None]) -> str:
 
     Every element is quoted, so any text is safe.
     """
-    return "{" + ",".join(
-        ["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values]
-    ) + "}"
+    return (
+        "{"
+        + ",".join(["NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values])
+        + "}"
+    )
 
 
 def number_array(values: Sequence[float]) -> str:

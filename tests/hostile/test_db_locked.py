@@ -23,12 +23,13 @@ from cryptography.x509 import ocsp
 from psycopg2.extensions import parse_dsn
 
 from ocspd import pki
+from ocspd.app import METRICS, app_readiness
 from ocspd.exceptions import DatabaseBusy
-from ocspd.http import METRICS, app_readiness, init_admin_app
 from ocspd.protocol import TRY_LATER
 from ocspd.store import Store
 from ocspd.store.db import PING_BUDGET
 from ocspd.store.values import session_dsn
+from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
 from tests.helpers import TestPki, request_der, verify_response
 from tests.test_store import query

@@ -28,8 +28,7 @@ from aiohttp.test_utils import TestClient
 from cryptography.x509 import ocsp
 
 from ocspd import pki
-from ocspd.http import METRICS
-from ocspd.replication import LISTENER
+from ocspd.app import LISTENER, METRICS
 from ocspd.store import Store
 from tests.conftest import AppClient
 from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki, outcome, request_der

@@ -34,7 +34,7 @@ from cryptography.x509 import ocsp
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ocspd.http import init_app
+from ocspd.app import init_app
 from ocspd.logs import ClientErrorFilter
 from tests.conftest import OcspTestServer
 from tests.helpers import TestPki, build_pki, post_bytes, request_der, verify_response

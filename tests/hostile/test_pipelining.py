@@ -7,7 +7,7 @@ reads its answers; meanwhile a prober opens a fresh connection every
 ``PROBE_INTERVAL`` for ``/healthz`` on the admin listener and for an OCSP GET
 of the cached answer. Every probe must succeed with the right body, within
 ``P99_BOUND`` at the 99th percentile. Before the fast path answered a bounded
-share of a pipeline per loop turn (ocspd/fasthttp.py), one such connection
+share of a pipeline per loop turn (ocspd/web/fast.py), one such connection
 made 3 of 4 probes time out at 5 s on uvloop.
 
 The bound is stated for these machines: 2 shared vCPUs, so the flood's two

@@ -1,29 +1,28 @@
-"""The aiohttp applications: OCSP over HTTP POST and GET, and the admin
-endpoints (/metrics, /healthz, /readyz).
+"""The OCSP handlers: OCSP over HTTP POST and GET, for either front.
 
 This is the one place that maps ocspd's exceptions to what a client sees
 (SPEC §2): malformedRequest, unauthorized, tryLater, and internalError for
 real bugs only. Nothing a client sends produces an HTTP 500.
+
+The handlers own the hit path's map of raw requests seen before (a POST
+body, a GET path) to their memory-tier key; the composition root
+(``ocspd/app.py``) clears it on a reload, which may change what a request means.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from aiohttp import hdrs, web
 
 from ocspd.cache import Entry
 from ocspd.config import Config
-from ocspd.engine import Engine, Issuer
-from ocspd.exceptions import ConfigError, MalformedRequest, TryLater, Unauthorized
-from ocspd.health import Readiness, readiness
-from ocspd.index import IndexFile
-from ocspd.logs import CLIENT_ERRORS, Throttle, bug, event
+from ocspd.engine import Engine, Issuer, Key
+from ocspd.exceptions import MalformedRequest, TryLater, Unauthorized
+from ocspd.logs import CLIENT_ERRORS, Throttle, event
 from ocspd.metrics import Metrics
 from ocspd.protocol import (
     ERROR_HEADERS,
@@ -37,22 +36,10 @@ from ocspd.protocol import (
     not_modified,
     parse_request,
 )
-from ocspd.replication import LISTENER, STORE, RefreshSettings, database_context
-from ocspd.signer import Signer, load_signers
-from ocspd.sources import IndexSource, StatusSource
-from ocspd.store import Store
 
 log = logging.getLogger("ocspd.http")
 txlog = logging.getLogger("ocspd.requests")
 
-ENGINE = web.AppKey("engine", Engine)
-METRICS = web.AppKey("metrics", Metrics)
-INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
-
-# How often index.txt files are checked for changes (SPEC: "about a second").
-INDEX_POLL_SECONDS = 0.5
-# How often the memory-tier gauges are brought up to date (and expired entries swept).
-GAUGE_SECONDS = 1.0
 # Raw requests remembered for the hit path. Real ones are ~70-150 bytes; a
 # larger valid request (extensions, a request signature) is simply not
 # remembered, so the map stays within ~20 MB whatever clients send.
@@ -63,166 +50,6 @@ KNOWN_REQUEST_MAX_BYTES = 512
 OUTSIDE_PREFIX_LOG_SECONDS = 10.0
 # Characters of a client's path or Host kept in a log line.
 LOGGED_CHARS = 200
-
-
-def init_app(
-    config: Config,
-    *,
-    clock: Callable[[], float] = time.time,
-    signers: Mapping[str, Signer] | None = None,
-    index_poll: float = INDEX_POLL_SECONDS,
-    refresh: RefreshSettings | None = None,
-    heartbeat: float = 5.0,
-    metrics: Metrics | None = None,
-) -> web.Application:
-    """Build the OCSP application for ``config``.
-
-    Keys are loaded here (a bad key is a ConfigError before anything
-    listens); index files are loaded and watched, and the database pool and
-    listener run, in the app's cleanup_ctx. ``signers`` lets tests wrap the
-    real signers (e.g. to count signatures).
-    """
-    if signers is None:
-        signers = load_signers(config)
-    metrics = metrics if metrics is not None else Metrics()
-    index_files = {issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None}
-    sources: dict[str, StatusSource] = {}
-    if index_files:
-        index_source = IndexSource(index_files)
-        sources.update((issuer_id, index_source) for issuer_id in index_files)
-    store: Store | None = None
-    notified = frozenset(issuer.id for issuer in config.issuers if issuer.id not in index_files)
-    if notified:
-        if config.database is None:  # config validation makes this unreachable
-            raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
-        database = config.database
-        store = Store(
-            database.dsn, maxsize=database.pool_size, timeout=database.timeout.total_seconds(),
-            lock_timeout=database.lock_timeout.total_seconds(),
-            statement_timeout=database.statement_timeout.total_seconds(),
-        )
-        sources.update((issuer_id, store) for issuer_id in notified)
-    engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
-
-    app = web.Application(client_max_size=config.server.max_request_bytes)
-    app[ENGINE] = engine
-    app[METRICS] = metrics
-    app[INDEX_FILES] = index_files
-    app.cleanup_ctx.append(_index_watchers(index_poll))
-    app.cleanup_ctx.append(_gauges)
-    if store is not None:
-        assert config.database is not None
-        app.cleanup_ctx.append(
-            database_context(
-                store,
-                engine,
-                config.database.listen_dsn,
-                refresh or RefreshSettings.for_validity(config.responses.validity),
-                heartbeat=heartbeat,
-            )
-        )
-    handlers = OcspHandlers(engine, metrics, config, clock)
-    app[HANDLERS] = handlers
-    # ocspd serves these through front.OcspRunner, which calls the same
-    # handlers without the router; the routes keep the app servable by AppRunner.
-    app.router.add_post(handlers.prefix, handlers.post)
-    app.router.add_get(handlers.prefix + "{tail:.*}", handlers.get)
-    if handlers.bare_prefix:
-        app.router.add_post(handlers.bare_prefix, handlers.post)
-        app.router.add_get(handlers.bare_prefix, handlers.get)
-    return app
-
-
-def reload_app(app: web.Application, config: Config) -> list[str]:
-    """Apply a new configuration and keys to a running app (SIGHUP).
-
-    Raises ConfigError, naming what is wrong, when the new config is invalid or
-    changes something that needs a restart; the running config is then kept.
-    Returns the issuers whose answers changed (their memory entries are gone).
-    """
-    old = app[ENGINE].config  # the app itself is frozen once started: the engine holds what is live
-    restart_only = {
-        "server": old.server != config.server,
-        "admin": old.admin != config.admin,
-        "database": old.database != config.database,
-        "cache": old.cache != config.cache,
-        "log": old.log != config.log,
-        "issuers (ids or index files)": [(i.id, i.index) for i in old.issuers]
-        != [(i.id, i.index) for i in config.issuers],
-    }
-    needs_restart = [name for name, differs in restart_only.items() if differs]
-    if needs_restart:
-        raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
-    signers = load_signers(config)
-    return app[ENGINE].reload(config, signers)
-
-
-def _index_watchers(
-    interval: float,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def watchers(app: web.Application) -> AsyncIterator[None]:
-        engine = app[ENGINE]
-        loop = asyncio.get_running_loop()
-        tasks = []
-        for issuer_id, index in app[INDEX_FILES].items():
-            # A large file takes seconds to parse: keep the loop free meanwhile.
-            await loop.run_in_executor(None, index.load)
-            event(log, "index_ready", issuer=issuer_id, path=index.path, certificates=len(index))
-
-            def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
-                dropped = engine.invalidate(issuer_id, serials, "index_reload")
-                event(log, "index_reloaded", issuer=issuer_id, changed=len(serials), invalidated=dropped)
-
-            tasks.append(asyncio.create_task(index.watch(on_change, interval=interval)))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    return watchers
-
-
-def update_gauges(app: web.Application) -> None:
-    """Bring the memory-tier and listener gauges up to date."""
-    engine, metrics = app[ENGINE], app[METRICS]
-    metrics.flush()
-    metrics.memory_entries.set(len(engine.memory))
-    metrics.memory_bytes.set(engine.memory.bytes)
-    metrics.inflight_signatures.set(engine.signing)
-    listener = app.get(LISTENER)
-    if listener is not None:
-        metrics.listener_connected.set(1 if listener.connected else 0)
-    store = app.get(STORE)
-    if store is not None:
-        for result, n in store.take_write_back_counts().items():
-            if n:
-                metrics.write_backs.labels(result).inc(n)
-
-
-async def _gauges(app: web.Application) -> AsyncIterator[None]:
-    # Gauges are set periodically rather than on every change: that keeps the
-    # hit path free of them, and works the same with several worker processes.
-    throttle = Throttle(60.0)
-
-    async def loop() -> None:
-        while True:
-            try:
-                app[ENGINE].memory.sweep()
-                update_gauges(app)
-            except Exception:  # a bug: said (once a minute at most), and the loop goes on
-                held = throttle.allow()
-                if held is not None:
-                    bug(log, "gauges_failed", held_back=held)
-            await asyncio.sleep(GAUGE_SECONDS)
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class Reply(NamedTuple):
@@ -245,7 +72,7 @@ class OcspHandlers:
     parse is skipped. Anything not answerable from memory takes the full path.
 
     ``hit``, ``answer_post`` and ``answer_get`` produce a ``Reply`` for either
-    front: ``post`` and ``get`` (aiohttp handlers) and ``ocspd/fasthttp.py``.
+    front: ``post`` and ``get`` (aiohttp handlers) and ``ocspd/web/fast.py``.
 
     ``prefix`` always ends in "/" (the config adds it); ``bare_prefix`` is the
     same without it ("" for "/"), where POST is answered too: an AIA URL of
@@ -267,7 +94,7 @@ class OcspHandlers:
         self._outside = metrics.outside_prefix
         self._outside_log = Throttle(OUTSIDE_PREFIX_LOG_SECONDS, clock)
         # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
-        self._known = engine.known_requests
+        self._known: dict[bytes | str, tuple[Key, Issuer]] = {}
 
     async def post(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -312,6 +139,15 @@ class OcspHandlers:
         if held is not None:
             event(log, "request_outside_prefix", method=request.method, host=host, path=path,
                   prefix=self.prefix, suppressed=held)  # fmt: skip
+
+    @property
+    def known_requests(self) -> Mapping[bytes | str, tuple[Key, Issuer]]:
+        """The raw requests seen before (POST body, GET path below the prefix) and their key and issuer."""
+        return self._known
+
+    def forget_requests(self) -> None:
+        """Forget the requests seen so far: after a reload a request may mean another key."""
+        self._known.clear()
 
     def hit(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
         """The hit path: the answer for a request seen before, if memory has it (no parse).
@@ -369,11 +205,11 @@ class OcspHandlers:
             certid = parsed.certids[0]
             event(
                 txlog, "request", method=method, hash=certid.hash_name, serial=f"{certid.serial:X}",
-                certids=len(parsed.certids), status=entry.status, tier=tier, ms=round(elapsed * 1000, 3),
+                certids=len(parsed.certids), status=entry.status.value, tier=tier, ms=round(elapsed * 1000, 3),
             )
         return reply
 
-    def _remember(self, raw: bytes | str, cacheable: tuple[int, Issuer]) -> None:
+    def _remember(self, raw: bytes | str, cacheable: tuple[Key, Issuer]) -> None:
         if len(raw) > KNOWN_REQUEST_MAX_BYTES:
             return
         known = self._known
@@ -415,7 +251,7 @@ def refuse_content_encoding(request: web.BaseRequest) -> None:
     """Raise HTTP 415 when the request declares a Content-Encoding other than identity (SPEC §2).
 
     ocspd decodes no request body (aiohttp's decompression is off in
-    ``ocspd/front.py``): an encoded one would not parse as DER, and a bad one
+    ``ocspd/web/runner.py``): an encoded one would not parse as DER, and a bad one
     made aiohttp's reader raise (HTTP 500).
     """
     codings = ",".join(request.headers.getall(hdrs.CONTENT_ENCODING))
@@ -438,44 +274,3 @@ def _response(reply: Reply) -> web.Response:
     if reply.status == 304:
         return web.Response(status=304, headers=reply.headers)
     return web.Response(body=reply.body, headers=reply.headers)
-
-
-HANDLERS = web.AppKey("handlers", OcspHandlers)
-
-
-# -- admin ---------------------------------------------------------------------------------
-
-
-def init_admin_app(
-    exposition: Callable[[], bytes], ready: Callable[[], asyncio.Future[Readiness] | Readiness] | None = None
-) -> web.Application:
-    """The admin application: /metrics, /healthz, /readyz.
-
-    ``exposition`` renders the metrics; ``ready`` returns (or resolves to) the
-    current Readiness: the single-process server passes ones over its OCSP app,
-    the worker supervisor ones over its workers.
-    """
-    admin = web.Application()
-
-    async def metrics_handler(request: web.Request) -> web.Response:
-        return web.Response(body=exposition(), content_type="text/plain", charset="utf-8")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        result = ready() if ready is not None else Readiness(True, False, ["no checks"])
-        if not isinstance(result, Readiness):
-            result = await result
-        return web.Response(status=200 if result.ready else 503, text=result.text())
-
-    admin.router.add_get("/metrics", metrics_handler)
-    admin.router.add_get("/healthz", healthz)
-    admin.router.add_get("/readyz", readyz)
-    return admin
-
-
-def app_readiness(app: web.Application) -> asyncio.Future[Readiness]:
-    """Readiness of one OCSP app (keys, index files, database, listener)."""
-    update_gauges(app)
-    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER)))

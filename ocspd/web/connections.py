@@ -4,7 +4,7 @@ Every connection holds a file descriptor and a little memory, and a process
 that runs out of descriptors stops accepting anyone (issue 11: 1,100 idle
 sockets under systemd's default limit of 1,024 left a normal client 15
 answers out of 613). So the front counts its connections, on the fast path
-(``ocspd/fasthttp.py``) and on aiohttp's side alike, and past the limit:
+(``ocspd/web/fast.py``) and on aiohttp's side alike, and past the limit:
 
 1. closes the connections that have been idle longest: no answer written nor
    being produced for the longest time, which is an idle keep-alive
@@ -18,8 +18,8 @@ Either is counted in ``ocspd_connections_limited_total{action}`` and logged
 at most once per ``LOG_SECONDS`` (with the number of lines held back).
 
 A head that is not whole within ``[server] header_timeout`` of its first
-byte is closed too (``_HeadTimedHandler`` on aiohttp's side; the fast path
-sweeps its own connections).
+byte is closed too (``aiohttp_glue.head_timed_handler`` on aiohttp's side;
+the fast path sweeps its own connections).
 
 A connection handed from the fast path to aiohttp stays one connection.
 """
@@ -33,10 +33,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from ocspd.logs import Throttle, event
 from ocspd.metrics import Metrics
+from ocspd.web.aiohttp_glue import (
+    RequestHandler,
+    handler_closing,
+    handler_has_request,
+    handler_idle_until,
+    head_timed_handler,
+)
 
 log = logging.getLogger("ocspd.http")
 
@@ -81,7 +87,7 @@ class BoundedServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         """A handler for a connection of aiohttp's (new, or handed over by the fast path)."""
-        return _HeadTimedHandler(self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs)
+        return head_timed_handler(self, self.header_timeout)
 
     # -- aiohttp's RequestHandler calls these for its connections ------------------------------
 
@@ -132,14 +138,11 @@ class BoundedServer(web.Server):
 
     def idle_connections(self) -> Iterator[tuple[float, object, Callable[[], None]]]:
         """(when keepalive_timeout would close it, the connection, how to close it) of each idle one."""
-        for handler in self._connections:
+        for handler in self.connections:
             # No request queued nor being answered (its body read included): between
-            # requests, before the first, or with a head still arriving. (Private
-            # attributes of aiohttp's, read with defaults: they are not its API.)
-            busy = getattr(handler, "_request_in_progress", False) or getattr(handler, "_messages", None)
-            if not (busy or handler._force_close):
-                until: float = getattr(handler, "_next_keepalive_close_time", 0.0)
-                yield until, handler, handler.force_close
+            # requests, before the first, or with a head still arriving.
+            if not (handler_has_request(handler) or handler_closing(handler)):
+                yield handler_idle_until(handler), handler, handler.force_close
 
     def _count(self, action: str, n: int) -> None:
         if self._limited is not None:
@@ -151,36 +154,3 @@ class BoundedServer(web.Server):
                 suppressed=held,
             )
 
-
-class _HeadTimedHandler(RequestHandler):
-    """aiohttp's handler, closing a connection whose request head is not whole within
-    ``header_timeout`` of its first byte: aiohttp's own timer (the keep-alive one) would
-    let a head trickle in for as long as ``keepalive_timeout``."""
-
-    __slots__ = ("_head_timer", "_header_timeout")
-
-    def __init__(self, manager: web.Server, *, header_timeout: float, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
-        self._head_timer: asyncio.TimerHandle | None = None
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self._messages or self._request_in_progress:  # the head is whole: a request to answer
-            self._stop_head_timer()
-        elif self._head_timer is None and not self._force_close:
-            self._head_timer = self._loop.call_later(self._header_timeout, self._head_late)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_head_timer()
-        super().connection_lost(exc)
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if not (self._messages or self._request_in_progress):
-            self.force_close()
-
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None

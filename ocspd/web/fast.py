@@ -1,4 +1,5 @@
 """A minimal HTTP/1.1 path for the requests OCSP clients send, in front of aiohttp.
+(Over 400 lines: one connection's state machine, which reads best in one place.)
 
 Each new connection on the OCSP port starts here. A request of the common
 shape (``POST {prefix}`` with a Content-Length, or ``GET {prefix}<base64>``
@@ -9,13 +10,15 @@ else (another method or path, chunked or over-size bodies,
 ``Expect``, ``Upgrade``, odd header syntax, an incomplete head past the size
 limit) hands the connection, with the bytes not yet answered, to aiohttp's
 own protocol for the rest of its life, so every answer off this path is
-aiohttp's. What counts as the common shape is ``ocspd/httphead.py``.
+aiohttp's. What counts as the common shape, and why a request is handed
+over, is ``ocspd/web/head.py``'s decision; hand-overs are counted by reason
+in ``ocspd_http_handoffs_total``.
 
 Why: aiohttp's request and response objects cost more per request than the
 whole hit path; below them a memory hit takes a few µs (bench/README.md).
 Connections here keep the order of pipelined requests (one at a time), the
 keep-alive timeout the aiohttp side uses, the connection limit
-(``ocspd/connections.py``), and the runner's drain on shutdown
+(``ocspd/web/connections.py``), and the runner's drain on shutdown
 (``FastServer.pre_shutdown``/``shutdown``).
 
 Fairness: a connection answers at most ``MAX_ANSWERS_PER_TURN`` pipelined
@@ -38,15 +41,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from email.utils import formatdate
 from typing import Any, cast
 
-from ocspd.connections import BoundedServer
-from ocspd.http import OcspHandlers, Reply
-from ocspd.httphead import Framing, may_become_head, parse_head
+from ocspd.metrics import Metrics, Tally
+from ocspd.web.connections import BoundedServer
+from ocspd.web.handlers import OcspHandlers, Reply
+from ocspd.web.head import INCOMPLETE, Framing, HandOff, Head, read_request
 
 log = logging.getLogger("ocspd.http")
 
-# A head (request line and fields) longer than this, or not complete within
-# it, goes to aiohttp, which answers 400/431 by its own limits (8190 a line).
-MAX_HEAD = 8192
 # Bytes read ahead while a request is being answered (pipelining): past this
 # the socket is not read until the answer is out.
 MAX_BUFFERED = 65536
@@ -68,12 +69,15 @@ class FastServer(BoundedServer):
     """aiohttp's low-level server whose connections start on this module's path.
 
     ``dispatch`` and ``kwargs`` are what a ``BoundedServer`` takes: they serve
-    every connection handed to aiohttp.
+    every connection handed to aiohttp. ``metrics`` counts the hand-overs.
     """
 
-    def __init__(self, handlers: OcspHandlers, dispatch: Any, **kwargs: Any) -> None:
-        super().__init__(dispatch, **kwargs)
+    def __init__(self, handlers: OcspHandlers, dispatch: Any, *, metrics: Metrics | None = None, **kwargs: Any) -> None:
+        super().__init__(dispatch, metrics=metrics, **kwargs)
         self.handlers = handlers
+        self.handoffs: dict[HandOff, Tally] = (
+            {reason: metrics.handoff[reason.value] for reason in HandOff} if metrics is not None else {}
+        )
         self.prefix = handlers.prefix.encode()
         self.fast: set[FastProtocol] = set()
         self.loop = asyncio.get_running_loop()
@@ -253,41 +257,30 @@ class FastProtocol(asyncio.Protocol):
                 self._pause_reading()
                 self._later = self._loop.call_soon(self._go_on)
                 break
-            end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD)
-            if end < 0:
-                if (
-                    len(buf) - pos >= MAX_HEAD or self._partial_reads >= MAX_PARTIAL_READS
-                    or not may_become_head(buf, pos, self._server.prefix)
-                ):
-                    # aiohttp answers at once what is already wrong (400), not after a
-                    # timeout, and reads on a request trickling in without rescanning it.
-                    self._hand_off(buf[pos:])
-                    return
-                self._partial_reads += 1
-                break  # the head is not complete yet
             started = time.perf_counter()
-            request = parse_head(buf, pos, end + 2, self._server.prefix, handlers.max_request_bytes)
-            if request is None:
-                self._hand_off(buf[pos:])
+            request = read_request(buf, pos, self._server.prefix, handlers.max_request_bytes)
+            if not isinstance(request, Head):
+                if request is INCOMPLETE:
+                    if self._partial_reads < MAX_PARTIAL_READS:
+                        self._partial_reads += 1
+                        break  # the head or the body is not whole yet
+                    request = HandOff.PARTIAL_READS
+                # aiohttp answers at once what is already wrong (400), not after a
+                # timeout, and reads on a request trickling in without rescanning it.
+                self._hand_off(buf[pos:], request)
                 return
-            is_post, target, length, framing, conditional = request
-            body_start = end + 4
-            if len(buf) < body_start + length:
-                if self._partial_reads >= MAX_PARTIAL_READS:
-                    self._hand_off(buf[pos:])
-                    return
-                self._partial_reads += 1
-                break  # the body is not complete yet
-            pos = body_start + length
+            pos = request.end
+            framing = request.framing
             self._partial_reads = 0
             answer: Awaitable[Reply] | None = None
-            if is_post:
-                body = buf[body_start:pos]
+            if request.is_post:
+                body = buf[request.body_start : pos]
                 reply = handlers.hit(body, None, "POST", started)
                 if reply is None:
                     answer = handlers.answer_post(body, started)
             else:
-                path = target.split(b"?", 1)[0].decode("ascii")
+                path = request.target.split(b"?", 1)[0].decode("ascii")
+                conditional = request.conditional
                 reply = handlers.hit(path, conditional, "GET", started)
                 if reply is None:
                     answer = handlers.answer_get(path, conditional, started)
@@ -299,7 +292,7 @@ class FastProtocol(asyncio.Protocol):
             assert reply is not None
             self._write(reply, framing)
             answered += 1
-            if framing[2]:
+            if framing.close:
                 self._finish()
                 return
         # The turn's answers are cut off the buffer once, not one by one.
@@ -325,7 +318,7 @@ class FastProtocol(asyncio.Protocol):
         if self._transport is None:
             return  # the client went away meanwhile
         self._write(reply, framing)
-        if framing[2] or self._closing or (self._eof and len(self._buf) == self._start):
+        if framing.close or self._closing or (self._eof and len(self._buf) == self._start):
             self._finish()
             return
         self._resume()
@@ -369,12 +362,15 @@ class FastProtocol(asyncio.Protocol):
 
     # -- the connection's end, or its hand-over --------------------------------------------
 
-    def _hand_off(self, unanswered: bytes) -> None:
+    def _hand_off(self, unanswered: bytes, reason: HandOff) -> None:
         """From here on aiohttp serves this connection, starting with ``unanswered``."""
         transport = self._transport
         assert transport is not None
         self._forget()  # still one connection of the server's, now aiohttp's
         server = self._server
+        tally = server.handoffs.get(reason)
+        if tally is not None:
+            tally.n += 1
         protocol = server.aiohttp_protocol()
         transport.set_protocol(protocol)
         server.handing_over = True
@@ -417,7 +413,7 @@ class FastProtocol(asyncio.Protocol):
         return True
 
     def close_idle(self) -> None:
-        """Closed by the connection limit (``ocspd/connections.py``): no further request is read."""
+        """Closed by the connection limit (``ocspd/web/connections.py``): no further request is read."""
         self._closing = True
         self._finish()
 

@@ -1,0 +1,325 @@
+"""The composition root: builds an OCSP app for a configuration, reloads it,
+and runs its resources and background loops in its ``cleanup_ctx``.
+
+What the app holds is under typed ``web.AppKey``s: the engine (the responder
+core), the metrics, the index files, the handlers (``ocspd/web/``), and, with
+a database, the store and its LISTEN connection. The loops: index watchers
+(SPEC: a changed index.txt is read within about a second), the gauges, and,
+with a database, the listener feeding invalidations to the engine and the
+refresh of stored responses that replicas share.
+
+Imported by the daemon side (``ocspd/server.py``, ``ocspd/workers.py``), the
+tests and bench/ only; ``ocspd/web/`` never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ocspd.cache import Entry
+from ocspd.config import Config
+from ocspd.engine import Engine
+from ocspd.exceptions import ConfigError, SourceUnavailable, StoreError
+from ocspd.health import Readiness, readiness
+from ocspd.index import IndexFile
+from ocspd.logs import Throttle, bug, event
+from ocspd.metrics import Metrics
+from ocspd.signer import Signer, load_signers
+from ocspd.sources import IndexSource, StatusSource
+from ocspd.store import DueRow, Listener, Store
+from ocspd.web.handlers import OcspHandlers
+from ocspd.web.runner import OcspRunner
+
+log = logging.getLogger("ocspd.http")
+replication_log = logging.getLogger("ocspd.replication")
+
+ENGINE = web.AppKey("engine", Engine)
+METRICS = web.AppKey("metrics", Metrics)
+INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
+HANDLERS = web.AppKey("handlers", OcspHandlers)
+STORE = web.AppKey("store", Store)
+LISTENER = web.AppKey("listener", Listener)
+
+# How often index.txt files are checked for changes (SPEC: "about a second").
+INDEX_POLL_SECONDS = 0.5
+# How often the memory-tier gauges are brought up to date (and expired entries swept).
+GAUGE_SECONDS = 1.0
+
+
+def init_app(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    signers: Mapping[str, Signer] | None = None,
+    index_poll: float = INDEX_POLL_SECONDS,
+    refresh: RefreshSettings | None = None,
+    heartbeat: float = 5.0,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """Build the OCSP application for ``config``.
+
+    Keys are loaded here (a bad key is a ConfigError before anything
+    listens); index files are loaded and watched, and the database pool and
+    listener run, in the app's cleanup_ctx. ``signers`` lets tests wrap the
+    real signers (e.g. to count signatures).
+    """
+    if signers is None:
+        signers = load_signers(config)
+    metrics = metrics if metrics is not None else Metrics()
+    index_files = {issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None}
+    sources: dict[str, StatusSource] = {}
+    if index_files:
+        index_source = IndexSource(index_files)
+        sources.update((issuer_id, index_source) for issuer_id in index_files)
+    store: Store | None = None
+    notified = frozenset(issuer.id for issuer in config.issuers if issuer.id not in index_files)
+    if notified:
+        if config.database is None:  # config validation makes this unreachable
+            raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
+        database = config.database
+        store = Store(
+            database.dsn, maxsize=database.pool_size, timeout=database.timeout.total_seconds(),
+            lock_timeout=database.lock_timeout.total_seconds(),
+            statement_timeout=database.statement_timeout.total_seconds(),
+        )
+        sources.update((issuer_id, store) for issuer_id in notified)
+    engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
+
+    app = web.Application(client_max_size=config.server.max_request_bytes)
+    app[ENGINE] = engine
+    app[METRICS] = metrics
+    app[INDEX_FILES] = index_files
+    app.cleanup_ctx.append(_index_watchers(index_poll))
+    app.cleanup_ctx.append(_gauges)
+    if store is not None:
+        assert config.database is not None
+        app.cleanup_ctx.append(
+            database_context(
+                store,
+                engine,
+                config.database.listen_dsn,
+                refresh or RefreshSettings.for_validity(config.responses.validity),
+                heartbeat=heartbeat,
+            )
+        )
+    handlers = OcspHandlers(engine, metrics, config, clock)
+    app[HANDLERS] = handlers
+    # ocspd serves these through web.runner.OcspRunner (runner_for), which calls the
+    # same handlers without the router; the routes keep the app servable by AppRunner.
+    app.router.add_post(handlers.prefix, handlers.post)
+    app.router.add_get(handlers.prefix + "{tail:.*}", handlers.get)
+    if handlers.bare_prefix:
+        app.router.add_post(handlers.bare_prefix, handlers.post)
+        app.router.add_get(handlers.bare_prefix, handlers.get)
+    return app
+
+
+def reload_app(app: web.Application, config: Config) -> list[str]:
+    """Apply a new configuration and keys to a running app (SIGHUP).
+
+    Raises ConfigError, naming what is wrong, when the new config is invalid or
+    changes something that needs a restart; the running config is then kept.
+    Returns the issuers whose answers changed (their memory entries are gone).
+    """
+    old = app[ENGINE].config  # the app itself is frozen once started: the engine holds what is live
+    restart_only = {
+        "server": old.server != config.server,
+        "admin": old.admin != config.admin,
+        "database": old.database != config.database,
+        "cache": old.cache != config.cache,
+        "log": old.log != config.log,
+        "issuers (ids or index files)": [(i.id, i.index) for i in old.issuers]
+        != [(i.id, i.index) for i in config.issuers],
+    }
+    needs_restart = [name for name, differs in restart_only.items() if differs]
+    if needs_restart:
+        raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
+    signers = load_signers(config)
+    changed = app[ENGINE].reload(config, signers)
+    app[HANDLERS].forget_requests()  # what a raw request means may have changed with the config
+    return changed
+
+
+def runner_for(app: web.Application, **kwargs: Any) -> OcspRunner:
+    """The runner ``ocspd serve`` serves ``app`` with (``web.AppRunner``'s ``kwargs``).
+
+    The connection limits are read here, as the listeners are (a reload does not
+    change them); ``kwargs`` win over them (tests).
+    """
+    server = app[ENGINE].config.server
+    limits = {"max_connections": server.max_connections, "header_timeout": server.header_timeout.total_seconds()}
+    return OcspRunner(app, app[HANDLERS], app[METRICS], **{**limits, **kwargs})
+
+
+def _index_watchers(
+    interval: float,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def watchers(app: web.Application) -> AsyncIterator[None]:
+        engine = app[ENGINE]
+        loop = asyncio.get_running_loop()
+        tasks = []
+        for issuer_id, index in app[INDEX_FILES].items():
+            # A large file takes seconds to parse: keep the loop free meanwhile.
+            await loop.run_in_executor(None, index.load)
+            event(log, "index_ready", issuer=issuer_id, path=index.path, certificates=len(index))
+
+            def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
+                dropped = engine.invalidate(issuer_id, serials, "index_reload")
+                event(log, "index_reloaded", issuer=issuer_id, changed=len(serials), invalidated=dropped)
+
+            tasks.append(asyncio.create_task(index.watch(on_change, interval=interval)))
+        try:
+            yield
+        finally:
+            await _cancel(tasks)
+
+    return watchers
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Stop a context's background tasks, and wait until they have."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def update_gauges(app: web.Application) -> None:
+    """Bring the memory-tier and listener gauges up to date."""
+    engine, metrics = app[ENGINE], app[METRICS]
+    metrics.flush()
+    metrics.memory_entries.set(len(engine.memory))
+    metrics.memory_bytes.set(engine.memory.bytes)
+    metrics.inflight_signatures.set(engine.signing)
+    listener = app.get(LISTENER)
+    if listener is not None:
+        metrics.listener_connected.set(1 if listener.connected else 0)
+    store = app.get(STORE)
+    if store is not None:
+        for result, n in store.take_write_back_counts().items():
+            if n:
+                metrics.write_backs.labels(result).inc(n)
+
+
+async def _gauges(app: web.Application) -> AsyncIterator[None]:
+    # Gauges are set periodically rather than on every change: that keeps the
+    # hit path free of them, and works the same with several worker processes.
+    throttle = Throttle(60.0)
+
+    async def loop() -> None:
+        while True:
+            try:
+                app[ENGINE].memory.sweep()
+                update_gauges(app)
+            except Exception:  # a bug: said (once a minute at most), and the loop goes on
+                held = throttle.allow()
+                if held is not None:
+                    bug(log, "gauges_failed", held_back=held)
+            await asyncio.sleep(GAUGE_SECONDS)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def app_readiness(app: web.Application) -> asyncio.Future[Readiness]:
+    """Readiness of one OCSP app (keys, index files, database, listener)."""
+    update_gauges(app)
+    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER)))
+
+
+# -- the database: pool, LISTEN and the shared refresh -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshSettings:
+    """How the shared refresh runs: how often, how far ahead, how many rows a round."""
+
+    interval: float
+    lead: dt.timedelta
+    batch: int = 200
+
+    @classmethod
+    def for_validity(cls, validity: dt.timedelta) -> RefreshSettings:
+        # Rows are re-signed a while before their refresh point (half the
+        # validity); with short validities everything scales down.
+        lead = min(validity / 4, dt.timedelta(minutes=10))
+        return cls(interval=min(30.0, lead.total_seconds() / 2), lead=lead)
+
+
+def database_context(
+    store: Store,
+    engine: Engine,
+    listen_dsn: str,
+    refresh: RefreshSettings,
+    *,
+    heartbeat: float = 5.0,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """A cleanup_ctx that opens the pool and runs the listener and the refresher."""
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+
+        def connected() -> None:
+            if listener.ever_connected.is_set():
+                engine.metrics.listener_reconnects.inc()
+            engine.channel_restored()
+
+        listener = Listener(
+            listen_dsn,
+            on_notify=engine.on_notify,
+            on_connect=connected,
+            on_loss=engine.channel_lost,
+            heartbeat=heartbeat,
+        )
+        app[STORE] = store
+        app[LISTENER] = listener
+        notified = sorted(i.config.id for i in engine.issuers.values() if i.needs_channel)
+        tasks = [
+            asyncio.create_task(listener.run(), name="ocspd-listener"),
+            asyncio.create_task(refresh_loop(store, engine, notified, refresh), name="ocspd-refresh"),
+        ]
+        try:
+            yield
+        finally:
+            await _cancel(tasks)
+            await store.close()
+
+    return context
+
+
+async def refresh_loop(store: Store, engine: Engine, issuers: list[str], settings: RefreshSettings) -> None:
+    """Re-sign stored responses before their refresh point, sharing the rows between replicas."""
+
+    def sign(row: DueRow) -> Entry:
+        return engine.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+
+    while True:
+        done = 0
+        try:
+            signers = {issuer_id: engine.issuers[issuer_id].signer.fingerprint for issuer_id in issuers}
+            done = await store.refresh_due(signers, sign, lead=settings.lead, limit=settings.batch)
+        except SourceUnavailable as exc:
+            event(replication_log, "refresh_skipped", logging.DEBUG, reason=str(exc))
+        except StoreError as exc:
+            event(replication_log, "refresh_failed", logging.ERROR, error=str(exc))
+        except Exception:  # a bug (in signing, say): said, and the next round tries again
+            bug(replication_log, "refresh_crashed")
+        if done:
+            event(replication_log, "refreshed", responses=done)
+        if done < settings.batch:
+            # Jittered, so that replicas started together drift apart.
+            await asyncio.sleep(settings.interval * random.uniform(0.5, 1.5))
