@@ -1,9 +1,9 @@
 """Memory per cached entry, above the size of its DER.
 
-In this process: the Engine that ``ocspd serve`` builds (``init_app`` on a
+In this process: the Responder that ``ocspd serve`` builds (``init_app`` on a
 config made for the run) signs real responses (P-256 delegated responder by
 default, random 128-bit serials as CAs issue them, SHA-1 CertIDs) and its
-memory tier is filled with them under the engine's keys, (issuer id, hash
+memory tier is filled with them under the responder's keys, (issuer id, hash
 name, serial). Two figures:
 
 - tracemalloc: bytes Python allocated for the filled tier (responses,
@@ -37,7 +37,7 @@ from typing import Any
 import common
 from common import Row, log
 
-from ocspd.app import ENGINE, init_app
+from ocspd.app import RESPONDER, init_app
 from ocspd.cache import ENTRY_OVERHEAD, Entry
 from ocspd.config import load_config
 from ocspd.pki import KEY_TYPES
@@ -67,19 +67,19 @@ def main(argv: list[str] | None = None) -> int:
         config_path = bench_pki.write_config(
             work / "ocspd.toml", common.free_port(), cache=f'max_entries = {n * 2}\nmax_bytes = "8GiB"'
         )
-        engine = init_app(load_config(config_path, environ={}))[ENGINE]
-        issuer = engine.issuers[bench_pki.issuer_id]
+        responder = init_app(load_config(config_path, environ={}))[RESPONDER]
+        issuer = responder.issuers[bench_pki.issuer_id]
         serials = [secrets.randbits(args.serial_bits) | (1 << (args.serial_bits - 2)) for _ in range(n)]
         log(f"signing {n:,} responses ({args.key_type})")
         signed: list[Entry] = []
         for i, serial in enumerate(serials):
             certid = CertId("sha1", bench_pki.name_hash, bench_pki.key_hash, serial)
             # Status versions come from a database sequence: one per certificate.
-            signed.append(engine.sign_entry(issuer, certid, CertStatus(Status.GOOD, version=1_000_000 + i)))
+            signed.append(responder.sign_entry(issuer, certid, CertStatus(Status.GOOD, version=1_000_000 + i)))
         der_lengths = [len(e.der) for e in signed]
         avg_der = statistics.mean(der_lengths)
         issuer_id = bench_pki.issuer_id
-        # Attributes that the engine shares between entries (status names, the
+        # Attributes that the responder shares between entries (status names, the
         # signer's fingerprint) stay shared; the others are copied, so every
         # entry owns its objects as it would in a server.
         slots = [s for s in Entry.__slots__ if hasattr(signed[0], s)]
@@ -106,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                 for slot in slots:
                     value = getattr(entry, slot)
                     setattr(copy, slot, fresh(value) if slot in own else value)
-                engine.memory.put(engine.key(issuer_id, "sha1", int(str(serial))), copy)
+                responder.memory.put(responder.key(issuer_id, "sha1", int(str(serial))), copy)
 
         # RSS first (tracemalloc's own bookkeeping would inflate it).
-        engine.memory.clear()
+        responder.memory.clear()
         gc.collect()
         rss0 = rss_bytes()
         fill()
         gc.collect()
         rss1 = rss_bytes()
-        if len(engine.memory) != n:
-            raise SystemExit(f"the tier holds {len(engine.memory)} entries, not {n}: bounds too small?")
-        engine.memory.clear()
+        if len(responder.memory) != n:
+            raise SystemExit(f"the tier holds {len(responder.memory)} entries, not {n}: bounds too small?")
+        responder.memory.clear()
         gc.collect()
 
         tracemalloc.start(1)
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         traced1 = tracemalloc.get_traced_memory()[0]
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
-        held = len(engine.memory)
-        accounted = engine.memory.bytes
+        held = len(responder.memory)
+        accounted = responder.memory.bytes
 
     traced_per_entry = (traced1 - traced0) / held
     rss_per_entry = (rss1 - rss0) / held
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "Entry object (slots)": sys.getsizeof(sample),
         "per-entry attributes besides the DER": sum(sys.getsizeof(getattr(sample, s)) for s in own if s != "blob"),
-        "key (one int packing serial, issuer, hash)": sys.getsizeof(engine.key(issuer_id, "sha1", serials[0])),
+        "key (one int packing serial, issuer, hash)": sys.getsizeof(responder.key(issuer_id, "sha1", serials[0])),
     }
     parts["cache structures (rest of the traced figure)"] = traced_per_entry - avg_der - sum(parts.values())
     for what, size in parts.items():

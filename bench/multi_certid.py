@@ -1,9 +1,9 @@
 """What a request of several CertIDs costs, against a single-CertID miss, in one process.
 
-The Engine that ``ocspd serve`` builds (``init_app``, status from an
+The Responder that ``ocspd serve`` builds (``init_app``, status from an
 index.txt of ``--listed`` serials, a quarter of them revoked) answers
 requests one after the other on an asyncio loop, parse included
-(``parse_request`` then ``Engine.respond``): a single-CertID request for a
+(``parse_request`` then ``Responder.respond``): a single-CertID request for a
 serial not in memory (a miss: status, one signature, into the memory tier)
 and a request of ``--certids`` CertIDs for distinct serials (signed live,
 never cached). Rounds alternate the two, so each ratio compares figures
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 
 import ocspd
-from ocspd.app import ENGINE, INDEX_FILES, init_app
+from ocspd.app import INDEX_FILES, RESPONDER, init_app
 from ocspd.config import load_config
 from ocspd.pki import KEY_TYPES
 from ocspd.protocol import CertId, parse_request
@@ -125,9 +125,9 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
         work / "ocspd.toml", common.free_port(), responses=f"max_certids_per_request = {max(16, n)}"
     )
     app = init_app(load_config(config_path, environ={}))
-    engine = app[ENGINE]
+    responder = app[RESPONDER]
     app[INDEX_FILES][bench_pki.issuer_id].load()
-    issuer = engine.issuers[bench_pki.issuer_id]
+    issuer = responder.issuers[bench_pki.issuer_id]
     signer = issuer.signer
     name_hash, key_hash = bench_pki.name_hash, bench_pki.key_hash
     # Requests made beforehand; single misses take serials in turn (the tier is emptied when they
@@ -146,11 +146,11 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
 
     async def miss(i: int) -> None:
         if i % len(singles) == 0:
-            engine.memory.clear()
-        await engine.respond(parse_request(singles[i % len(singles)]))
+            responder.memory.clear()
+        await responder.respond(parse_request(singles[i % len(singles)]))
 
     async def multi(i: int) -> None:
-        await engine.respond(parse_request(multis[i % len(multis)]))
+        await responder.respond(parse_request(multis[i % len(multis)]))
 
     # Each entry: what, the step. Measured in this order in every round.
     steps: list[tuple[str, Callable[[int], Any]]] = [
@@ -163,7 +163,7 @@ async def measure(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
         ("bare_sign", lambda i: sign(tbs_like)),
     ]
     # Once: a request of n CertIDs gets n SingleResponses, good and revoked among them.
-    entry, _ = await engine.respond(parse_request(multis[0]))
+    entry = (await responder.respond(parse_request(multis[0]))).entry
     singles_answered = list(ocsp.load_der_ocsp_response(entry.der).responses)
     if entry.status is not Served.MIXED or len(singles_answered) != n:
         raise SystemExit(f"unexpected answer to {n} CertIDs: {entry.status.value}, {len(singles_answered)} responses")

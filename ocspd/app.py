@@ -1,11 +1,11 @@
 """The composition root: builds an OCSP app for a configuration, reloads it,
 and runs its resources and background loops in its ``cleanup_ctx``.
 
-What the app holds is under typed ``web.AppKey``s: the engine (the responder
+What the app holds is under typed ``web.AppKey``s: the responder (the responder
 core), the metrics, the index files, the handlers (``ocspd/web/``), and, with
 a database, the store and its LISTEN connection. The loops: index watchers
 (SPEC: a changed index.txt is read within about a second), the gauges, and,
-with a database, the listener feeding invalidations to the engine and the
+with a database, the listener feeding invalidations to the responder and the
 refresh of stored responses that replicas share.
 
 Imported by the daemon side (``ocspd/server.py``, ``ocspd/workers.py``), the
@@ -28,12 +28,12 @@ from aiohttp import web
 
 from ocspd.cache import Entry
 from ocspd.config import Config
-from ocspd.engine import Engine
 from ocspd.exceptions import ConfigError, SourceUnavailable, StoreError
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
 from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
+from ocspd.responder import Responder
 from ocspd.signer import Signer, load_signers
 from ocspd.sources import IndexSource, StatusSource
 from ocspd.store import DueRow, Listener, Store
@@ -43,7 +43,7 @@ from ocspd.web.runner import OcspRunner
 log = logging.getLogger("ocspd.http")
 replication_log = logging.getLogger("ocspd.replication")
 
-ENGINE = web.AppKey("engine", Engine)
+RESPONDER = web.AppKey("responder", Responder)
 METRICS = web.AppKey("metrics", Metrics)
 INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
 HANDLERS = web.AppKey("handlers", OcspHandlers)
@@ -93,10 +93,10 @@ def init_app(
             statement_timeout=database.statement_timeout.total_seconds(),
         )
         sources.update((issuer_id, store) for issuer_id in notified)
-    engine = Engine(config, signers, sources, clock, notified=notified, metrics=metrics)
+    responder = Responder(config, signers, sources, clock, notified=notified, metrics=metrics)
 
     app = web.Application(client_max_size=config.server.max_request_bytes)
-    app[ENGINE] = engine
+    app[RESPONDER] = responder
     app[METRICS] = metrics
     app[INDEX_FILES] = index_files
     app.cleanup_ctx.append(_index_watchers(index_poll))
@@ -106,13 +106,13 @@ def init_app(
         app.cleanup_ctx.append(
             database_context(
                 store,
-                engine,
+                responder,
                 config.database.listen_dsn,
                 refresh or RefreshSettings.for_validity(config.responses.validity),
                 heartbeat=heartbeat,
             )
         )
-    handlers = OcspHandlers(engine, metrics, config, clock)
+    handlers = OcspHandlers(responder, metrics, config, clock)
     app[HANDLERS] = handlers
     # ocspd serves these through web.runner.OcspRunner (runner_for), which calls the
     # same handlers without the router; the routes keep the app servable by AppRunner.
@@ -131,7 +131,7 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     changes something that needs a restart; the running config is then kept.
     Returns the issuers whose answers changed (their memory entries are gone).
     """
-    old = app[ENGINE].config  # the app itself is frozen once started: the engine holds what is live
+    old = app[RESPONDER].config  # the app itself is frozen once started: the responder holds what is live
     restart_only = {
         "server": old.server != config.server,
         "admin": old.admin != config.admin,
@@ -145,7 +145,7 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     if needs_restart:
         raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
     signers = load_signers(config)
-    changed = app[ENGINE].reload(config, signers)
+    changed = app[RESPONDER].reload(config, signers)
     app[HANDLERS].forget_requests()  # what a raw request means may have changed with the config
     return changed
 
@@ -156,7 +156,7 @@ def runner_for(app: web.Application, **kwargs: Any) -> OcspRunner:
     The connection limits are read here, as the listeners are (a reload does not
     change them); ``kwargs`` win over them (tests).
     """
-    server = app[ENGINE].config.server
+    server = app[RESPONDER].config.server
     limits = {"max_connections": server.max_connections, "header_timeout": server.header_timeout.total_seconds()}
     return OcspRunner(app, app[HANDLERS], app[METRICS], **{**limits, **kwargs})
 
@@ -166,7 +166,7 @@ def _index_watchers(
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def watchers(app: web.Application) -> AsyncIterator[None]:
-        engine = app[ENGINE]
+        responder = app[RESPONDER]
         loop = asyncio.get_running_loop()
         tasks = []
         for issuer_id, index in app[INDEX_FILES].items():
@@ -175,7 +175,7 @@ def _index_watchers(
             event(log, "index_ready", issuer=issuer_id, path=index.path, certificates=len(index))
 
             def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
-                dropped = engine.invalidate(issuer_id, serials, "index_reload")
+                dropped = responder.invalidate(issuer_id, serials, "index_reload")
                 event(log, "index_reloaded", issuer=issuer_id, changed=len(serials), invalidated=dropped)
 
             tasks.append(asyncio.create_task(index.watch(on_change, interval=interval)))
@@ -196,11 +196,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 def update_gauges(app: web.Application) -> None:
     """Bring the memory-tier and listener gauges up to date."""
-    engine, metrics = app[ENGINE], app[METRICS]
+    responder, metrics = app[RESPONDER], app[METRICS]
     metrics.flush()
-    metrics.memory_entries.set(len(engine.memory))
-    metrics.memory_bytes.set(engine.memory.bytes)
-    metrics.inflight_signatures.set(engine.signing)
+    metrics.memory_entries.set(len(responder.memory))
+    metrics.memory_bytes.set(responder.memory.bytes)
+    metrics.inflight_signatures.set(responder.signing)
     listener = app.get(LISTENER)
     if listener is not None:
         metrics.listener_connected.set(1 if listener.connected else 0)
@@ -219,7 +219,7 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
     async def loop() -> None:
         while True:
             try:
-                app[ENGINE].memory.sweep()
+                app[RESPONDER].memory.sweep()
                 update_gauges(app)
             except Exception:  # a bug: said (once a minute at most), and the loop goes on
                 held = throttle.allow()
@@ -261,7 +261,7 @@ class RefreshSettings:
 
 def database_context(
     store: Store,
-    engine: Engine,
+    responder: Responder,
     listen_dsn: str,
     refresh: RefreshSettings,
     *,
@@ -275,22 +275,22 @@ def database_context(
 
         def connected() -> None:
             if listener.ever_connected.is_set():
-                engine.metrics.listener_reconnects.inc()
-            engine.channel_restored()
+                responder.metrics.listener_reconnects.inc()
+            responder.channel_restored()
 
         listener = Listener(
             listen_dsn,
-            on_notify=engine.on_notify,
+            on_notify=responder.on_notify,
             on_connect=connected,
-            on_loss=engine.channel_lost,
+            on_loss=responder.channel_lost,
             heartbeat=heartbeat,
         )
         app[STORE] = store
         app[LISTENER] = listener
-        notified = sorted(i.config.id for i in engine.issuers.values() if i.needs_channel)
+        notified = sorted(i.config.id for i in responder.issuers.values() if i.needs_channel)
         tasks = [
             asyncio.create_task(listener.run(), name="ocspd-listener"),
-            asyncio.create_task(refresh_loop(store, engine, notified, refresh), name="ocspd-refresh"),
+            asyncio.create_task(refresh_loop(store, responder, notified, refresh), name="ocspd-refresh"),
         ]
         try:
             yield
@@ -301,16 +301,16 @@ def database_context(
     return context
 
 
-async def refresh_loop(store: Store, engine: Engine, issuers: list[str], settings: RefreshSettings) -> None:
+async def refresh_loop(store: Store, responder: Responder, issuers: list[str], settings: RefreshSettings) -> None:
     """Re-sign stored responses before their refresh point, sharing the rows between replicas."""
 
     def sign(row: DueRow) -> Entry:
-        return engine.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+        return responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
 
     while True:
         done = 0
         try:
-            signers = {issuer_id: engine.issuers[issuer_id].signer.fingerprint for issuer_id in issuers}
+            signers = {issuer_id: responder.issuers[issuer_id].signer.fingerprint for issuer_id in issuers}
             done = await store.refresh_due(signers, sign, lead=settings.lead, limit=settings.batch)
         except SourceUnavailable as exc:
             event(replication_log, "refresh_skipped", logging.DEBUG, reason=str(exc))

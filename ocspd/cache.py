@@ -141,7 +141,7 @@ class MemoryTier:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._clock = clock
-        # The Windows of the entries made for this tier (by the engine).
+        # The Windows of the entries made for this tier (by the responder).
         self.windows = windows()
 
     def get(self, key: Hashable) -> Entry | None:

@@ -254,13 +254,13 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     """``ocspd presign``: sign and store responses for every listed certificate ahead of traffic."""
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
-    from ocspd.engine import Engine
+    from ocspd.responder import Responder
     from ocspd.signer import load_signers
 
     signers = load_signers(config)
     store = _store(config)
-    # The engine knows how to sign a stored row; it serves no requests here.
-    engine = Engine(config, signers, {i.id: store for i in config.issuers})
+    # The responder knows how to sign a stored row; it serves no requests here.
+    responder = Responder(config, signers, {i.id: store for i in config.issuers})
 
     async def work(store: Store) -> None:
         started = time.monotonic()
@@ -277,7 +277,7 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
                         SignedResponse(
                             row.serial,
                             hash_alg,
-                            engine.sign_stored(issuer_id, row.serial, hash_alg, row.status),
+                            responder.sign_stored(issuer_id, row.serial, hash_alg, row.status),
                             row.status.version,
                         )
                         for row in batch

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ocspd.app import ENGINE, LISTENER, METRICS, STORE, app_readiness, init_app, reload_app, runner_for
+from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness, init_app, reload_app, runner_for
 from ocspd.config import Config, load_config
 from ocspd.exceptions import OcspdError, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
@@ -131,7 +131,7 @@ class Process:
     async def run(self) -> None:
         app = init_app(self.config)  # keys are loaded here, once
         if self.worker_fd is None:
-            summary(self.config, {issuer_id: i.signer for issuer_id, i in app[ENGINE].issuers.items()})
+            summary(self.config, {issuer_id: i.signer for issuer_id, i in app[RESPONDER].issuers.items()})
         runner = runner_for(
             app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False,
             keepalive_timeout=self.config.server.keepalive_timeout.total_seconds(),

@@ -134,7 +134,7 @@ class Signer:
         used. The nonce, if given, goes to responseExtensions (RFC 9654
         §2.1), and so does the extended-revoke extension when any answer is
         one (RFC 6960 §4.4.8). ``produced_at`` is the caller's "now" (the
-        engine's clock), in whole seconds like every time of the response.
+        responder's clock), in whole seconds like every time of the response.
 
         For one CertID these are the bytes cryptography's OCSPResponseBuilder
         produces, for several those of asn1crypto (tests/test_signer.py

@@ -2,7 +2,7 @@
 
 A source answers "what is the status of (issuer, serial)?" and may also hold
 a tier of pre-signed responses (the Postgres store does; the index.txt source
-does not). The engine talks only to ``StatusSource``.
+does not). The responder talks only to ``StatusSource``.
 """
 
 from __future__ import annotations
@@ -54,5 +54,5 @@ class IndexSource:
         return Lookup(UNKNOWN if status is None else status)
 
     def write_back(self, issuer_id: str, serial: int, hash_name: str, entry: Entry, version: int, signer: str) -> None:
-        # No response tier; a change reaches the engine through invalidate().
+        # No response tier; a change reaches the responder through invalidate().
         return None

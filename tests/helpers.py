@@ -187,7 +187,7 @@ def outcome(http_status: int, body: bytes, test_pki: TestPki, expected: ocsp.OCS
 def hold_after_fetch(source: Any) -> tuple[asyncio.Event, asyncio.Event]:
     """Make ``source.fetch`` stop after reading a status until ``release`` is set; ``entered`` says it did.
 
-    Only the fetches before ``release`` are held: the engine's next read goes through.
+    Only the fetches before ``release`` are held: the responder's next read goes through.
     """
     entered, release = asyncio.Event(), asyncio.Event()
     real_fetch = source.fetch

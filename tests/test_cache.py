@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from cryptography.x509 import ocsp
 
-from ocspd.app import ENGINE
+from ocspd.app import RESPONDER
 from ocspd.cache import ENTRY_OVERHEAD, WINDOWS_MEMO, Entry, Flight, MemoryTier, Singleflight, windows
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer, load_signers
@@ -245,12 +245,12 @@ async def test_200_concurrent_misses_for_one_key_make_one_signature(
 ) -> None:
     signers = counting_signers(test_pki)
     client = await ocspd_client(test_pki, signers=signers)
-    engine = client.app[ENGINE]  # type: ignore[index]
+    responder = client.app[RESPONDER]  # type: ignore[index]
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     # Hold the status read until all 200 requests have missed the memory tier,
     # so that they really are concurrent misses, not hits on a fast first answer.
     gate = asyncio.Event()
-    source = engine.issuers["test-ca"].source
+    source = responder.issuers["test-ca"].source
     real_fetch = source.fetch
 
     async def gated_fetch(*args: Any) -> Any:
@@ -259,14 +259,14 @@ async def test_200_concurrent_misses_for_one_key_make_one_signature(
 
     source.fetch = gated_fetch
     arrived = 0
-    real_do = engine.flights.do
+    real_do = responder.flights.do
 
     async def counted_do(*args: Any) -> Any:
         nonlocal arrived
         arrived += 1
         return await real_do(*args)
 
-    engine.flights.do = counted_do
+    responder.flights.do = counted_do
     # 200 connections at once (the test client's pool stops at 100).
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
@@ -280,14 +280,14 @@ async def test_200_concurrent_misses_for_one_key_make_one_signature(
     while arrived < 200:
         assert loop.time() < deadline, f"only {arrived} misses arrived"
         await asyncio.sleep(0.001)
-    assert len(engine.flights) == 1
+    assert len(responder.flights) == 1
     gate.set()
     bodies = await asyncio.gather(*requests)
     await session.close()
     assert signers["test-ca"].count == 1
     assert len(set(bodies)) == 1
     assert verify_response(bodies[0], test_pki).certificate_status is ocsp.OCSPCertStatus.GOOD
-    assert len(engine.flights) == 0
+    assert len(responder.flights) == 0
 
 
 async def test_signer_error_is_internal_error_and_leaves_no_flight(
@@ -301,7 +301,7 @@ async def test_signer_error_is_internal_error_and_leaves_no_flight(
     for resp in responses:
         assert resp.status == 200
         assert await resp.read() == bytes.fromhex("30030a0102")  # internalError: a real bug
-    assert len(client.app[ENGINE].flights) == 0  # type: ignore[index]
+    assert len(client.app[RESPONDER].flights) == 0  # type: ignore[index]
     signers["test-ca"].fail = False
     resp = await client.post("/", data=der)
     verify_response(await resp.read(), test_pki)
@@ -310,12 +310,12 @@ async def test_signer_error_is_internal_error_and_leaves_no_flight(
 async def test_live_signatures_past_the_bound_get_try_later(ocspd_client: AppClient, tmp_path: Path) -> None:
     test_pki = build_pki(tmp_path, responses="max_inflight_signatures = 1")
     client = await ocspd_client(test_pki)
-    engine: Any = client.app[ENGINE]  # type: ignore[index]
-    engine.signing = 1  # one signature already in flight
+    responder: Any = client.app[RESPONDER]  # type: ignore[index]
+    responder.signing = 1  # one signature already in flight
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=b"n" * 16)
     resp = await client.post("/", data=der)
     assert await resp.read() == TRY_LATER
-    engine.signing = 0
+    responder.signing = 0
     resp = await client.post("/", data=der)
     verify_response(await resp.read(), test_pki)
 
@@ -337,7 +337,7 @@ async def test_nonce_requests_are_signed_live_and_not_cached(ocspd_client: AppCl
         der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=bytes([i + 1]) * 8)
         await (await client.post("/", data=der)).read()
     assert signers["test-ca"].count == 3
-    assert len(client.app[ENGINE].memory) == 0  # type: ignore[index]
+    assert len(client.app[RESPONDER].memory) == 0  # type: ignore[index]
 
 
 @pytest.mark.parametrize("hours", [24])
@@ -377,8 +377,8 @@ async def test_production_caught_by_a_reload_signs_with_the_new_key(
     from ocspd.app import reload_app
 
     client = await ocspd_client(test_pki)
-    engine = client.app[ENGINE]  # type: ignore[index]
-    entered, release = hold_after_fetch(engine.issuers["test-ca"].source)
+    responder = client.app[RESPONDER]  # type: ignore[index]
+    entered, release = hold_after_fetch(responder.issuers["test-ca"].source)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     request = asyncio.create_task(client.post("/", data=der))
     await asyncio.wait_for(entered.wait(), 10)
@@ -390,5 +390,5 @@ async def test_production_caught_by_a_reload_signs_with_the_new_key(
     release.set()
     body = await (await request).read()
     assert ocsp.load_der_ocsp_response(body).certificates == [rolled.cert]
-    cached = engine.memory.get(engine.key("test-ca", "sha1", test_pki.leaves["good"].cert.serial_number))
+    cached = responder.memory.get(responder.key("test-ca", "sha1", test_pki.leaves["good"].cert.serial_number))
     assert cached is not None and ocsp.load_der_ocsp_response(cached.der).certificates == [rolled.cert]

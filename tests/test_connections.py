@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ocspd.app import ENGINE, METRICS
+from ocspd.app import METRICS, RESPONDER
 from ocspd.web.connections import NONE_IDLE_SECONDS, BoundedServer
 from tests.conftest import OcspTestServer, Serve
 from tests.helpers import TestPki, hold_after_fetch, post_bytes, read_answer, request_der
@@ -114,7 +114,7 @@ async def test_past_the_limit_with_none_idle_the_new_connection_is_refused(
 ) -> None:
     server = await serve(test_pki, fast_http, max_connections=2)
     der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
-    entered, release = hold_after_fetch(server.app[ENGINE].issuers["test-ca"].source)
+    entered, release = hold_after_fetch(server.app[RESPONDER].issuers["test-ca"].source)
     busy = [await connect(server) for _ in range(2)]
     for _, writer in busy:
         writer.write(post_bytes(der))  # a miss each, held: an answer being produced on both

@@ -19,7 +19,7 @@ import pytest
 from cryptography.x509 import ocsp
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocspd.app import ENGINE, METRICS
+from ocspd.app import METRICS, RESPONDER
 from ocspd.metrics import HANDOFF_REASONS
 from ocspd.protocol import MALFORMED_REQUEST
 from ocspd.web import fast as fast_path
@@ -519,7 +519,7 @@ async def test_stopping_lets_the_answer_being_produced_finish(serve: Serve, test
     try:
         idle_writer.write(get_bytes(request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)))
         assert (await asyncio.wait_for(read_answer(idle_reader), 10)).status == 200  # a connection, served
-        entered, release = hold_after_fetch(server.app[ENGINE].issuers["test-ca"].source)
+        entered, release = hold_after_fetch(server.app[RESPONDER].issuers["test-ca"].source)
         writer.write(post_bytes(der))
         await asyncio.wait_for(entered.wait(), 10)  # the miss is being answered
         stopping = asyncio.create_task(server.close())

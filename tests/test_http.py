@@ -308,10 +308,10 @@ async def test_wrong_method_is_405(ocspd_client: AppClient, test_pki: TestPki, m
 async def test_store_outage_is_try_later(ocspd_client: AppClient, test_pki: TestPki) -> None:
     """A status source that cannot be read gives tryLater, never a guess (SPEC §3.5)."""
     client = await ocspd_client(test_pki)
-    from ocspd.app import ENGINE
+    from ocspd.app import RESPONDER
     from ocspd.exceptions import SourceUnavailable
 
-    source = client.app[ENGINE].issuers["test-ca"].source  # type: ignore[index]
+    source = client.app[RESPONDER].issuers["test-ca"].source  # type: ignore[index]
 
     async def down(*args: object) -> None:
         raise SourceUnavailable("index file unreadable")

@@ -12,7 +12,7 @@ import pytest
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography.x509 import ocsp
 
-from ocspd.app import ENGINE
+from ocspd.app import RESPONDER
 from ocspd.exceptions import Overloaded
 from ocspd.protocol import TRY_LATER, parse_request
 from tests.conftest import AppClient
@@ -21,9 +21,9 @@ from tests.helpers import build_pki, verify_response
 KINDS = ("miss", "nonce", "certids")
 
 
-def request_for(engine: Any, kind: str, n: int) -> bytes:
+def request_for(responder: Any, kind: str, n: int) -> bytes:
     """The n-th request of a kind, each for serials no other request asks about (so each one signs)."""
-    name_hash, key_hash = engine.issuers["test-ca"].signer.certid_hashes["sha1"]
+    name_hash, key_hash = responder.issuers["test-ca"].signer.certid_hashes["sha1"]
     serials = [0x10000 + 16 * n + i for i in range(3 if kind == "certids" else 1)]
     tbs: dict[str, object] = {
         "request_list": [
@@ -49,13 +49,13 @@ async def test_signatures_started_together_past_the_bound_are_overloaded(
 ) -> None:
     """index.txt answers without suspending: before the fix, every one of these was signed inline."""
     client = await ocspd_client(build_pki(tmp_path, responses="max_inflight_signatures = 2"))
-    engine: Any = client.app[ENGINE]
-    requests = [parse_request(request_for(engine, KINDS[i % 3] if kind == "mixed" else kind, i)) for i in range(12)]
-    results = await asyncio.gather(*(engine.respond(r) for r in requests), return_exceptions=True)
+    responder: Any = client.app[RESPONDER]
+    requests = [parse_request(request_for(responder, KINDS[i % 3] if kind == "mixed" else kind, i)) for i in range(12)]
+    results = await asyncio.gather(*(responder.respond(r) for r in requests), return_exceptions=True)
     assert [isinstance(r, Overloaded) for r in results] == [False, False] + [True] * 10, results
-    assert engine.signing == 0
+    assert responder.signing == 0
     # The bound is on what is in flight, not a quota: once they are done, the next ones are signed.
-    entry, _ = await engine.respond(requests[5])
+    entry = (await responder.respond(requests[5])).entry
     assert ocsp.load_der_ocsp_response(entry.der).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
 
 
@@ -63,14 +63,14 @@ async def test_a_production_cancelled_while_admitted_gives_its_slot_back(
     ocspd_client: AppClient, tmp_path: Path
 ) -> None:
     client = await ocspd_client(build_pki(tmp_path, responses="max_inflight_signatures = 1"))
-    engine: Any = client.app[ENGINE]
-    task = asyncio.create_task(engine.respond(parse_request(request_for(engine, "miss", 0))))
+    responder: Any = client.app[RESPONDER]
+    task = asyncio.create_task(responder.respond(parse_request(request_for(responder, "miss", 0))))
     await asyncio.sleep(0)  # the task has taken the slot and yielded
-    assert engine.signing == 1
+    assert responder.signing == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert engine.signing == 0
+    assert responder.signing == 0
 
 
 @pytest.mark.parametrize("router", [False, True], ids=["ocspd-front", "aiohttp-router"])
@@ -79,8 +79,8 @@ async def test_a_flood_of_distinct_misses_from_index_txt_gets_try_later_and_no_5
 ) -> None:
     test_pki = build_pki(tmp_path, responses="max_inflight_signatures = 1")
     client = await ocspd_client(test_pki, router=router)
-    engine: Any = client.app[ENGINE]
-    bodies = [request_for(engine, KINDS[i % 3], i) for i in range(96)]
+    responder: Any = client.app[RESPONDER]
+    bodies = [request_for(responder, KINDS[i % 3], i) for i in range(96)]
 
     async def post(body: bytes) -> tuple[int, bytes]:
         resp = await client.post("/", data=body, headers={"Content-Type": "application/ocsp-request"})
@@ -95,4 +95,4 @@ async def test_a_flood_of_distinct_misses_from_index_txt_gets_try_later_and_no_5
     assert signed
     for body in signed:
         verify_response(body, test_pki)
-    assert engine.signing == 0
+    assert responder.signing == 0

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocspd.app import ENGINE, LISTENER, METRICS, STORE, app_readiness
+from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness
 from ocspd.logs import JsonFormatter, KeyValueFormatter, event
 from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
@@ -103,7 +103,7 @@ async def test_postgres_tier_notify_and_listener_metrics(
     await post(client, der)  # memory miss, postgres miss, signed and stored
     await app[STORE].flush()  # the write-back is asynchronous
     assert value(app, "ocspd_write_backs_total", result="written") == 1
-    app[ENGINE].memory.clear()
+    app[RESPONDER].memory.clear()
     await post(client, der)  # memory miss, postgres hit
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="miss") == 1
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="hit") == 1
@@ -136,7 +136,7 @@ async def test_reload_invalidation_is_counted_as_local(ocspd_client: AppClient, 
     pki.write_key(test_pki.key_path, responder.key)
     assert reload_app(client.app, test_pki.config()) == ["test-ca"]
     assert value(client.app, "ocspd_invalidations_total", cause="local") == 1
-    assert len(client.app[ENGINE].memory) == 0
+    assert len(client.app[RESPONDER].memory) == 0
 
 
 async def test_metric_labels_are_bounded(ocspd_client: AppClient, test_pki: TestPki) -> None:

@@ -15,7 +15,7 @@ import psycopg2.extensions
 from aiohttp.test_utils import TestClient
 from cryptography.x509 import ocsp
 
-from ocspd.app import ENGINE, LISTENER, STORE
+from ocspd.app import LISTENER, RESPONDER, STORE
 from ocspd.protocol import TRY_LATER
 from ocspd.status import Served
 from tests.conftest import AppClient
@@ -152,7 +152,7 @@ async def test_status_read_before_a_notified_revocation_is_read_again(
 ) -> None:
     """Invariant 2, memory: a status read before a revocation that is then notified is not signed or kept."""
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
-    engine, store = client.app[ENGINE], client.app[STORE]
+    responder, store = client.app[RESPONDER], client.app[STORE]
     # The status is read as "good", then held until the revocation has been processed.
     entered, release = hold_after_fetch(store)
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
@@ -161,12 +161,12 @@ async def test_status_read_before_a_notified_revocation_is_read_again(
     sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
 
     async def notified() -> bool:
-        return all(flight.stale for flight in engine.flights._flights.values())
+        return all(flight.stale for flight in responder.flights._flights.values())
 
     await eventually(notified, what="notification processed")
     release.set()
     assert await request == Status.REVOKED  # the held status was discarded and read again
-    cached = engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL))
+    cached = responder.memory.get(responder.key("test-ca", "sha1", GOOD_SERIAL))
     assert cached is not None and cached.status is Served.REVOKED
     await store.flush()
     assert stored_rows(pg_dsn, GOOD_SERIAL) and all(s == "revoked" for _, s in stored_rows(pg_dsn, GOOD_SERIAL))
@@ -177,7 +177,7 @@ async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
 ) -> None:
     """Invariant 2, Postgres: a "good" written back after the revocation committed is not stored."""
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
-    engine, store = client.app[ENGINE], client.app[STORE]
+    responder, store = client.app[RESPONDER], client.app[STORE]
     release = asyncio.Event()
     real_write = store.writes._write
 
@@ -191,7 +191,7 @@ async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
     sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
 
     async def dropped() -> bool:
-        return engine.memory.get(engine.key("test-ca", "sha1", GOOD_SERIAL)) is None
+        return responder.memory.get(responder.key("test-ca", "sha1", GOOD_SERIAL)) is None
 
     await eventually(dropped, what="notification processed")
     release.set()
@@ -270,12 +270,12 @@ async def test_while_the_channel_is_down_memory_answers_are_not_served(
     assert await status_of(client, der, db_pki) == Status.GOOD
     proxy.cut()  # the listener loses its connection and cannot come back
     await eventually(lambda: _listener_down(client), what="listener loss noticed")
-    assert len(client.app[ENGINE].memory) == 0  # flushed on loss
+    assert len(client.app[RESPONDER].memory) == 0  # flushed on loss
     sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
     # No notification can arrive, yet the very next answer is revoked: read from Postgres.
     assert await status_of(client, der, db_pki) == Status.REVOKED
     await assert_never_good([client], der, db_pki, rounds=5)
-    assert len(client.app[ENGINE].memory) == 0  # nothing cached while the channel is down
+    assert len(client.app[RESPONDER].memory) == 0  # nothing cached while the channel is down
     proxy.restore()
     await eventually(lambda: _listener_up(client), what="listener reconnected by itself")
     await assert_never_good([client], der, db_pki, rounds=5)

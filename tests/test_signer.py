@@ -23,7 +23,7 @@ from tests.helpers import TestPki, build_pki, verify_response
 
 THIS = dt.datetime(2026, 11, 27, 6, 0, 0, tzinfo=dt.UTC)
 NEXT = THIS + dt.timedelta(hours=24)
-# The signer's "now", as the engine's clock gives it: the response holds whole seconds.
+# The signer's "now", as the responder's clock gives it: the response holds whole seconds.
 PRODUCED = THIS + dt.timedelta(hours=1, seconds=7, microseconds=654321)
 
 ANSWERS = {
@@ -66,7 +66,7 @@ def both(
     """Ours and the builder's, with the same producedAt.
 
     The builder takes producedAt from the wall clock; ours is given it, as the
-    engine gives it its clock's second: we sign with the builder's.
+    responder gives it its clock's second: we sign with the builder's.
     """
     reference = with_builder(test_pki, responder_id, certid, answer, nonce)
     produced_at = ocsp.load_der_ocsp_response(reference).produced_at_utc
@@ -161,7 +161,7 @@ def test_der_generalized_time_matches_asn1crypto(moment: dt.datetime) -> None:
 
 
 def test_produced_at_is_the_given_second_not_the_wall_clock(tmp_path: Path) -> None:
-    """producedAt comes from the caller (the engine's clock), truncated to whole seconds like the other times."""
+    """producedAt comes from the caller (the responder's clock), truncated to whole seconds like the other times."""
     test_pki = build_pki(tmp_path, key_type="ed25519")
     signer = load_signers(test_pki.config())["test-ca"]
     name_hash, key_hash = signer.certid_hashes["sha1"]

@@ -14,8 +14,8 @@ import pytest
 from cryptography.x509 import ocsp
 
 from ocspd import app as ocspd_app
-from ocspd.app import ENGINE, LISTENER, STORE, RefreshSettings, refresh_loop
-from ocspd.engine import Engine
+from ocspd.app import LISTENER, RESPONDER, STORE, RefreshSettings, refresh_loop
+from ocspd.responder import Responder
 from ocspd.signer import load_signers
 from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
 from ocspd.store import DueRow, SignedResponse, Store
@@ -133,15 +133,17 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
     )
     config = db_pki.config()
     store = Store(pg_dsn)
-    engine = Engine(config, load_signers(config), {"test-ca": store})
+    responder = Responder(config, load_signers(config), {"test-ca": store})
     await store.open()
     try:
         # Responses that are already due (refresh_at in the past).
         past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
         certificates = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates")
         good = [(int(s, 16), CertStatus(Status.GOOD, version=v)) for s, v in certificates]
-        batch = [SignedResponse(n, "sha1", engine.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good]
-        signer = engine.issuers["test-ca"].signer.fingerprint
+        batch = [
+            SignedResponse(n, "sha1", responder.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good
+        ]
+        signer = responder.issuers["test-ca"].signer.fingerprint
         assert await store.responses.store_many("test-ca", signer, batch) == len(batch)
         query(pg_dsn, "UPDATE ocspd_responses SET refresh_at = %s", past)
     finally:
@@ -151,7 +153,7 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
 
     def sign(row: DueRow) -> Any:
         signed[(row.serial, row.hash_alg)] += 1
-        return engine.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+        return responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
 
     async def replica() -> int:
         replica_store = Store(pg_dsn)
@@ -277,7 +279,7 @@ async def test_the_refresh_loop_says_a_bug_and_goes_on(
     """An unexpected exception in a round (a bug) used to end the shared refresh for good,
     without a line: now it is logged at ERROR with its traceback, and the next round runs."""
     client = await ocspd_client(db_pki)
-    store, engine = client.app[STORE], client.app[ENGINE]
+    store, responder = client.app[STORE], client.app[RESPONDER]
     real, rounds = store.refresh_due, 0
 
     async def first_round_breaks(*args: Any, **kwargs: Any) -> int:
@@ -289,7 +291,7 @@ async def test_the_refresh_loop_says_a_bug_and_goes_on(
 
     monkeypatch.setattr(store, "refresh_due", first_round_breaks)
     settings = RefreshSettings(interval=0.01, lead=dt.timedelta(minutes=1))
-    task = asyncio.create_task(refresh_loop(store, engine, ["test-ca"], settings))
+    task = asyncio.create_task(refresh_loop(store, responder, ["test-ca"], settings))
     try:
         for _ in range(500):
             if rounds >= 3:
@@ -307,7 +309,7 @@ async def test_the_gauge_loop_says_a_bug_and_goes_on(
 ) -> None:
     monkeypatch.setattr(ocspd_app, "GAUGE_SECONDS", 0.01)
     client = await ocspd_client(test_pki)
-    memory = client.app[ENGINE].memory
+    memory = client.app[RESPONDER].memory
     real, sweeps = memory.sweep, 0
 
     def breaks_twice() -> None:

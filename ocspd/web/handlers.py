@@ -20,7 +20,6 @@ from aiohttp import hdrs, web
 
 from ocspd.cache import Entry
 from ocspd.config import Config
-from ocspd.engine import Engine, Issuer, Key
 from ocspd.exceptions import MalformedRequest, TryLater, Unauthorized
 from ocspd.logs import CLIENT_ERRORS, Throttle, event
 from ocspd.metrics import Metrics
@@ -36,6 +35,7 @@ from ocspd.protocol import (
     not_modified,
     parse_request,
 )
+from ocspd.responder import Cacheable, Responder
 
 log = logging.getLogger("ocspd.http")
 txlog = logging.getLogger("ocspd.requests")
@@ -79,8 +79,8 @@ class OcspHandlers:
     ``http://host/ocsp`` makes POST clients post to "/ocsp".
     """
 
-    def __init__(self, engine: Engine, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
-        self._engine = engine
+    def __init__(self, responder: Responder, metrics: Metrics, config: Config, clock: Callable[[], float]) -> None:
+        self._responder = responder
         self.prefix = config.server.path_prefix
         self.bare_prefix = self.prefix[:-1]
         self.max_request_bytes = config.server.max_request_bytes
@@ -94,7 +94,7 @@ class OcspHandlers:
         self._outside = metrics.outside_prefix
         self._outside_log = Throttle(OUTSIDE_PREFIX_LOG_SECONDS, clock)
         # Raw request (POST body or GET path) -> (key, issuer) of a cacheable request.
-        self._known: dict[bytes | str, tuple[Key, Issuer]] = {}
+        self._known: dict[bytes | str, Cacheable] = {}
 
     async def post(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -141,7 +141,7 @@ class OcspHandlers:
                   prefix=self.prefix, suppressed=held)  # fmt: skip
 
     @property
-    def known_requests(self) -> Mapping[bytes | str, tuple[Key, Issuer]]:
+    def known_requests(self) -> Mapping[bytes | str, Cacheable]:
         """The raw requests seen before (POST body, GET path below the prefix) and their key and issuer."""
         return self._known
 
@@ -158,7 +158,7 @@ class OcspHandlers:
         known = self._known.get(raw)
         if known is None or self._txlog:
             return None
-        entry = self._engine.peek(*known)
+        entry = self._responder.peek(*known)
         if entry is None:
             return None
         self._memory_hit.n += 1
@@ -184,10 +184,7 @@ class OcspHandlers:
     ) -> Reply:
         try:
             parsed = parse_request(der)
-            cacheable = self._engine.cacheable(parsed)
-            if cacheable is not None:
-                self._remember(raw, cacheable)
-            entry, tier = await self._engine.respond(parsed, cacheable)
+            entry, tier, cacheable = await self._responder.respond(parsed)
         except MalformedRequest as exc:
             return self._error(MALFORMED_REQUEST, "malformedRequest", exc, method, started)
         except Unauthorized as exc:
@@ -197,6 +194,8 @@ class OcspHandlers:
         except Exception:
             log.exception("internal error answering a %s request", method)
             return self._error(INTERNAL_ERROR, "internalError", None, method, started)
+        if cacheable is not None:
+            self._remember(raw, cacheable)
         reply, status = self._ok(entry, conditional)
         self._count[(method, status)].n += 1
         elapsed = time.perf_counter() - started
@@ -209,7 +208,7 @@ class OcspHandlers:
             )
         return reply
 
-    def _remember(self, raw: bytes | str, cacheable: tuple[Key, Issuer]) -> None:
+    def _remember(self, raw: bytes | str, cacheable: Cacheable) -> None:
         if len(raw) > KNOWN_REQUEST_MAX_BYTES:
             return
         known = self._known

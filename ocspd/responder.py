@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ocspd.cache import Entry, Flight, MemoryTier, Singleflight, Window
 from ocspd.config import Config, IssuerConfig
@@ -23,7 +24,7 @@ from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
 from ocspd.sources import IndexSource, StatusSource
 from ocspd.status import HOLD, SERVED, CertStatus, Served, Status
 
-log = logging.getLogger("ocspd.engine")
+log = logging.getLogger("ocspd.engine")  # the name logs have always carried
 
 # A production re-reads the status when an invalidation raced with it; past
 # this many rounds the status is changing too fast to answer now.
@@ -63,7 +64,22 @@ class Issuer:
     answers_inline: bool = False
 
 
-class Engine:
+class Cacheable(NamedTuple):
+    """Where a cacheable request's answer lives in the memory tier."""
+
+    key: Key
+    issuer: Issuer
+
+
+class Outcome(NamedTuple):
+    """What ``Responder.respond`` gives: the entry, the tier it came from, and its key if cacheable."""
+
+    entry: Entry
+    tier: str
+    cacheable: Cacheable | None
+
+
+class Responder:
     """Answers parsed OCSP requests; owns the memory tier and singleflight."""
 
     def __init__(
@@ -149,36 +165,36 @@ class Engine:
             raise Unauthorized("issuer not served by this responder")
         return issuer
 
-    async def respond(
-        self, request: OcspRequest, cacheable: tuple[Key, Issuer] | None = None
-    ) -> tuple[Entry, str]:
-        """The successful response for a request and where it came from (MEMORY, POSTGRES, SIGNED, LIVE).
+    async def respond(self, request: OcspRequest) -> Outcome:
+        """The successful response for a request, where it came from (MEMORY, POSTGRES, SIGNED,
+        LIVE), and for a cacheable request its memory-tier key (for the web layer's map of
+        requests seen before: the next identical one is then a hit without parsing).
 
-        ``cacheable``: what ``cacheable(request)`` returned, when the caller has it already.
         Raises MalformedRequest, Unauthorized or TryLater (and subclasses).
         """
         certids = request.certids
         if len(certids) > self._max_certids:
             raise MalformedRequest(f"{len(certids)} CertIDs in one request (limit {self._max_certids})")
-        if cacheable is None:
-            cacheable = self.cacheable(request)
+        cacheable = self.cacheable(request)
         if cacheable is not None:
             key, issuer = cacheable
             entry = self.cached(key, issuer)
             if entry is not None:
-                return entry, MEMORY
+                return Outcome(entry, MEMORY, cacheable)
             certid = certids[0]
-            return await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
+            entry, tier = await self.flights.do(key, lambda flight: self._produce(key, issuer, certid, flight))
+            return Outcome(entry, tier, cacheable)
         issuers = [self.issuer_for(c) for c in certids]
-        return await self._sign_live(issuers, certids, request.nonce if self._echo_nonce else None), LIVE
+        entry = await self._sign_live(issuers, certids, request.nonce if self._echo_nonce else None)
+        return Outcome(entry, LIVE, None)
 
-    def cacheable(self, request: OcspRequest) -> tuple[Key, Issuer] | None:
+    def cacheable(self, request: OcspRequest) -> Cacheable | None:
         """The memory-tier key and issuer of a cacheable request (one CertID, no nonce to echo)."""
         if len(request.certids) != 1 or (request.nonce is not None and self._echo_nonce):
             return None
         certid = request.certids[0]
         issuer = self.issuer_for(certid)
-        return make_key(issuer.index, certid.hash_name, certid.serial), issuer
+        return Cacheable(make_key(issuer.index, certid.hash_name, certid.serial), issuer)
 
     def memory_trusted(self, issuer: Issuer) -> bool:
         """Whether memory answers for this issuer may be served and kept (SPEC §3.3)."""
@@ -380,20 +396,20 @@ class _Slot:
     fetch suspends anyway: those productions are counted while they wait.
     """
 
-    __slots__ = ("_engine", "_inline")
+    __slots__ = ("_inline", "_responder")
 
-    def __init__(self, engine: Engine, inline: bool) -> None:
-        self._engine = engine
+    def __init__(self, responder: Responder, inline: bool) -> None:
+        self._responder = responder
         self._inline = inline
 
     async def __aenter__(self) -> None:
-        self._engine.signing += 1
+        self._responder.signing += 1
         if self._inline:
             try:
                 await asyncio.sleep(0)
             except BaseException:
-                self._engine.signing -= 1  # cancelled before the body ran: __aexit__ will not
+                self._responder.signing -= 1  # cancelled before the body ran: __aexit__ will not
                 raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._engine.signing -= 1
+        self._responder.signing -= 1
