@@ -178,7 +178,8 @@ def _index_watchers(
                 dropped = responder.invalidate(issuer_id, serials, "index_reload")
                 event(log, "index_reloaded", issuer=issuer_id, changed=len(serials), invalidated=dropped)
 
-            tasks.append(asyncio.create_task(index.watch(on_change, interval=interval)))
+            on_bug = app[METRICS].background_errors.labels("index_watch").inc
+            tasks.append(asyncio.create_task(index.watch(on_change, interval=interval, on_bug=on_bug)))
         try:
             yield
         finally:
@@ -221,7 +222,8 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
             try:
                 app[RESPONDER].memory.sweep()
                 update_gauges(app)
-            except Exception:  # a bug: said (once a minute at most), and the loop goes on
+            except Exception:  # a bug: counted, said (once a minute at most), and the loop goes on
+                app[METRICS].background_errors.labels("gauges").inc()
                 held = throttle.allow()
                 if held is not None:
                     bug(log, "gauges_failed", held_back=held)
@@ -316,7 +318,8 @@ async def refresh_loop(store: Store, responder: Responder, issuers: list[str], s
             event(replication_log, "refresh_skipped", logging.DEBUG, reason=str(exc))
         except StoreError as exc:
             event(replication_log, "refresh_failed", logging.ERROR, error=str(exc))
-        except Exception:  # a bug (in signing, say): said, and the next round tries again
+        except Exception:  # a bug (in signing, say): counted, said, and the next round tries again
+            responder.metrics.background_errors.labels("refresh").inc()
             bug(replication_log, "refresh_crashed")
         if done:
             event(replication_log, "refreshed", responses=done)

@@ -310,7 +310,13 @@ class IndexFile:
         self._entries = parsed  # one assignment: lookups see old or new, never a mix
         return changed
 
-    async def watch(self, on_change: Callable[[set[int]], None], *, interval: float = 0.5) -> None:
+    async def watch(
+        self,
+        on_change: Callable[[set[int]], None],
+        *,
+        interval: float = 0.5,
+        on_bug: Callable[[], None] | None = None,
+    ) -> None:
         """Reload whenever the file changes, until cancelled.
 
         Every ``interval`` seconds, if :meth:`changed_on_disk`, the file is
@@ -318,7 +324,8 @@ class IndexFile:
         loop) and ``on_change(changed_serials)`` is called on the loop when
         the set is not empty. A reload error (file briefly missing during a
         rename, unreadable) is logged once and retried on the next tick; the
-        previous data stays in use. Errors from ``on_change`` are logged.
+        previous data stays in use. Any other exception (a bug, ours or
+        ``on_change``'s) is logged, ``on_bug()`` called (a metric), and the watch goes on.
         Only :class:`asyncio.CancelledError` leaves this coroutine; a reload
         already running in its thread still completes and installs its data.
         """
@@ -338,9 +345,13 @@ class IndexFile:
                 failing = True
             except Exception:  # a bug: keep the previous data, retry next tick
                 self._log.exception("index reload error path=%s", self.path)
+                if on_bug is not None:
+                    on_bug()
             if changed:
                 try:
                     on_change(changed)
                 except Exception:  # the caller's bug must not stop the watch
                     self._log.exception("index on_change callback failed path=%s", self.path)
+                    if on_bug is not None:
+                        on_bug()
             await asyncio.sleep(interval)

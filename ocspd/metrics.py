@@ -31,6 +31,8 @@ STATUSES = (
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
+# The background loops whose unexpected exceptions are counted (ocspd_background_errors_total).
+BACKGROUND_LOOPS = ("gauges", "refresh", "index_watch")
 # Why the fast HTTP path handed a request to aiohttp: the values of ocspd.web.head.HandOff.
 HANDOFF_REASONS = (
     "request_line", "method", "target", "version", "field_syntax", "repeated_field", "too_many_fields", "no_host",
@@ -175,6 +177,14 @@ class Metrics:
             "of the fast path's head reader the request did not meet (ocspd/web/head.py)",
             ["reason"], registry=r,
         )
+        self.background_errors = Counter(
+            "ocspd_background_errors",
+            "Unexpected exceptions (bugs) in a background loop, by loop; each is logged at ERROR and the "
+            "loop goes on",
+            ["loop"], registry=r,
+        )
+        for loop in BACKGROUND_LOOPS:
+            self.background_errors.labels(loop)  # present (at 0) before the first
         self.build_info = Gauge(
             "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
             registry=r, multiprocess_mode="livemax",

@@ -352,8 +352,10 @@ def test_watch_survives_a_failing_callback(tmp_path: Path) -> None:
         if len(calls) == 1:
             raise RuntimeError("callback bug")
 
+    bugs: list[None] = []
+
     async def main() -> None:
-        task = asyncio.create_task(index.watch(on_change, interval=0.05))
+        task = asyncio.create_task(index.watch(on_change, interval=0.05, on_bug=lambda: bugs.append(None)))
         try:
             replace_atomically(path, r("1"))
             assert await async_wait_until(lambda: len(calls) == 1)
@@ -366,6 +368,7 @@ def test_watch_survives_a_failing_callback(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert calls == [{1}, {2}]
+    assert len(bugs) == 1  # the failing callback, counted (app.py feeds ocspd_background_errors_total)
 
 
 @pytest.mark.timeout(300)
