@@ -45,6 +45,7 @@ def make_key(issuer_index: int, hash_name: str, serial: int) -> Key:
 def key_issuer_index(key: Key) -> int:
     return (key >> 2) & ((1 << _ISSUER_BITS) - 1)
 
+
 # Where an answer came from (for the transaction log).
 MEMORY, POSTGRES, SIGNED, LIVE = "memory", "postgres", "signed", "live"
 
@@ -111,7 +112,11 @@ class Responder:
             raise ValueError(f"at most {(1 << _ISSUER_BITS) - 1} issuers")
         self.issuers = {
             ic.id: Issuer(
-                ic, signers[ic.id], self._sources[ic.id], n, ic.id in self._notified,
+                ic,
+                signers[ic.id],
+                self._sources[ic.id],
+                n,
+                ic.id in self._notified,
                 isinstance(self._sources[ic.id], IndexSource),
             )
             for n, ic in enumerate(config.issuers)
@@ -178,7 +183,7 @@ class Responder:
         cacheable = self.cacheable(request)
         if cacheable is not None:
             key, issuer = cacheable
-            entry = self.cached(key, issuer)
+            entry = self.from_memory(key, issuer)
             if entry is not None:
                 return Outcome(entry, MEMORY, cacheable)
             certid = certids[0]
@@ -200,7 +205,7 @@ class Responder:
         """Whether memory answers for this issuer may be served and kept (SPEC §3.3)."""
         return self.channel_up or not issuer.needs_channel
 
-    def cached(self, key: Key, issuer: Issuer) -> Entry | None:
+    def from_memory(self, key: Key, issuer: Issuer) -> Entry | None:
         """The memory tier's answer for key, if it may be served; counted as a hit or a miss."""
         if self.memory_trusted(issuer):
             entry = self.memory.get(key)
@@ -210,8 +215,8 @@ class Responder:
             self.metrics.memory_miss.n += 1
         return None
 
-    def peek(self, key: Key, issuer: Issuer) -> Entry | None:
-        """``cached`` without counting (the hit path counts its hits; a miss is counted by ``respond``)."""
+    def in_memory(self, key: Key, issuer: Issuer) -> Entry | None:
+        """``from_memory`` without counting (the hit path counts its hits; a miss is counted by ``respond``)."""
         return self.memory.get(key) if self.memory_trusted(issuer) else None
 
     def key(self, issuer_id: str, hash_name: str, serial: int) -> Key:

@@ -275,13 +275,13 @@ class FastProtocol(asyncio.Protocol):
             answer: Awaitable[Reply] | None = None
             if request.is_post:
                 body = buf[request.body_start : pos]
-                reply = handlers.hit(body, None, "POST", started)
+                reply = handlers.answer_known(body, None, "POST", started)
                 if reply is None:
                     answer = handlers.answer_post(body, started)
             else:
                 path = request.target.split(b"?", 1)[0].decode("ascii")
                 conditional = request.conditional
-                reply = handlers.hit(path, conditional, "GET", started)
+                reply = handlers.answer_known(path, conditional, "GET", started)
                 if reply is None:
                     answer = handlers.answer_get(path, conditional, started)
             if answer is not None:

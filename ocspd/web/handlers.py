@@ -112,7 +112,7 @@ class OcspHandlers:
             # default for what a handler raises).
             self._count[("POST", "body_cut_short")].n += 1
             raise web.HTTPBadRequest(text="request body cut short or malformed\n") from None
-        reply = self.hit(body, None, "POST", started) or await self.answer_post(body, started)
+        reply = self.answer_known(body, None, "POST", started) or await self.answer_post(body, started)
         return _response(reply)
 
     async def get(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -123,7 +123,7 @@ class OcspHandlers:
         raw = _origin_form(request.raw_path).split("?", 1)[0][self._prefix_len :]
         h = request.headers
         conditional = (h.get("If-None-Match"), h.get("If-Modified-Since"))
-        reply = self.hit(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
+        reply = self.answer_known(raw, conditional, "GET", started) or await self.answer_get(raw, conditional, started)
         return _response(reply)
 
     def outside_prefix(self, request: web.BaseRequest) -> None:
@@ -149,7 +149,7 @@ class OcspHandlers:
         """Forget the requests seen so far: after a reload a request may mean another key."""
         self._known.clear()
 
-    def hit(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
+    def answer_known(self, raw: bytes | str, conditional: Conditional, method: str, started: float) -> Reply | None:
         """The hit path: the answer for a request seen before, if memory has it (no parse).
 
         ``raw`` is the POST body or the GET path below the prefix. None means
@@ -158,7 +158,7 @@ class OcspHandlers:
         known = self._known.get(raw)
         if known is None or self._txlog:
             return None
-        entry = self._responder.peek(*known)
+        entry = self._responder.in_memory(*known)
         if entry is None:
             return None
         self._memory_hit.n += 1
@@ -203,8 +203,15 @@ class OcspHandlers:
         if self._txlog:
             certid = parsed.certids[0]
             event(
-                txlog, "request", method=method, hash=certid.hash_name, serial=f"{certid.serial:X}",
-                certids=len(parsed.certids), status=entry.status.value, tier=tier, ms=round(elapsed * 1000, 3),
+                txlog,
+                "request",
+                method=method,
+                hash=certid.hash_name,
+                serial=f"{certid.serial:X}",
+                certids=len(parsed.certids),
+                status=entry.status.value,
+                tier=tier,
+                ms=round(elapsed * 1000, 3),
             )
         return reply
 
