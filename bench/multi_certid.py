@@ -222,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def ratio_row(measure: str, top: str, bottom: str, baseline_name: str, target: str = "") -> Row:
         row = Row.make(
-            measure, median_of(rounds, top), median_of(rounds, bottom), unit="µs", baseline_name=baseline_name,
+            measure,
+            median_of(rounds, top),
+            median_of(rounds, bottom),
+            unit="µs",
+            baseline_name=baseline_name,
             target=target,
         )
         row.value = median_ratio(rounds, top, bottom)  # the rounds' own ratios, not a ratio of medians
@@ -231,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [
         ratio_row(
-            f"{n}-CertID request ÷ single-CertID miss, CPU per request ({version})", "multi", "single_miss",
-            "single miss", "<= 4",
+            f"{n}-CertID request ÷ single-CertID miss, CPU per request ({version})",
+            "multi",
+            "single_miss",
+            "single miss",
+            "<= 4",
         ),
         ratio_row(f"{n}-CertID request ÷ one bare sign() ({args.key_type})", "multi", "bare_sign", "sign()"),
         ratio_row(f"Signer.sign: {n} CertIDs ÷ 1", "sign_n", "sign_1", "1 CertID"),

@@ -33,7 +33,7 @@ from common import Row, log
 
 from tests.helpers import build_pki, request_der
 from tests.hostile.clients import Probes, probe, probe_once, start_flood, start_ocspd, stop_process, uses_uvloop
-from tests.test_serve import wait_http
+from tests.serving import wait_http
 
 P99_TARGET_MS = 50.0
 

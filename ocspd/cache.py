@@ -191,9 +191,7 @@ class MemoryTier:
         """Drop expired entries among the ``limit`` least recently used; returns how many."""
         now = self._clock()
         expired = [
-            key
-            for key, entry in itertools.islice(self._entries.items(), limit)
-            if now >= entry.window.refresh_at
+            key for key, entry in itertools.islice(self._entries.items(), limit) if now >= entry.window.refresh_at
         ]
         return self.drop(expired)
 

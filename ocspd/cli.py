@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--reason", help="RFC 5280 reason name, e.g. keyCompromise")
     rev.add_argument("--at", help="revocation time, RFC 3339 (default: now)")
     rev.add_argument(
-        "--amend", action="store_true",
+        "--amend",
+        action="store_true",
         help="change the reason or time of a revocation already recorded (never into certificateHold)",
     )
 

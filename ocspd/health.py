@@ -31,9 +31,7 @@ class Readiness:
         return "\n".join([head, *self.checks]) + "\n"
 
 
-async def readiness(
-    index_files: dict[str, IndexFile], store: Store | None, listener: Listener | None
-) -> Readiness:
+async def readiness(index_files: dict[str, IndexFile], store: Store | None, listener: Listener | None) -> Readiness:
     """Check the status sources of one OCSP app."""
     ready, degraded, checks = True, False, ["keys: loaded"]
     for issuer_id, index in index_files.items():

@@ -228,8 +228,14 @@ class IndexFile:
                 self._expiries = expiries
             self._stat = (st.st_mtime_ns, st.st_size, st.st_ino)
             event(
-                self._log, "index_loaded", path=self.path, serials=len(parsed), changed=len(changed),
-                malformed=bad, version=self._version, seconds=round(time.perf_counter() - started, 3),
+                self._log,
+                "index_loaded",
+                path=self.path,
+                serials=len(parsed),
+                changed=len(changed),
+                malformed=bad,
+                version=self._version,
+                seconds=round(time.perf_counter() - started, 3),
             )
             return changed
 

@@ -71,9 +71,7 @@ class Signer:
         self.responder_cert = responder_cert
         self._key = key
         self._signing_cert = responder_cert or ca_cert
-        self._encoding = (
-            ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
-        )
+        self._encoding = ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
         # Names the key (through its certificate) that signs: stored responses
         # made with another key are not served after a key rollover.
         self.fingerprint = hashlib.sha256(self._signing_cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
@@ -91,8 +89,7 @@ class Signer:
         name_der = ca_cert.subject.public_bytes()
         key_bits = public_key_bits(ca_cert)
         self.certid_hashes: dict[str, tuple[bytes, bytes]] = {
-            name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest())
-            for name in HASH_NAMES
+            name: (hashlib.new(name, name_der).digest(), hashlib.new(name, key_bits).digest()) for name in HASH_NAMES
         }
         # What every response of this signer shares, encoded once.
         if self._encoding is ocsp.OCSPResponderEncoding.HASH:
@@ -176,14 +173,15 @@ class Signer:
                 b"\x30", der.length(outer_len), b"\x0a\x01\x00", explicit, inner, _BASIC_OID, octet,
                 basic_header, tbs, self._signature_id, bits, signature, self._certs_der,
             )
-        )
+        )  # fmt: skip
 
     def _single_response(self, certid: CertId, answer: Answer, times: bytes) -> bytes:
         """One SingleResponse: the CertID (its issuer part encoded once), the status, the shared times."""
         cert_id = self._certid_prefixes.get((certid.hash_name, certid.name_hash, certid.key_hash))
         if cert_id is None:
             cert_id = self._certid_prefixes[(certid.hash_name, certid.name_hash, certid.key_hash)] = (
-                _CERTID_ALGORITHMS[certid.hash_name] + der.octet_string(certid.name_hash)
+                _CERTID_ALGORITHMS[certid.hash_name]
+                + der.octet_string(certid.name_hash)
                 + der.octet_string(certid.key_hash)
             )
         cert_id = der.sequence(cert_id, der.integer(certid.serial))
@@ -245,9 +243,7 @@ _BASIC_OID = der.oid("1.3.6.1.5.5.7.48.1.1")
 
 def load_signers(config: Config) -> dict[str, Signer]:
     """Load and check every issuer's keys; ConfigError names the bad key."""
-    return {
-        issuer.id: load_signer(issuer, f"issuers[{i}]", config.source) for i, issuer in enumerate(config.issuers)
-    }
+    return {issuer.id: load_signer(issuer, f"issuers[{i}]", config.source) for i, issuer in enumerate(config.issuers)}
 
 
 def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
@@ -282,9 +278,7 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
         hint = "set key_passphrase_file" if passphrase is None else "remove key_passphrase_file"
         raise fail("responder_key", f"{issuer.responder_key}: key encryption does not match ({hint})") from None
     except ValueError:
-        raise fail(
-            "responder_key", f"{issuer.responder_key}: not a private key, or wrong passphrase"
-        ) from None
+        raise fail("responder_key", f"{issuer.responder_key}: not a private key, or wrong passphrase") from None
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if key.curve.name not in ("secp256r1", "secp384r1"):
             raise fail("responder_key", f"unsupported curve {key.curve.name} (use P-256 or P-384)")
@@ -315,7 +309,11 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
             responder_cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
         except x509.ExtensionNotFound:
             event(
-                log, "responder_cert_without_nocheck", logging.WARNING, issuer=issuer.id, cert=issuer.responder_cert,
+                log,
+                "responder_cert_without_nocheck",
+                logging.WARNING,
+                issuer=issuer.id,
+                cert=issuer.responder_cert,
                 note="clients may try to check the responder certificate itself",
             )
     now = dt.datetime.now(dt.UTC)
@@ -351,9 +349,7 @@ def public_key_bits(cert: x509.Certificate) -> bytes:
 
 
 def _spki(public_key: Any) -> bytes:
-    return bytes(
-        public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    return bytes(public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _load_cert(path: Path, key: str, source: str) -> x509.Certificate:

@@ -130,8 +130,15 @@ class Supervisor:
             if self.stopping:
                 return
             worker.restarts += 1
-            event(log, "worker_died", logging.ERROR, slot=worker.slot, pid=worker.process.pid, exit_code=code,
-                  restart_in=backoff)
+            event(
+                log,
+                "worker_died",
+                logging.ERROR,
+                slot=worker.slot,
+                pid=worker.process.pid,
+                exit_code=code,
+                restart_in=backoff,
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
 

@@ -7,6 +7,7 @@ if ! command -v openssl >/dev/null 2>&1; then
     echo "ocspd: the tests need the openssl CLI (apt-get install openssl)" >&2
     exit 1
 fi
-"$venv/bin/ruff" check ocspd tests
-"$venv/bin/mypy" ocspd
+"$venv/bin/ruff" check ocspd tests bench
+"$venv/bin/ruff" format --check ocspd tests bench
+"$venv/bin/mypy" ocspd tests bench
 exec "$venv/bin/pytest" "$@"

@@ -31,6 +31,10 @@ def test_pki(tmp_path: Path) -> TestPki:
 class OcspTestServer(TestServer):
     """A test server that serves the app as ``ocspd serve`` does (web.runner.OcspRunner)."""
 
+    # Optional in TestServer until start_server has run; the fixtures and helpers here hand servers out started.
+    port: int
+    runner: BaseRunner
+
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return runner_for(self.app, **kwargs)
 
@@ -135,9 +139,7 @@ def db_pki(tmp_path: Path, pg_dsn: str) -> TestPki:
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("SELECT ocspd_add_certificate('test-ca', %s)", (f"{GOOD_SERIAL:x}",))
-            cur.execute(
-                "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise', %s)", (f"{REVOKED_SERIAL:x}", REVOKED_AT)
-            )
+            cur.execute("SELECT ocspd_revoke('test-ca', %s, 'keyCompromise', %s)", (f"{REVOKED_SERIAL:x}", REVOKED_AT))
     finally:
         conn.close()
     return test_pki

@@ -1,4 +1,6 @@
-"""Test PKIs, request builders and response checks shared by the tests."""
+"""What the tests share: test PKIs, request builders and response checks, raw HTTP/1.1,
+the CLI as a subprocess, PostgreSQL statements and replicas, counting signers and a hand-moved
+clock, `openssl ocsp`, and the revocation-rule checks. `ocspd serve` processes: tests/serving.py."""
 
 from __future__ import annotations
 
@@ -6,18 +8,31 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg2
+import pytest
+from aiohttp.test_utils import TestClient
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from ocspd import pki
+from ocspd.app import LISTENER
 from ocspd.config import Config, load_config
-from ocspd.protocol import TRY_LATER
+from ocspd.protocol import TRY_LATER, CertId
+from ocspd.signer import Answer as SignerAnswer
+from ocspd.signer import Signer, load_signers
+
+if TYPE_CHECKING:
+    from tests.conftest import AppClient  # conftest imports this module
 
 GOOD_SERIAL = 0x1001
 REVOKED_SERIAL = 0x1002
@@ -86,8 +101,9 @@ def build_pki(
         pki.write_key(key_path, responder.key)
     else:
         pki.write_key(key_path, ca.key)
-    result = TestPki(directory, ca, responder, ca_path, responder_path, key_path,
-                     directory / "index.txt", directory / "ocspd.toml")
+    result = TestPki(
+        directory, ca, responder, ca_path, responder_path, key_path, directory / "index.txt", directory / "ocspd.toml"
+    )
     for name, serial in (("good", GOOD_SERIAL), ("revoked", REVOKED_SERIAL), ("unissued", UNISSUED_SERIAL)):
         leaf = pki.make_leaf(ca, serial, f"{name}.example.test")
         result.leaves[name] = leaf
@@ -102,10 +118,10 @@ def build_pki(
     database_section = f"[database]\ndsn = {json.dumps(database)}\n" if database else ""
     index_line = "" if database else 'index = "index.txt"\n'
     result.config_path.write_text(
-        f"[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n{database_section}"
+        f'[server]\nlisten = ["127.0.0.1:0"]\n{server}\n{database_section}'
         f"[responses]\n{responses}\n"
-        f"[[issuers]]\nid = \"{issuer_id}\"\nca_cert = \"ca.pem\"\n{responder_line}"
-        f"responder_key = \"{key_path.name}\"\n{index_line}{issuer_extra}\n"
+        f'[[issuers]]\nid = "{issuer_id}"\nca_cert = "ca.pem"\n{responder_line}'
+        f'responder_key = "{key_path.name}"\n{index_line}{issuer_extra}\n'
     )
     return result
 
@@ -123,21 +139,21 @@ def request_der(
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
-def multi_request_der(
-    certs: list[x509.Certificate], issuer: x509.Certificate, nonce: bytes | None = None
-) -> bytes:
+def multi_request_der(certs: list[x509.Certificate], issuer: x509.Certificate, nonce: bytes | None = None) -> bytes:
     """An OCSPRequest with one CertID per certificate (cryptography cannot build these)."""
     items = []
     for cert in certs:
         single = ocsp.load_der_ocsp_request(request_der(cert, issuer))
-        items.append({
-            "req_cert": {
-                "hash_algorithm": {"algorithm": "sha1"},
-                "issuer_name_hash": single.issuer_name_hash,
-                "issuer_key_hash": single.issuer_key_hash,
-                "serial_number": single.serial_number,
+        items.append(
+            {
+                "req_cert": {
+                    "hash_algorithm": {"algorithm": "sha1"},
+                    "issuer_name_hash": single.issuer_name_hash,
+                    "issuer_key_hash": single.issuer_key_hash,
+                    "serial_number": single.serial_number,
+                }
             }
-        })
+        )
     tbs: dict[str, object] = {"request_list": items}
     if nonce is not None:
         tbs["request_extensions"] = [{"extn_id": "nonce", "extn_value": nonce}]
@@ -232,3 +248,340 @@ def post_bytes(der: bytes, *extra: str, path: str = "/") -> bytes:
     head = [f"POST {path} HTTP/1.1", "Host: ocsp.test", "Content-Type: application/ocsp-request",
             f"Content-Length: {len(der)}", *extra]  # fmt: skip
     return ("\r\n".join(head) + "\r\n\r\n").encode() + der
+
+
+# -- the CLI, as a subprocess ------------------------------------------------------------------
+
+
+OCSPD = [sys.executable, "-m", "ocspd"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`ocspd *args` as a subprocess, with no OCSPD_ variables but ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")}
+    full_env.update(env or {})
+    return subprocess.run([*OCSPD, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 2 and one stderr line, no traceback, containing every fragment."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- PostgreSQL: statements and replicas -------------------------------------------------------
+
+
+def query(dsn: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """One statement on its own autocommit connection; the rows it returns, if any."""
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return list(cur.fetchall()) if cur.description else []
+    finally:
+        conn.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> float:
+    """Poll ``check`` until true; returns the seconds it took. No fixed sleeps."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await check():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+async def start_replicas(
+    ocspd_client: AppClient, test_pki: TestPki, n: int = 2, **kwargs: Any
+) -> list[TestClient[Any, Any]]:
+    """``n`` in-process replicas of one app, each once its LISTEN connection is up."""
+    clients = [await ocspd_client(test_pki, **kwargs) for _ in range(n)]
+    for client in clients:
+        await asyncio.wait_for(client.app[LISTENER].ever_connected.wait(), 10)
+    return clients
+
+
+# -- signing and time, observed ----------------------------------------------------------------
+
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingSigner(Signer):
+    """The real signer, counting signatures and optionally failing or waiting."""
+
+    def __init__(self, inner: Signer) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.count = 0
+        self.fail = False
+        self.gate: asyncio.Event | None = None
+
+    def sign(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[SignerAnswer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None = None,
+        *,
+        produced_at: dt.datetime,
+    ) -> bytes:
+        self.count += 1
+        if self.fail:
+            raise RuntimeError("injected signer failure")
+        return super().sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
+
+
+def counting_signers(test_pki: TestPki) -> dict[str, CountingSigner]:
+    """The signers of ``test_pki``'s config, each counting its signatures."""
+    return {k: CountingSigner(v) for k, v in load_signers(test_pki.config()).items()}
+
+
+# -- openssl ocsp, a client we did not write ---------------------------------------------------
+
+
+async def openssl_ocsp(test_pki: TestPki, url: str, *names: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
+    """Ask ``url`` about the leaves ``names`` with `openssl ocsp`; its exit code and output."""
+    # Options go before -cert: openssl reads the CertID digest option positionally.
+    args = ["openssl", "ocsp", *extra, "-issuer", str(test_pki.ca_path), "-CAfile", str(test_pki.ca_path), "-url", url]
+    for name in names:
+        args += ["-cert", str(test_pki.leaf_paths[name])]
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    return proc.returncode or 0, out.decode()
+
+
+def assert_verified(code: int, output: str, leaf: Path, status: str) -> None:
+    """`openssl ocsp` verified the response and read ``status`` for ``leaf``, with no warning."""
+    assert code == 0, output
+    assert "Response verify OK" in output, output
+    assert f"{leaf}: {status}" in output, output
+    assert "WARNING" not in output, output  # e.g. "no nonce in response"
+
+
+# -- revocation rules (tests/test_revocation_rules.py, tests/test_revocation_imports.py) -------
+
+
+Status = ocsp.OCSPCertStatus
+Reason = x509.ReasonFlags
+ISSUER = "test-ca"
+RULE_VIOLATION = "23R01"
+HOLD_AT = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+LATER_AT = dt.datetime(2026, 4, 2, 8, 30, 0, tzinfo=dt.UTC)
+NOT_AFTER = dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# - the table -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    status: str
+    revoked_at: dt.datetime | None
+    reason: str | None
+    not_after: dt.datetime | None
+    version: int
+
+    @property
+    def revocation(self) -> tuple[str, dt.datetime | None, str | None, int]:
+        """What the rules protect (not_after is not part of it)."""
+        return self.status, self.revoked_at, self.reason, self.version
+
+
+async def sql(dsn: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
+    """One statement on its own connection, off the event loop: the in-process replica keeps running
+    (a blocked loop would leave its transactions open, and a TRUNCATE would wait on them for ever)."""
+    return await asyncio.to_thread(query, dsn, statement, *params)
+
+
+async def row(dsn: str, serial: int) -> Row | None:
+    rows = await sql(
+        dsn,
+        "SELECT status, revoked_at, reason, not_after, version FROM ocspd_certificates"
+        " WHERE issuer_id = %s AND serial = %s",
+        ISSUER,
+        f"{serial:x}",
+    )
+    return Row(*rows[0]) if rows else None
+
+
+async def refused_by_database(dsn: str, serial: int | None, statement: str, *params: object) -> str:
+    """Run ``statement``; it must be refused with SQLSTATE 23R01, naming the certificate. Returns the message."""
+    with pytest.raises(psycopg2.IntegrityError) as info:
+        await sql(dsn, statement, *params)
+    message = str(info.value)
+    assert info.value.pgcode == RULE_VIOLATION, (info.value.pgcode, message)
+    if serial is not None:
+        assert f"{serial:x}" in message.lower() and ISSUER in message, message
+    return message
+
+
+async def revoke_sql(
+    dsn: str, serial: int, reason: str | None = None, at: dt.datetime | None = None, amend: bool = False
+) -> int:
+    rows = await sql(dsn, "SELECT ocspd_revoke(%s, %s, %s, %s, %s)", ISSUER, f"{serial:x}", reason, at, amend)
+    return int(rows[0][0])
+
+
+# - the CLI, as a subprocess (off the event loop, so the replica keeps running) -------------------
+
+
+async def ocspd(test_pki: TestPki, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run, *args, "--config", str(test_pki.config_path), env=env)
+
+
+def assert_ok(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stdout + result.stderr, (fragment, result.stdout, result.stderr)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit 1 and one stderr line containing every fragment."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def revoke_args(
+    serial: int, reason: str | None = None, at: dt.datetime | None = None, amend: bool = False
+) -> tuple[str, ...]:
+    args = ["revoke", "--issuer", ISSUER, "--serial", f"{serial:X}"]
+    if reason is not None:
+        args += ["--reason", reason]
+    if at is not None:
+        args += ["--at", rfc3339(at)]
+    if amend:
+        args.append("--amend")
+    return tuple(args)
+
+
+def unhold_args(serial: int) -> tuple[str, ...]:
+    return ("unhold", "--issuer", ISSUER, "--serial", f"{serial:X}")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The final line of ``ocspd cert import``."""
+
+    line: str
+    total: int
+    new: int
+    kept: int  # every revocation the import kept against what the file said
+    merged: int
+
+
+def import_summary(stderr: str) -> Summary:
+    lines = [line for line in stderr.splitlines() if re.search(r"imported \d+ certificates for issuer", line)]
+    assert lines, f"no summary line in: {stderr!r}"
+    line = lines[-1]
+
+    def count(pattern: str) -> int:
+        match = re.search(pattern, line)
+        assert match, f"{pattern!r} not in the summary {line!r}"
+        return int(match.group(1))
+
+    count(r"(\d+) already revoked, kept")  # the spec's wording; other kept revocations may have their own count
+    kept = sum(int(n) for n in re.findall(r"(\d+) [a-z ]+, kept", line))
+    return Summary(
+        line,
+        count(r"imported (\d+) certificates"),
+        count(r"(\d+) new"),
+        kept,
+        count(r"(\d+) duplicates? merged"),
+    )
+
+
+def index_file(path: Path, *lines: str) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+# - the replica -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    status: Status
+    reason: Reason | None = None
+    revoked_at: dt.datetime | None = None
+
+
+GOOD = ServedAnswer(Status.GOOD)
+UNKNOWN = ServedAnswer(Status.UNKNOWN)
+
+
+def revoked(reason: Reason | None, at: dt.datetime) -> ServedAnswer:
+    return ServedAnswer(Status.REVOKED, reason, at.replace(microsecond=0))
+
+
+async def answer(
+    client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate, *, live: bool = False
+) -> ServedAnswer:
+    """What the replica answers; ``live`` adds a nonce, so the response is signed from the status source."""
+    der = request_der(cert, test_pki.ca.cert, nonce=os.urandom(16) if live else None)
+    resp = await client.post("/", data=der)
+    assert resp.status == 200
+    response = verify_response(await resp.read(), test_pki)
+    if response.certificate_status is Status.REVOKED:
+        return ServedAnswer(Status.REVOKED, response.revocation_reason, response.revocation_time_utc)
+    return ServedAnswer(response.certificate_status)
+
+
+async def becomes(
+    client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate, expected: ServedAnswer
+) -> None:
+    """A change reaches the replica (by NOTIFY): it is eventually served, cached and live."""
+    seen: list[ServedAnswer] = []
+
+    async def served() -> bool:
+        seen.append(await answer(client, test_pki, cert))
+        return seen[-1] == expected
+
+    try:
+        await eventually(served, what=f"served {expected}")
+    except AssertionError:
+        raise AssertionError(f"expected {expected}, last served {seen[-1]}") from None
+    assert await answer(client, test_pki, cert, live=True) == expected
+
+
+async def stays(
+    client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate, expected: ServedAnswer
+) -> None:
+    """Nothing changed: signed live from the database, and from the cache, it is still ``expected``."""
+    assert await answer(client, test_pki, cert, live=True) == expected
+    assert await answer(client, test_pki, cert) == expected
+
+
+async def replica(ocspd_client: AppClient, test_pki: TestPki) -> TestClient[Any, Any]:
+    return (await start_replicas(ocspd_client, test_pki, n=1))[0]
+
+
+def leaf(test_pki: TestPki, name: str) -> x509.Certificate:
+    return test_pki.leaves[name].cert

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,19 @@ from cryptography.x509 import ocsp
 
 from ocspd.app import RESPONDER
 from ocspd.cache import ENTRY_OVERHEAD, WINDOWS_MEMO, Entry, Flight, MemoryTier, Singleflight, windows
-from ocspd.protocol import TRY_LATER, CertId
-from ocspd.signer import Answer, Signer, load_signers
+from ocspd.protocol import TRY_LATER
 from ocspd.status import Served
 from tests.conftest import AppClient
-from tests.helpers import TestPki, build_pki, hold_after_fetch, request_der, verify_response
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
+from tests.helpers import (
+    T0,
+    Clock,
+    TestPki,
+    build_pki,
+    counting_signers,
+    hold_after_fetch,
+    request_der,
+    verify_response,
+)
 
 WINDOWS = windows()
 
@@ -132,7 +126,7 @@ async def test_singleflight_runs_concurrent_work_once() -> None:
     runs = 0
     release = asyncio.Event()
 
-    async def work(flight: Flight) -> int:
+    async def work(flight: Flight[int]) -> int:
         nonlocal runs
         runs += 1
         await release.wait()
@@ -150,7 +144,7 @@ async def test_singleflight_runs_concurrent_work_once() -> None:
 async def test_singleflight_error_reaches_every_caller_and_leaves_no_entry() -> None:
     flights: Singleflight[int] = Singleflight()
 
-    async def work(flight: Flight) -> int:
+    async def work(flight: Flight[int]) -> int:
         await asyncio.sleep(0)
         raise RuntimeError("signer broke")
 
@@ -163,7 +157,7 @@ async def test_singleflight_survives_cancelled_callers() -> None:
     flights: Singleflight[str] = Singleflight()
     release = asyncio.Event()
 
-    async def work(flight: Flight) -> str:
+    async def work(flight: Flight[str]) -> str:
         await release.wait()
         return "done"
 
@@ -181,7 +175,7 @@ async def test_singleflight_survives_cancelled_callers() -> None:
 async def test_singleflight_all_callers_cancelled_leaves_no_entry() -> None:
     flights: Singleflight[str] = Singleflight()
 
-    async def work(flight: Flight) -> str:
+    async def work(flight: Flight[str]) -> str:
         await asyncio.sleep(0.01)
         return "done"
 
@@ -199,7 +193,7 @@ async def test_invalidate_marks_the_flight_stale() -> None:
     started = asyncio.Event()
     release = asyncio.Event()
 
-    async def work(flight: Flight) -> bool:
+    async def work(flight: Flight[bool]) -> bool:
         started.set()
         await release.wait()
         return flight.stale
@@ -211,41 +205,10 @@ async def test_invalidate_marks_the_flight_stale() -> None:
     assert await task is True
 
 
-class CountingSigner(Signer):
-    """The real signer, counting signatures and optionally failing or waiting."""
-
-    def __init__(self, inner: Signer) -> None:
-        self.__dict__.update(inner.__dict__)
-        self.count = 0
-        self.fail = False
-        self.gate: asyncio.Event | None = None
-
-    def sign(
-        self,
-        certids: Sequence[CertId],
-        answers: Sequence[Answer],
-        this_update: dt.datetime,
-        next_update: dt.datetime,
-        nonce: bytes | None = None,
-        *,
-        produced_at: dt.datetime,
-    ) -> bytes:
-        self.count += 1
-        if self.fail:
-            raise RuntimeError("injected signer failure")
-        return super().sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
-
-
-def counting_signers(test_pki: TestPki) -> dict[str, CountingSigner]:
-    return {k: CountingSigner(v) for k, v in load_signers(test_pki.config()).items()}
-
-
-async def test_200_concurrent_misses_for_one_key_make_one_signature(
-    ocspd_client: AppClient, test_pki: TestPki
-) -> None:
+async def test_200_concurrent_misses_for_one_key_make_one_signature(ocspd_client: AppClient, test_pki: TestPki) -> None:
     signers = counting_signers(test_pki)
     client = await ocspd_client(test_pki, signers=signers)
-    responder = client.app[RESPONDER]  # type: ignore[index]
+    responder = client.app[RESPONDER]
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     # Hold the status read until all 200 requests have missed the memory tier,
     # so that they really are concurrent misses, not hits on a fast first answer.
@@ -290,9 +253,7 @@ async def test_200_concurrent_misses_for_one_key_make_one_signature(
     assert len(responder.flights) == 0
 
 
-async def test_signer_error_is_internal_error_and_leaves_no_flight(
-    ocspd_client: AppClient, test_pki: TestPki
-) -> None:
+async def test_signer_error_is_internal_error_and_leaves_no_flight(ocspd_client: AppClient, test_pki: TestPki) -> None:
     signers = counting_signers(test_pki)
     signers["test-ca"].fail = True
     client = await ocspd_client(test_pki, signers=signers)
@@ -301,7 +262,7 @@ async def test_signer_error_is_internal_error_and_leaves_no_flight(
     for resp in responses:
         assert resp.status == 200
         assert await resp.read() == bytes.fromhex("30030a0102")  # internalError: a real bug
-    assert len(client.app[RESPONDER].flights) == 0  # type: ignore[index]
+    assert len(client.app[RESPONDER].flights) == 0
     signers["test-ca"].fail = False
     resp = await client.post("/", data=der)
     verify_response(await resp.read(), test_pki)
@@ -310,7 +271,7 @@ async def test_signer_error_is_internal_error_and_leaves_no_flight(
 async def test_live_signatures_past_the_bound_get_try_later(ocspd_client: AppClient, tmp_path: Path) -> None:
     test_pki = build_pki(tmp_path, responses="max_inflight_signatures = 1")
     client = await ocspd_client(test_pki)
-    responder: Any = client.app[RESPONDER]  # type: ignore[index]
+    responder: Any = client.app[RESPONDER]
     responder.signing = 1  # one signature already in flight
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=b"n" * 16)
     resp = await client.post("/", data=der)
@@ -337,7 +298,7 @@ async def test_nonce_requests_are_signed_live_and_not_cached(ocspd_client: AppCl
         der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert, nonce=bytes([i + 1]) * 8)
         await (await client.post("/", data=der)).read()
     assert signers["test-ca"].count == 3
-    assert len(client.app[RESPONDER].memory) == 0  # type: ignore[index]
+    assert len(client.app[RESPONDER].memory) == 0
 
 
 @pytest.mark.parametrize("hours", [24])
@@ -369,15 +330,13 @@ async def test_produced_at_is_the_engines_clock_second(ocspd_client: AppClient, 
         clock.now += 1
 
 
-async def test_production_caught_by_a_reload_signs_with_the_new_key(
-    ocspd_client: AppClient, test_pki: TestPki
-) -> None:
+async def test_production_caught_by_a_reload_signs_with_the_new_key(ocspd_client: AppClient, test_pki: TestPki) -> None:
     """A miss under way when SIGHUP brings a new responder key must not cache an old-key answer."""
     from ocspd import pki
     from ocspd.app import reload_app
 
     client = await ocspd_client(test_pki)
-    responder = client.app[RESPONDER]  # type: ignore[index]
+    responder = client.app[RESPONDER]
     entered, release = hold_after_fetch(responder.issuers["test-ca"].source)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)
     request = asyncio.create_task(client.post("/", data=der))

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,26 +13,7 @@ from pathlib import Path
 import pytest
 
 from ocspd import pki
-from tests.helpers import TestPki, build_pki
-
-OCSPD = [sys.executable, "-m", "ocspd"]
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [*OCSPD, *args], capture_output=True, text=True, env=full_env, timeout=timeout, check=False
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.helpers import OCSPD, TestPki, assert_one_line_error, build_pki, run
 
 
 def test_check_config_prints_the_effective_config(test_pki: TestPki) -> None:
@@ -55,10 +35,10 @@ def edit_config(test_pki: TestPki, old: str, new: str) -> None:
 
 
 CONFIG_MISTAKES: dict[str, tuple[Callable[[TestPki], None], tuple[str, ...]]] = {
-    "unknown-key": (lambda p: edit_config(p, "[responses]\n", "[responses]\nvalidty = \"24h\"\n"), ("validty",)),
-    "wrong-type": (lambda p: edit_config(p, "[server]\n", "[server]\nworkers = \"two\"\n"), ("server.workers",)),
+    "unknown-key": (lambda p: edit_config(p, "[responses]\n", '[responses]\nvalidty = "24h"\n'), ("validty",)),
+    "wrong-type": (lambda p: edit_config(p, "[server]\n", '[server]\nworkers = "two"\n'), ("server.workers",)),
     "bad-duration": (
-        lambda p: edit_config(p, "[responses]\n", "[responses]\nvalidity = \"soon\"\n"),
+        lambda p: edit_config(p, "[responses]\n", '[responses]\nvalidity = "soon"\n'),
         ("responses.validity",),
     ),
     "missing-file": (lambda p: p.ca_path.unlink(), ("ca_cert",)),
@@ -170,9 +150,22 @@ def test_demo_serves_a_pki_that_openssl_verifies(tmp_path: Path) -> None:
         for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
             leaf = demo_dir / f"{name}.pem"
             result = subprocess.run(
-                ["openssl", "ocsp", "-issuer", str(demo_dir / "ca.pem"), "-cert", str(leaf),
-                 "-CAfile", str(demo_dir / "ca.pem"), "-url", f"http://127.0.0.1:{port}/"],
-                capture_output=True, text=True, timeout=30, check=False,
+                [
+                    "openssl",
+                    "ocsp",
+                    "-issuer",
+                    str(demo_dir / "ca.pem"),
+                    "-cert",
+                    str(leaf),
+                    "-CAfile",
+                    str(demo_dir / "ca.pem"),
+                    "-url",
+                    f"http://127.0.0.1:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             assert "Response verify OK" in result.stderr + result.stdout
             assert f"{leaf}: {status}" in result.stdout

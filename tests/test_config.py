@@ -406,7 +406,10 @@ def test_database_timeouts_default_to_a_try_later_well_within_ten_seconds(tmp_pa
     database = load(write_config(tmp_path, '[database]\ndsn = "dbname=x"')).database
     assert database is not None
     assert (database.lock_timeout, database.statement_timeout, database.timeout) == (
-        dt.timedelta(seconds=1), dt.timedelta(seconds=2), dt.timedelta(seconds=3))
+        dt.timedelta(seconds=1),
+        dt.timedelta(seconds=2),
+        dt.timedelta(seconds=3),
+    )
 
 
 def test_backdate_must_not_be_negative(tmp_path: Path) -> None:

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from ocspd import pki
-from tests.helpers import GOOD_SERIAL, REVOKED_SERIAL, UNISSUED_SERIAL, TestPki
+from tests.helpers import GOOD_SERIAL, REVOKED_SERIAL, UNISSUED_SERIAL, TestPki, assert_one_line_error, query, run
 from tests.pg import PgServer
-from tests.test_cli import assert_one_line_error, run
-from tests.test_store import query
 
 
 def status_json(test_pki: TestPki, serial: str) -> dict[str, object]:
@@ -37,12 +35,33 @@ def test_status_reports_good_revoked_and_unknown(db_pki: TestPki) -> None:
 
 def test_cert_add_then_revoke_with_reason_and_time(db_pki: TestPki) -> None:
     cfg = str(db_pki.config_path)
-    added = run("cert", "add", "--config", cfg, "--issuer", "test-ca", "--serial", "00:AB:CD",
-                "--not-after", "2030-01-01T00:00:00Z")
+    added = run(
+        "cert",
+        "add",
+        "--config",
+        cfg,
+        "--issuer",
+        "test-ca",
+        "--serial",
+        "00:AB:CD",
+        "--not-after",
+        "2030-01-01T00:00:00Z",
+    )
     assert added.returncode == 0, added.stderr
     assert status_json(db_pki, "abcd")["status"] == "good"
-    revoked = run("revoke", "--config", cfg, "--issuer", "test-ca", "--serial", "ABCD",
-                  "--reason", "cessationofoperation", "--at", "2026-05-01T12:00:00+02:00")
+    revoked = run(
+        "revoke",
+        "--config",
+        cfg,
+        "--issuer",
+        "test-ca",
+        "--serial",
+        "ABCD",
+        "--reason",
+        "cessationofoperation",
+        "--at",
+        "2026-05-01T12:00:00+02:00",
+    )
     assert revoked.returncode == 0, revoked.stderr
     info = status_json(db_pki, "0xabcd")
     assert info["status"] == "revoked"
@@ -82,8 +101,11 @@ def test_database_down_is_one_line_not_a_traceback(db_pki: TestPki) -> None:
 
 @pytest.mark.parametrize(
     ("command", "variable"),
-    [(("db", "migrate"), "OCSPD_DATABASE_DSN"), (("serve",), "OCSPD_DATABASE_DSN"),
-     (("serve",), "OCSPD_DATABASE_LISTEN_DSN")],
+    [
+        (("db", "migrate"), "OCSPD_DATABASE_DSN"),
+        (("serve",), "OCSPD_DATABASE_DSN"),
+        (("serve",), "OCSPD_DATABASE_LISTEN_DSN"),
+    ],
     ids=["migrate-dsn", "serve-dsn", "serve-listen-dsn"],
 )
 def test_a_dsn_libpq_cannot_read_is_one_line_naming_the_key(
@@ -124,9 +146,16 @@ def test_import_index_txt_with_revocations(db_pki: TestPki, tmp_path: Path) -> N
     index = tmp_path / "index.txt"
     not_after = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     index.write_text(
-        pki.index_line(0x7001, not_after=not_after, subject="/CN=a") + "\n"
-        + pki.index_line(0x7002, not_after=not_after, subject="/CN=b",
-                         revoked_at=dt.datetime(2026, 2, 3, tzinfo=dt.UTC), reason="superseded") + "\n"
+        pki.index_line(0x7001, not_after=not_after, subject="/CN=a")
+        + "\n"
+        + pki.index_line(
+            0x7002,
+            not_after=not_after,
+            subject="/CN=b",
+            revoked_at=dt.datetime(2026, 2, 3, tzinfo=dt.UTC),
+            reason="superseded",
+        )
+        + "\n"
         + "garbage line\n"
     )
     result = run("cert", "import", "--config", str(db_pki.config_path), "--issuer", "test-ca", str(index))
@@ -145,8 +174,7 @@ def test_import_of_100k_index_lines_takes_seconds(db_pki: TestPki, tmp_path: Pat
             revocation = "260101000000Z,keyCompromise" if flag == "R" else ""
             f.write(f"{flag}\t300101000000Z\t{revocation}\t{0x100000 + i:X}\tunknown\t/CN=c{i}\n")
     started = time.monotonic()
-    result = run("cert", "import", "--config", str(db_pki.config_path), "--issuer", "test-ca", str(index),
-                 timeout=300)
+    result = run("cert", "import", "--config", str(db_pki.config_path), "--issuer", "test-ca", str(index), timeout=300)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "imported 100000/100000" in result.stderr
@@ -169,8 +197,9 @@ def test_unmigrated_database_names_the_fix(db_pki: TestPki, pg_server: PgServer)
 def test_presign_without_issuer_skips_issuers_served_from_index_txt(test_pki: TestPki, pg_dsn: str) -> None:
     result = run("presign", "--config", str(test_pki.config_path), env={"OCSPD_DATABASE_DSN": pg_dsn})
     assert result.returncode == 0, result.stderr
-    named = run("presign", "--config", str(test_pki.config_path), "--issuer", "test-ca",
-                env={"OCSPD_DATABASE_DSN": pg_dsn})
+    named = run(
+        "presign", "--config", str(test_pki.config_path), "--issuer", "test-ca", env={"OCSPD_DATABASE_DSN": pg_dsn}
+    )
     assert_one_line_error(named, "index", "openssl ca -revoke")
 
 
@@ -178,9 +207,21 @@ def test_status_into_a_closed_pipe_is_no_traceback(db_pki: TestPki) -> None:
     """`ocspd status ... | head -1`: the reader goes away before ocspd writes."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ocspd", "status", "--config", str(db_pki.config_path), "--issuer", "test-ca",
-         "--serial", f"{REVOKED_SERIAL:x}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
+        [
+            sys.executable,
+            "-m",
+            "ocspd",
+            "status",
+            "--config",
+            str(db_pki.config_path),
+            "--issuer",
+            "test-ca",
+            "--serial",
+            f"{REVOKED_SERIAL:x}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=full_env,
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # long before the interpreter has started

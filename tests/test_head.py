@@ -53,8 +53,11 @@ def case(rule: str, raw: bytes, expected: Decision | None = None) -> object:
 
 ANSWERED = [
     case("answer: POST at the prefix", post(), post_head(post())),
-    case("answer: POST at the prefix without its final slash", p := post(line="POST /ocsp HTTP/1.1"),
-         post_head(p, target=b"/ocsp")),
+    case(
+        "answer: POST at the prefix without its final slash",
+        p := post(line="POST /ocsp HTTP/1.1"),
+        post_head(p, target=b"/ocsp"),
+    ),
     case("answer: POST with an empty body", p := post(body=b""), post_head(p)),
     case("answer: POST with the largest body", p := post(body=b"x" * MAX_BODY), post_head(p)),
     case("answer: field names in any case", p := post().replace(b"Content-Length", b"cONTENT-lENGTH"), post_head(p)),
@@ -63,17 +66,28 @@ ANSWERED = [
     case("answer: GET below the prefix", g := get(), get_head(g)),
     case("answer: GET keeps the query in its target", g := get("/ocsp/MEow?x=1"), get_head(g, b"MEow?x=1")),
     case("answer: GET with Content-Length 0", g := get("/ocsp/MEow", "Content-Length: 0"), get_head(g)),
-    case("answer: GET carries its conditional fields",
-         g := get("/ocsp/MEow", 'If-None-Match: "e1"', "If-Modified-Since: Tue, 01 Dec 2026 00:00:00 GMT"),
-         get_head(g, inm='"e1"', ims="Tue, 01 Dec 2026 00:00:00 GMT")),
+    case(
+        "answer: GET carries its conditional fields",
+        g := get("/ocsp/MEow", 'If-None-Match: "e1"', "If-Modified-Since: Tue, 01 Dec 2026 00:00:00 GMT"),
+        get_head(g, inm='"e1"', ims="Tue, 01 Dec 2026 00:00:00 GMT"),
+    ),
     case("answer: HTTP/1.1 Connection close", p := post("Connection: close"), post_head(p, CLOSE_11)),
     case("answer: HTTP/1.1 Connection keep-alive", p := post("Connection: Keep-Alive"), post_head(p)),
-    case("answer: HTTP/1.0 without Host closes after the answer",
-         g := request("GET /ocsp/MEow HTTP/1.0"), get_head(g, framing=CLOSE_10)),
-    case("answer: HTTP/1.0 Connection keep-alive",
-         g := request("GET /ocsp/MEow HTTP/1.0", "Connection: keep-alive"), get_head(g, framing=KEEP_ALIVE_10)),
-    case("answer: as many fields as aiohttp takes",
-         p := post(*(f"X-F{i}: v" for i in range(MAX_FIELDS - 2))), post_head(p)),
+    case(
+        "answer: HTTP/1.0 without Host closes after the answer",
+        g := request("GET /ocsp/MEow HTTP/1.0"),
+        get_head(g, framing=CLOSE_10),
+    ),
+    case(
+        "answer: HTTP/1.0 Connection keep-alive",
+        g := request("GET /ocsp/MEow HTTP/1.0", "Connection: keep-alive"),
+        get_head(g, framing=KEEP_ALIVE_10),
+    ),
+    case(
+        "answer: as many fields as aiohttp takes",
+        p := post(*(f"X-F{i}: v" for i in range(MAX_FIELDS - 2))),
+        post_head(p),
+    ),
 ]
 
 HANDED_OVER = [
@@ -94,19 +108,22 @@ HANDED_OVER = [
     case("field_syntax: a control character", post("X-Note: a\x01"), HandOff.FIELD_SYNTAX),
     case("repeated_field: Host twice", post("Host: other.test"), HandOff.REPEATED_FIELD),
     case("repeated_field: names compared in any case", post("x-a: 1", "X-A: 2"), HandOff.REPEATED_FIELD),
-    case("too_many_fields: one more than aiohttp takes", post(*(f"X-F{i}: v" for i in range(MAX_FIELDS - 1))),
-         HandOff.TOO_MANY_FIELDS),
+    case(
+        "too_many_fields: one more than aiohttp takes",
+        post(*(f"X-F{i}: v" for i in range(MAX_FIELDS - 1))),
+        HandOff.TOO_MANY_FIELDS,
+    ),
     case("no_host: HTTP/1.1 without Host", request("GET /ocsp/MEow HTTP/1.1"), HandOff.NO_HOST),
-    case("hand_off_field: Transfer-Encoding (chunked POST)",
-         request("POST /ocsp/ HTTP/1.1", "Host: a", "Transfer-Encoding: chunked", body=b"5\r\nabcde\r\n0\r\n\r\n"),
-         HandOff.HAND_OFF_FIELD),
+    case(
+        "hand_off_field: Transfer-Encoding (chunked POST)",
+        request("POST /ocsp/ HTTP/1.1", "Host: a", "Transfer-Encoding: chunked", body=b"5\r\nabcde\r\n0\r\n\r\n"),
+        HandOff.HAND_OFF_FIELD,
+    ),
     case("hand_off_field: Expect", post("Expect: 100-continue"), HandOff.HAND_OFF_FIELD),
     case("hand_off_field: Upgrade", get("/ocsp/MEow", "Upgrade: h2c"), HandOff.HAND_OFF_FIELD),
-    case("hand_off_field: Content-Encoding, even identity", post("Content-Encoding: identity"),
-         HandOff.HAND_OFF_FIELD),
+    case("hand_off_field: Content-Encoding, even identity", post("Content-Encoding: identity"), HandOff.HAND_OFF_FIELD),
     case("hand_off_field: Proxy-Connection", post("Proxy-Connection: keep-alive"), HandOff.HAND_OFF_FIELD),
-    case("hand_off_field: Sec-WebSocket-Key1", get("/ocsp/MEow", "Sec-WebSocket-Key1: 4 @1"),
-         HandOff.HAND_OFF_FIELD),
+    case("hand_off_field: Sec-WebSocket-Key1", get("/ocsp/MEow", "Sec-WebSocket-Key1: 4 @1"), HandOff.HAND_OFF_FIELD),
     case("content_length: not a number", post().replace(b"Length: 5", b"Length: 5x"), HandOff.CONTENT_LENGTH),
     case("content_length: signed", post().replace(b"Length: 5", b"Length: +5"), HandOff.CONTENT_LENGTH),
     case("content_length: ten digits", post().replace(b"Length: 5", b"Length: 0000000005"), HandOff.CONTENT_LENGTH),
@@ -114,8 +131,7 @@ HANDED_OVER = [
     case("content_length: a body on a GET", get("/ocsp/MEow", "Content-Length: 1") + b"x", HandOff.CONTENT_LENGTH),
     case("body_too_large: over max_request_bytes", post(body=b"x" * (MAX_BODY + 1)), HandOff.BODY_TOO_LARGE),
     case("connection: neither close nor keep-alive", post("Connection: upgrade"), HandOff.CONNECTION),
-    case("head_too_large: no end of the head within MAX_HEAD", b"GET /ocsp/" + b"A" * MAX_HEAD,
-         HandOff.HEAD_TOO_LARGE),
+    case("head_too_large: no end of the head within MAX_HEAD", b"GET /ocsp/" + b"A" * MAX_HEAD, HandOff.HEAD_TOO_LARGE),
 ]
 
 INCOMPLETE_BUT_HOPELESS = [
@@ -127,12 +143,21 @@ INCOMPLETE_BUT_HOPELESS = [
     case("version: a CR after a partial version", b"GET /ocsp/a HTTP/1.\r", HandOff.VERSION),
     case("request_line: a space after the version", b"GET /ocsp/a HTTP/1.1 ", HandOff.REQUEST_LINE),
     case("field_syntax: a partial field line", b"GET /ocsp/a HTTP/1.1\r\nX-A b", HandOff.FIELD_SYNTAX),
-    case("repeated_field: the field still arriving", b"GET /ocsp/a HTTP/1.1\r\nHost: a\r\nhost: b",
-         HandOff.REPEATED_FIELD),
-    case("hand_off_field: at the end of its line", b"POST /ocsp/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
-         HandOff.HAND_OFF_FIELD),
-    case("content_length: at the end of its line", b"POST /ocsp/ HTTP/1.1\r\nContent-Length: -1\r\n",
-         HandOff.CONTENT_LENGTH),
+    case(
+        "repeated_field: the field still arriving",
+        b"GET /ocsp/a HTTP/1.1\r\nHost: a\r\nhost: b",
+        HandOff.REPEATED_FIELD,
+    ),
+    case(
+        "hand_off_field: at the end of its line",
+        b"POST /ocsp/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+        HandOff.HAND_OFF_FIELD,
+    ),
+    case(
+        "content_length: at the end of its line",
+        b"POST /ocsp/ HTTP/1.1\r\nContent-Length: -1\r\n",
+        HandOff.CONTENT_LENGTH,
+    ),
 ]
 
 STILL_INCOMPLETE = [
@@ -142,8 +167,11 @@ STILL_INCOMPLETE = [
     case("incomplete: a partial version", b"GET /ocsp/ME HTTP/1.", INCOMPLETE),
     case("incomplete: the CR of the request line", b"GET /ocsp/ME HTTP/1.1\r", INCOMPLETE),
     case("incomplete: a partial field", b"GET /ocsp/ME HTTP/1.1\r\nHost: a\r\nIf-None-M", INCOMPLETE),
-    case("incomplete: a Transfer-Encoding name not ended yet", b"POST /ocsp/ HTTP/1.1\r\nTransfer-Encoding: ch",
-         INCOMPLETE),
+    case(
+        "incomplete: a Transfer-Encoding name not ended yet",
+        b"POST /ocsp/ HTTP/1.1\r\nTransfer-Encoding: ch",
+        INCOMPLETE,
+    ),
     case("incomplete: the final CRLF half there", b"GET /ocsp/ME HTTP/1.1\r\nHost: a\r\n\r", INCOMPLETE),
     case("incomplete: the body short of Content-Length", post()[:-1], INCOMPLETE),
 ]

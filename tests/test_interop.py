@@ -3,7 +3,6 @@ responses (signature, status, nonce) over real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,33 +11,14 @@ import pytest
 
 from ocspd import pki
 from ocspd.app import init_app
-from tests.helpers import TestPki, build_pki
+from tests.helpers import TestPki, assert_verified, build_pki, openssl_ocsp
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
-
-
-async def openssl_ocsp(test_pki: TestPki, url: str, *names: str, extra: tuple[str, ...] = ()) -> tuple[int, str]:
-    # Options go before -cert: openssl reads the CertID digest option positionally.
-    args = ["openssl", "ocsp", *extra, "-issuer", str(test_pki.ca_path), "-CAfile", str(test_pki.ca_path), "-url", url]
-    for name in names:
-        args += ["-cert", str(test_pki.leaf_paths[name])]
-    proc = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
-    return proc.returncode or 0, out.decode()
 
 
 async def serve(ocspd_server: Any, test_pki: TestPki) -> str:
     server = await ocspd_server(init_app(test_pki.config()))
     return f"http://127.0.0.1:{server.port}/"
-
-
-def assert_verified(code: int, output: str, leaf: Path, status: str) -> None:
-    assert code == 0, output
-    assert "Response verify OK" in output, output
-    assert f"{leaf}: {status}" in output, output
-    assert "WARNING" not in output, output  # e.g. "no nonce in response"
 
 
 SIGNERS = [
@@ -53,17 +33,17 @@ SIGNERS = [
 
 @pytest.mark.parametrize(("key_type", "delegated"), SIGNERS)
 @pytest.mark.parametrize("nonce", [True, False], ids=["nonce", "no-nonce"])
+@pytest.mark.parametrize(("name", "status"), [("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")])
 async def test_openssl_verifies_every_status(
-    ocspd_server: Any, tmp_path: Path, key_type: pki.KeyType, delegated: bool, nonce: bool
+    ocspd_server: Any, tmp_path: Path, key_type: pki.KeyType, delegated: bool, nonce: bool, name: str, status: str
 ) -> None:
     test_pki = build_pki(tmp_path, key_type=key_type, delegated=delegated)
     url = await serve(ocspd_server, test_pki)
     extra = () if nonce else ("-no_nonce",)
-    for name, status in (("good", "good"), ("revoked", "revoked"), ("unissued", "unknown")):
-        code, output = await openssl_ocsp(test_pki, url, name, extra=extra)
-        assert_verified(code, output, test_pki.leaf_paths[name], status)
-        if name == "revoked":
-            assert "Reason: keyCompromise" in output, output
+    code, output = await openssl_ocsp(test_pki, url, name, extra=extra)
+    assert_verified(code, output, test_pki.leaf_paths[name], status)
+    if name == "revoked":
+        assert "Reason: keyCompromise" in output, output
 
 
 async def test_openssl_verifies_a_sha256_certid(ocspd_server: Any, tmp_path: Path) -> None:

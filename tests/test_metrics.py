@@ -9,16 +9,14 @@ from typing import Any
 
 import psycopg2
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness
 from ocspd.logs import JsonFormatter, KeyValueFormatter, event
 from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
-from tests.helpers import GOOD_SERIAL, TestPki, request_der
-from tests.test_cache import counting_signers
-from tests.test_replicas import eventually, sql, start_replicas
+from tests.helpers import GOOD_SERIAL, Clock, TestPki, counting_signers, eventually, query, request_der, start_replicas
 
 
 def samples(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,9 +92,7 @@ async def test_index_reload_invalidation_is_counted(ocspd_client: AppClient, tes
     await eventually(counted, what="index_reload invalidation counted")
 
 
-async def test_postgres_tier_notify_and_listener_metrics(
-    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
-) -> None:
+async def test_postgres_tier_notify_and_listener_metrics(ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str) -> None:
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
     app = client.app
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
@@ -108,14 +104,14 @@ async def test_postgres_tier_notify_and_listener_metrics(
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="miss") == 1
     assert value(app, "ocspd_cache_lookups_total", tier="postgres", result="hit") == 1
     assert value(app, "ocspd_listener_connected") == 1
-    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s)", f"{GOOD_SERIAL:x}")
+    query(pg_dsn, "SELECT ocspd_revoke('test-ca', %s)", f"{GOOD_SERIAL:x}")
 
     async def notified() -> bool:
         return value(app, "ocspd_invalidations_total", cause="notify") >= 1
 
     await eventually(notified, what="notify invalidation counted")
     listener = app[LISTENER]
-    sql(pg_dsn, "SELECT pg_terminate_backend(%s)", listener.backend_pid)
+    query(pg_dsn, "SELECT pg_terminate_backend(%s)", listener.backend_pid)
 
     async def reconnected() -> bool:
         return value(app, "ocspd_listener_reconnects_total") >= 1 and listener.connected
@@ -233,14 +229,11 @@ async def test_logs_never_contain_key_material(
     body = "".join(key_pem.splitlines()[1:-1])
     assert body[:40] not in text and "PRIVATE KEY" not in text
     assert "event=issuer" in text and "key_type=ecdsa-secp256r1" in text
-    assert TestServer  # imported for type use above
 
 
 async def test_a_known_request_past_its_refresh_point_counts_one_memory_miss(
     ocspd_client: AppClient, test_pki: TestPki
 ) -> None:
-    from tests.test_cache import Clock
-
     clock = Clock()
     client = await ocspd_client(test_pki, clock=clock)
     der = request_der(test_pki.leaves["good"].cert, test_pki.ca.cert)

@@ -62,7 +62,9 @@ def certid(hash_name: str, serial: int, *, null: bool = True, salt: int = 1) -> 
     size = HASHES[hash_name]
     algorithm = der.sequence(der.oid(oid), der.NULL) if null else der.sequence(der.oid(oid))
     return der.sequence(
-        algorithm, der.octet_string(bytes([salt]) * size), der.octet_string(bytes([salt + 1]) * size),
+        algorithm,
+        der.octet_string(bytes([salt]) * size),
+        der.octet_string(bytes([salt + 1]) * size),
         der.integer(serial),
     )
 
@@ -112,7 +114,10 @@ def variants() -> list[tuple[str, bytes]]:
             if shape & 4:
                 extensions.append(extension("1.2.3.4.5", b"\x05\x00", critical=True))
             data = request(
-                ids, extensions=extensions, requestor=shape in (3, 6), single_extensions=shape in (5, 6),
+                ids,
+                extensions=extensions,
+                requestor=shape in (3, 6),
+                single_extensions=shape in (5, 6),
                 signature=shape in (2, 7),
             )
             cases.append((f"n{n}-shape{shape}", data))

@@ -4,10 +4,10 @@ channel loss and store outage (SPEC §3, invariants 1, 2, 3, 5)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg2
@@ -20,7 +20,16 @@ from ocspd.protocol import TRY_LATER
 from ocspd.status import Served
 from tests.conftest import AppClient
 from tests.faults import PgProxy
-from tests.helpers import GOOD_SERIAL, TestPki, hold_after_fetch, request_der, verify_response
+from tests.helpers import (
+    GOOD_SERIAL,
+    TestPki,
+    eventually,
+    hold_after_fetch,
+    query,
+    request_der,
+    start_replicas,
+    verify_response,
+)
 from tests.pg import PgServer
 
 Status = ocsp.OCSPCertStatus
@@ -34,34 +43,6 @@ async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki)
     if len(body) < 10:
         return body
     return verify_response(body, test_pki).certificate_status
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> float:
-    """Poll ``check`` until true; returns the seconds it took. No fixed sleeps."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not await check():
-        if loop.time() - start > timeout:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.005)
-    return loop.time() - start
-
-
-async def start_replicas(ocspd_client: AppClient, test_pki: TestPki, n: int = 2, **kwargs: Any) -> list[Any]:
-    clients = [await ocspd_client(test_pki, **kwargs) for _ in range(n)]
-    for client in clients:
-        await asyncio.wait_for(client.app[LISTENER].ever_connected.wait(), 10)
-    return clients
-
-
-def sql(dsn: str, statement: str, *params: object) -> None:
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-    finally:
-        conn.close()
 
 
 def stored_rows(dsn: str, serial: int) -> list[tuple[str, str]]:
@@ -95,14 +76,14 @@ async def test_revocation_by_sql_update_reaches_both_replicas(
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     for client in clients:
         assert await status_of(client, der, db_pki) == Status.GOOD  # now cached in memory and in Postgres
-    sql(
+    query(
         pg_dsn,
         "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = now(), reason = 'superseded'"
         " WHERE issuer_id = 'test-ca' AND serial = %s",
         f"{GOOD_SERIAL:x}",
     )
     for client in clients:
-        await eventually(lambda c=client: _is_revoked(c, der, db_pki), what="revoked on every replica")
+        await eventually(functools.partial(_is_revoked, client, der, db_pki), what="revoked on every replica")
     await assert_never_good(clients, der, db_pki)
     assert all(status == "revoked" for _, status in stored_rows(pg_dsn, GOOD_SERIAL))
 
@@ -111,23 +92,32 @@ async def _is_revoked(client: Any, der: bytes, test_pki: TestPki) -> bool:
     return await status_of(client, der, test_pki) == Status.REVOKED
 
 
-async def test_revocation_by_cli_reaches_both_replicas(
-    ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
-) -> None:
+async def test_revocation_by_cli_reaches_both_replicas(ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str) -> None:
     clients = await start_replicas(ocspd_client, db_pki)
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     for client in clients:
         assert await status_of(client, der, db_pki) == Status.GOOD
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ocspd", "revoke", "--config", str(db_pki.config_path), "--issuer", "test-ca",
-        "--serial", f"0x{GOOD_SERIAL:X}", "--reason", "keyCompromise",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "ocspd",
+        "revoke",
+        "--config",
+        str(db_pki.config_path),
+        "--issuer",
+        "test-ca",
+        "--serial",
+        f"0x{GOOD_SERIAL:X}",
+        "--reason",
+        "keyCompromise",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={k: v for k, v in os.environ.items() if not k.startswith("OCSPD_")},
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     for client in clients:
-        await eventually(lambda c=client: _is_revoked(c, der, db_pki), what="revoked on every replica")
+        await eventually(functools.partial(_is_revoked, client, der, db_pki), what="revoked on every replica")
     await assert_never_good(clients, der, db_pki)
 
 
@@ -139,7 +129,7 @@ async def test_certificate_added_after_an_unknown_answer_becomes_good(
     der = request_der(cert, db_pki.ca.cert)
     for client in clients:
         assert await status_of(client, der, db_pki) == Status.UNKNOWN
-    sql(pg_dsn, "SELECT ocspd_add_certificate('test-ca', %s)", f"{cert.serial_number:x}")
+    query(pg_dsn, "SELECT ocspd_add_certificate('test-ca', %s)", f"{cert.serial_number:x}")
 
     async def good_everywhere() -> bool:
         return all([await status_of(c, der, db_pki) == Status.GOOD for c in clients])
@@ -158,7 +148,7 @@ async def test_status_read_before_a_notified_revocation_is_read_again(
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     request = asyncio.create_task(status_of(client, der, db_pki))
     await asyncio.wait_for(entered.wait(), 10)
-    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+    query(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
 
     async def notified() -> bool:
         return all(flight.stale for flight in responder.flights._flights.values())
@@ -185,10 +175,10 @@ async def test_write_back_signed_before_a_revocation_is_refused_by_the_database(
         await release.wait()
         await real_write(batch)
 
-    store.writes._write = held_write  # type: ignore[method-assign]
+    store.writes._write = held_write
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD  # answered; its write-back is held
-    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+    query(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
 
     async def dropped() -> bool:
         return responder.memory.get(responder.key("test-ca", "sha1", GOOD_SERIAL)) is None
@@ -206,7 +196,7 @@ async def test_queued_write_backs_are_written_when_the_app_stops(
 ) -> None:
     client = (await start_replicas(ocspd_client, db_pki, n=1))[0]
     store = client.app[STORE]
-    store.write_back = _queue_only(store)  # type: ignore[method-assign]
+    store.write_back = _queue_only(store)
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD
     assert stored_rows(pg_dsn, GOOD_SERIAL) == []  # still queued
@@ -244,8 +234,8 @@ async def test_terminated_listener_reconnects_and_no_good_is_served_after_a_revo
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD  # cached in memory
     pid = listener.backend_pid
-    sql(pg_dsn, "SELECT pg_terminate_backend(%s)", pid)
-    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+    query(pg_dsn, "SELECT pg_terminate_backend(%s)", pid)
+    query(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
     # From here on, whether or not the loss has been noticed yet, the
     # notification or the flush must win: poll until revoked, then never good.
     await eventually(lambda: _is_revoked(client, der, db_pki), what="revoked after listener loss")
@@ -261,17 +251,13 @@ async def test_while_the_channel_is_down_memory_answers_are_not_served(
 ) -> None:
     """Invariant 3: revocations made while LISTEN is down are not hidden by the memory tier."""
     dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-    client = (
-        await start_replicas(
-            ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_LISTEN_DSN": proxy.dsn(dbname)}
-        )
-    )[0]
+    client = (await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_LISTEN_DSN": proxy.dsn(dbname)}))[0]
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD
     proxy.cut()  # the listener loses its connection and cannot come back
     await eventually(lambda: _listener_down(client), what="listener loss noticed")
     assert len(client.app[RESPONDER].memory) == 0  # flushed on loss
-    sql(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
+    query(pg_dsn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{GOOD_SERIAL:x}")
     # No notification can arrive, yet the very next answer is revoked: read from Postgres.
     assert await status_of(client, der, db_pki) == Status.REVOKED
     await assert_never_good([client], der, db_pki, rounds=5)
@@ -289,8 +275,10 @@ async def test_store_outage_gives_try_later_for_uncached_keys_and_recovers(
     # The pool goes through the proxy; LISTEN stays direct, so cached answers remain trustworthy.
     client = (
         await start_replicas(
-            ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname),
-                                            "OCSPD_DATABASE_LISTEN_DSN": pg_dsn}
+            ocspd_client,
+            db_pki,
+            n=1,
+            env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname), "OCSPD_DATABASE_LISTEN_DSN": pg_dsn},
         )
     )[0]
     cached = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
@@ -311,9 +299,7 @@ async def test_whole_database_outage_serves_nothing_from_memory(
 ) -> None:
     """When the listener shares the outage, even cached answers give way to tryLater (invariant 3)."""
     dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-    client = (
-        await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname)})
-    )[0]
+    client = (await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname)}))[0]
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD
     proxy.cut()

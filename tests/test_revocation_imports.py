@@ -3,7 +3,7 @@
 ``cert add`` and ``cert import`` (PEM, DER, index.txt) against what the table
 already says, checked in the table and as served by a running replica; the
 duplicates an import can hold; and the commands an issuer served from
-index.txt refuses. Helpers are those of ``tests/test_revocation_rules.py``.
+index.txt refuses. Helpers (shared with ``tests/test_revocation_rules.py``) are in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
@@ -18,22 +18,26 @@ from cryptography import x509
 
 from ocspd import pki
 from tests.conftest import AppClient
-from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, UNISSUED_SERIAL, TestPki
-from tests.test_cli import assert_one_line_error
-from tests.test_replicas import eventually
-from tests.test_revocation_rules import (
+from tests.helpers import (
     GOOD,
+    GOOD_SERIAL,
     HOLD_AT,
     ISSUER,
     LATER_AT,
     NOT_AFTER,
+    REVOKED_AT,
+    REVOKED_SERIAL,
+    UNISSUED_SERIAL,
     UNKNOWN,
-    Answer,
     Reason,
+    ServedAnswer,
     Status,
+    TestPki,
     answer,
     assert_ok,
+    assert_one_line_error,
     becomes,
+    eventually,
     import_summary,
     index_file,
     leaf,
@@ -60,14 +64,15 @@ def _leaves(test_pki: TestPki, directory: Path, n: int, first: int) -> list[tupl
     return out
 
 
-@pytest.mark.parametrize("layout", ["same-pem-twice", "easy-rsa-issued-and-certs-by-serial", "bundle-plus-member",
-                                    "index-v-then-r-plus-pem"])
+@pytest.mark.parametrize(
+    "layout", ["same-pem-twice", "easy-rsa-issued-and-certs-by-serial", "bundle-plus-member", "index-v-then-r-plus-pem"]
+)
 async def test_an_import_of_duplicated_inputs_imports_each_serial_once(
     ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str, tmp_path: Path, layout: str
 ) -> None:
     client = await replica(ocspd_client, db_pki)
     (a, a_pem), (b, b_pem) = _leaves(db_pki, tmp_path, 2, 0x6000)
-    expected: dict[int, Answer] = {}
+    expected: dict[int, ServedAnswer] = {}
     if layout == "same-pem-twice":
         files, serials, merged = [a_pem, a_pem], [a], 1
     elif layout == "easy-rsa-issued-and-certs-by-serial":
@@ -125,22 +130,43 @@ async def test_an_index_import_stores_not_after(
 
 
 # (initial state of the good leaf, index.txt line about it, expected stored (status, reason, time), kept count)
-INDEX_MERGES: dict[str, tuple[str, tuple[str | None, dt.datetime | None], tuple[str, str | None, dt.datetime | None],
-                               int]] = {
+INDEX_MERGES: dict[
+    str, tuple[str, tuple[str | None, dt.datetime | None], tuple[str, str | None, dt.datetime | None], int]
+] = {
     "unlisted+R-is-revoked": ("unlisted", ("superseded", LATER_AT), ("revoked", "superseded", LATER_AT), 0),
     "good+R-is-revoked": ("good", ("superseded", LATER_AT), ("revoked", "superseded", LATER_AT), 0),
     "good+V-stays-good": ("good", (None, None), ("good", None, None), 0),
     "hold+V-is-kept": ("hold", (None, None), ("revoked", "certificateHold", HOLD_AT), 1),
-    "hold+R-keyCompromise-is-re-revoked": ("hold", ("keyCompromise", LATER_AT), ("revoked", "keyCompromise", LATER_AT),
-                                           0),
-    "hold+R-hold-other-time-is-kept": ("hold", ("certificateHold", LATER_AT), ("revoked", "certificateHold", HOLD_AT),
-                                       1),
-    "permanent+R-other-reason-is-kept": ("permanent", ("superseded", REVOKED_AT),
-                                         ("revoked", "keyCompromise", REVOKED_AT), 1),
-    "permanent+R-other-time-is-kept": ("permanent", ("keyCompromise", LATER_AT),
-                                       ("revoked", "keyCompromise", REVOKED_AT), 1),
-    "permanent+R-hold-is-kept": ("permanent", ("certificateHold", LATER_AT), ("revoked", "keyCompromise", REVOKED_AT),
-                                 1),
+    "hold+R-keyCompromise-is-re-revoked": (
+        "hold",
+        ("keyCompromise", LATER_AT),
+        ("revoked", "keyCompromise", LATER_AT),
+        0,
+    ),
+    "hold+R-hold-other-time-is-kept": (
+        "hold",
+        ("certificateHold", LATER_AT),
+        ("revoked", "certificateHold", HOLD_AT),
+        1,
+    ),
+    "permanent+R-other-reason-is-kept": (
+        "permanent",
+        ("superseded", REVOKED_AT),
+        ("revoked", "keyCompromise", REVOKED_AT),
+        1,
+    ),
+    "permanent+R-other-time-is-kept": (
+        "permanent",
+        ("keyCompromise", LATER_AT),
+        ("revoked", "keyCompromise", REVOKED_AT),
+        1,
+    ),
+    "permanent+R-hold-is-kept": (
+        "permanent",
+        ("certificateHold", LATER_AT),
+        ("revoked", "keyCompromise", REVOKED_AT),
+        1,
+    ),
 }
 
 
@@ -166,8 +192,11 @@ async def test_an_index_import_merges_and_never_downgrades(
     assert summary.kept == kept, summary.line
     assert summary.new == (1 if initial == "unlisted" else 0), summary.line
     stored = await row(pg_dsn, serial)
-    assert stored is not None and (stored.status, stored.reason, stored.revoked_at) == (status, stored_reason,
-                                                                                         stored_at)
+    assert stored is not None and (stored.status, stored.reason, stored.revoked_at) == (
+        status,
+        stored_reason,
+        stored_at,
+    )
     if kept:
         assert before is not None and stored.revocation == before.revocation
     want = revoked(Reason(stored_reason) if stored_reason else None, stored_at) if stored_at else GOOD

@@ -50,7 +50,7 @@ from ocspd import cli, pki
 from ocspd.status import Status as SourceStatus
 from ocspd.store import CertRecord, merge
 from tests.helpers import TestPki, request_der, verify_response
-from tests.test_serve import free_port
+from tests.serving import free_port
 
 Status = ocsp.OCSPCertStatus
 ISSUER = "test-ca"
@@ -61,12 +61,27 @@ CLOCK_SLOP = dt.timedelta(seconds=2)
 
 # Names `ocspd revoke --reason` takes (None: no --reason). index.txt knows only OpenSSL's.
 CLI_REASONS: list[str | None] = [
-    None, "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-    "cessationOfOperation", HOLD, HOLD, "privilegeWithdrawn", "aACompromise",
+    None,
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    HOLD,
+    HOLD,
+    "privilegeWithdrawn",
+    "aACompromise",
 ]
 INDEX_REASONS: list[str | None] = [
-    None, "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-    "cessationOfOperation", HOLD,
+    None,
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    HOLD,
 ]
 SQL_REASONS = [r for r in CLI_REASONS if r is not None] + ["unspecified", "removeFromCRL"]
 
@@ -239,8 +254,9 @@ class World:
             if self.http is None:
                 self.http = http.client.HTTPConnection("127.0.0.1", self.url_port, timeout=10)
             try:
-                self.http.request("POST", "/", body=cert.der_request,
-                                  headers={"Content-Type": "application/ocsp-request"})
+                self.http.request(
+                    "POST", "/", body=cert.der_request, headers={"Content-Type": "application/ocsp-request"}
+                )
                 resp = self.http.getresponse()
                 body = resp.read()
                 break
@@ -279,8 +295,13 @@ class RevocationRules(RuleBasedStateMachine):
     # -- where each example starts: each serial unlisted, good, on hold or revoked for good (by the CLI,
     # checked like any other step), so that short sequences still reach the interesting transitions
 
-    @initialize(starts=st.lists(st.sampled_from(["unlisted", "good", "hold", "permanent"]),
-                                min_size=SERIALS_PER_EXAMPLE, max_size=SERIALS_PER_EXAMPLE))
+    @initialize(
+        starts=st.lists(
+            st.sampled_from(["unlisted", "good", "hold", "permanent"]),
+            min_size=SERIALS_PER_EXAMPLE,
+            max_size=SERIALS_PER_EXAMPLE,
+        )
+    )
     def start(self, starts: list[str]) -> None:
         for i, start in enumerate(starts):
             if start == "good":
@@ -293,14 +314,20 @@ class RevocationRules(RuleBasedStateMachine):
     @rule(i=SERIAL)
     def cert_add(self, i: int) -> None:
         cert = self.certs[i]
-        self.check(cert, model_add(self.model[cert.serial]),
-                   self.world.cli("cert", "add", "--issuer", ISSUER, "--serial", f"{cert.serial:X}"))
+        self.check(
+            cert,
+            model_add(self.model[cert.serial]),
+            self.world.cli("cert", "add", "--issuer", ISSUER, "--serial", f"{cert.serial:X}"),
+        )
 
     @rule(i=SERIAL)
     def pem_import(self, i: int) -> None:
         cert = self.certs[i]
-        self.check(cert, model_add(self.model[cert.serial]),
-                   self.world.cli("cert", "import", "--issuer", ISSUER, str(cert.pem)))
+        self.check(
+            cert,
+            model_add(self.model[cert.serial]),
+            self.world.cli("cert", "import", "--issuer", ISSUER, str(cert.pem)),
+        )
 
     @rule(i=SERIAL, revocation=st.one_of(st.none(), st.tuples(st.sampled_from(INDEX_REASONS), PAST_TIMES)))
     def index_import(self, i: int, revocation: tuple[str | None, dt.datetime] | None) -> None:
@@ -312,8 +339,9 @@ class RevocationRules(RuleBasedStateMachine):
         else:
             reason, at = revocation
             outcome = model_index_revoked(state, reason, at)
-            line = pki.index_line(cert.serial, not_after=cert.not_after, subject="/CN=model", revoked_at=at,
-                                  reason=reason)
+            line = pki.index_line(
+                cert.serial, not_after=cert.not_after, subject="/CN=model", revoked_at=at, reason=reason
+            )
         path = self.world.workdir / "index.txt"
         path.write_text(line + "\n")
         self.check(cert, outcome, self.world.cli("cert", "import", "--issuer", ISSUER, str(path)))
@@ -341,8 +369,11 @@ class RevocationRules(RuleBasedStateMachine):
     @rule(i=SERIAL)
     def unhold(self, i: int) -> None:
         cert = self.certs[i]
-        self.check(cert, model_unhold(self.model[cert.serial]),
-                   self.world.cli("unhold", "--issuer", ISSUER, "--serial", f"{cert.serial:X}"))
+        self.check(
+            cert,
+            model_unhold(self.model[cert.serial]),
+            self.world.cli("unhold", "--issuer", ISSUER, "--serial", f"{cert.serial:X}"),
+        )
 
     @rule(i=SERIAL)
     def sql_update_to_good(self, i: int) -> None:
@@ -350,7 +381,8 @@ class RevocationRules(RuleBasedStateMachine):
         code = self.world.sql(
             "UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
             " WHERE issuer_id = %s AND serial = %s",
-            ISSUER, f"{cert.serial:x}",
+            ISSUER,
+            f"{cert.serial:x}",
         )
         self.check(cert, model_sql_to_good(self.model[cert.serial]), (code, "", ""))
 
@@ -359,7 +391,9 @@ class RevocationRules(RuleBasedStateMachine):
         cert = self.certs[i]
         code = self.world.sql(
             "UPDATE ocspd_certificates SET reason = %s WHERE issuer_id = %s AND serial = %s AND status = 'revoked'",
-            reason, ISSUER, f"{cert.serial:x}",
+            reason,
+            ISSUER,
+            f"{cert.serial:x}",
         )
         self.check(cert, model_sql_reason(self.model[cert.serial], reason), (code, "", ""))
 
@@ -433,7 +467,10 @@ def serving(test_pki: TestPki, log: Path) -> Iterator[int]:
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ocspd", "serve", "--config", str(test_pki.config_path)],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     try:
         deadline = time.monotonic() + 30
@@ -485,7 +522,10 @@ def test_revocation_rules_hold_for_any_sequence_of_writers(
             run_state_machine_as_test(
                 machine,
                 settings=settings(
-                    max_examples=80, stateful_step_count=15, deadline=None, database=None,
+                    max_examples=80,
+                    stateful_step_count=15,
+                    deadline=None,
+                    database=None,
                     suppress_health_check=[HealthCheck.too_slow],
                 ),
             )
@@ -501,8 +541,9 @@ _STATES = st.one_of(
     st.just((SourceStatus.GOOD, None, None)),
     st.tuples(
         st.just(SourceStatus.REVOKED),
-        st.sampled_from([None, x509.ReasonFlags.key_compromise, x509.ReasonFlags.superseded,
-                         x509.ReasonFlags.certificate_hold]),
+        st.sampled_from(
+            [None, x509.ReasonFlags.key_compromise, x509.ReasonFlags.superseded, x509.ReasonFlags.certificate_hold]
+        ),
         st.sampled_from([dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 2, 1, tzinfo=dt.UTC)]),
     ),
 )
@@ -518,15 +559,23 @@ def test_python_merge_is_the_sql_merge(pg_dsn: str) -> None:
 
     @settings(max_examples=200, deadline=None)
     @given(old=_STATES, new=_STATES.filter(lambda s: s is not None))
-    def check(old: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None] | None,
-              new: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None]) -> None:
+    def check(
+        old: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None] | None,
+        new: tuple[SourceStatus, x509.ReasonFlags | None, dt.datetime | None],
+    ) -> None:
         o = record(old) if old is not None else None
         n = record(new)
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT ocspd_merge(%s, %s, %s, %s, %s, %s)",
-                (o.status.value if o else None, o.reason.value if o and o.reason else None, o.revoked_at if o else None,
-                 n.status.value, n.reason.value if n.reason else None, n.revoked_at),
+                (
+                    o.status.value if o else None,
+                    o.reason.value if o and o.reason else None,
+                    o.revoked_at if o else None,
+                    n.status.value,
+                    n.reason.value if n.reason else None,
+                    n.revoked_at,
+                ),
             )
             row = cur.fetchone()
         assert row is not None and merge(o, n).value == row[0]

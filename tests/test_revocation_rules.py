@@ -13,231 +13,56 @@ only against a cached answer that a missing notification would leave alone.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import os
-import re
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from ocspd import pki
 from tests.conftest import AppClient
 from tests.helpers import (
+    GOOD,
     GOOD_SERIAL,
+    HOLD_AT,
+    ISSUER,
+    LATER_AT,
+    NOT_AFTER,
     REVOKED_AT,
     REVOKED_SERIAL,
+    RULE_VIOLATION,
     UNISSUED_SERIAL,
+    UNKNOWN,
+    Reason,
+    ServedAnswer,
+    Status,
     TestPki,
+    answer,
+    assert_ok,
+    assert_one_line_error,
+    assert_refused,
+    becomes,
+    import_summary,
+    index_file,
+    leaf,
+    ocspd,
+    query,
+    refused_by_database,
+    replica,
     request_der,
-    verify_response,
+    revoke_args,
+    revoke_sql,
+    revoked,
+    rfc3339,
+    row,
+    sql,
+    stays,
+    unhold_args,
 )
-from tests.test_cli import assert_one_line_error, run
-from tests.test_replicas import eventually, start_replicas
-from tests.test_store import query
-
-Status = ocsp.OCSPCertStatus
-Reason = x509.ReasonFlags
-ISSUER = "test-ca"
-RULE_VIOLATION = "23R01"
-HOLD_AT = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
-LATER_AT = dt.datetime(2026, 4, 2, 8, 30, 0, tzinfo=dt.UTC)
-NOT_AFTER = dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# -- the table -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Row:
-    status: str
-    revoked_at: dt.datetime | None
-    reason: str | None
-    not_after: dt.datetime | None
-    version: int
-
-    @property
-    def revocation(self) -> tuple[str, dt.datetime | None, str | None, int]:
-        """What the rules protect (not_after is not part of it)."""
-        return self.status, self.revoked_at, self.reason, self.version
-
-
-async def sql(dsn: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
-    """One statement on its own connection, off the event loop: the in-process replica keeps running
-    (a blocked loop would leave its transactions open, and a TRUNCATE would wait on them for ever)."""
-    return await asyncio.to_thread(query, dsn, statement, *params)
-
-
-async def row(dsn: str, serial: int) -> Row | None:
-    rows = await sql(
-        dsn,
-        "SELECT status, revoked_at, reason, not_after, version FROM ocspd_certificates"
-        " WHERE issuer_id = %s AND serial = %s",
-        ISSUER, f"{serial:x}",
-    )
-    return Row(*rows[0]) if rows else None
-
-
-async def refused_by_database(dsn: str, serial: int | None, statement: str, *params: object) -> str:
-    """Run ``statement``; it must be refused with SQLSTATE 23R01, naming the certificate. Returns the message."""
-    with pytest.raises(psycopg2.IntegrityError) as info:
-        await sql(dsn, statement, *params)
-    message = str(info.value)
-    assert info.value.pgcode == RULE_VIOLATION, (info.value.pgcode, message)
-    if serial is not None:
-        assert f"{serial:x}" in message.lower() and ISSUER in message, message
-    return message
-
-
-async def revoke_sql(dsn: str, serial: int, reason: str | None = None, at: dt.datetime | None = None,
-                     amend: bool = False) -> int:
-    rows = await sql(dsn, "SELECT ocspd_revoke(%s, %s, %s, %s, %s)", ISSUER, f"{serial:x}", reason, at, amend)
-    return int(rows[0][0])
-
-
-# -- the CLI, as a subprocess (off the event loop, so the replica keeps running) -------------------
-
-
-async def ocspd(test_pki: TestPki, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(run, *args, "--config", str(test_pki.config_path), env=env)
-
-
-def assert_ok(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stdout + result.stderr, (fragment, result.stdout, result.stderr)
-
-
-def assert_refused(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    """Exit 1 and one stderr line containing every fragment."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-
-
-def revoke_args(serial: int, reason: str | None = None, at: dt.datetime | None = None,
-                amend: bool = False) -> tuple[str, ...]:
-    args = ["revoke", "--issuer", ISSUER, "--serial", f"{serial:X}"]
-    if reason is not None:
-        args += ["--reason", reason]
-    if at is not None:
-        args += ["--at", rfc3339(at)]
-    if amend:
-        args.append("--amend")
-    return tuple(args)
-
-
-def unhold_args(serial: int) -> tuple[str, ...]:
-    return ("unhold", "--issuer", ISSUER, "--serial", f"{serial:X}")
-
-
-@dataclass(frozen=True)
-class Summary:
-    """The final line of ``ocspd cert import``."""
-
-    line: str
-    total: int
-    new: int
-    kept: int  # every revocation the import kept against what the file said
-    merged: int
-
-
-def import_summary(stderr: str) -> Summary:
-    lines = [line for line in stderr.splitlines() if re.search(r"imported \d+ certificates for issuer", line)]
-    assert lines, f"no summary line in: {stderr!r}"
-    line = lines[-1]
-
-    def count(pattern: str) -> int:
-        match = re.search(pattern, line)
-        assert match, f"{pattern!r} not in the summary {line!r}"
-        return int(match.group(1))
-
-    count(r"(\d+) already revoked, kept")  # the spec's wording; other kept revocations may have their own count
-    kept = sum(int(n) for n in re.findall(r"(\d+) [a-z ]+, kept", line))
-    return Summary(
-        line, count(r"imported (\d+) certificates"), count(r"(\d+) new"), kept, count(r"(\d+) duplicates? merged"),
-    )
-
-
-def index_file(path: Path, *lines: str) -> Path:
-    path.write_text("".join(line + "\n" for line in lines))
-    return path
-
-
-# -- the replica -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: Status
-    reason: Reason | None = None
-    revoked_at: dt.datetime | None = None
-
-
-GOOD = Answer(Status.GOOD)
-UNKNOWN = Answer(Status.UNKNOWN)
-
-
-def revoked(reason: Reason | None, at: dt.datetime) -> Answer:
-    return Answer(Status.REVOKED, reason, at.replace(microsecond=0))
-
-
-async def answer(client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate,
-                 *, live: bool = False) -> Answer:
-    """What the replica answers; ``live`` adds a nonce, so the response is signed from the status source."""
-    der = request_der(cert, test_pki.ca.cert, nonce=os.urandom(16) if live else None)
-    resp = await client.post("/", data=der)
-    assert resp.status == 200
-    response = verify_response(await resp.read(), test_pki)
-    if response.certificate_status is Status.REVOKED:
-        return Answer(Status.REVOKED, response.revocation_reason, response.revocation_time_utc)
-    return Answer(response.certificate_status)
-
-
-async def becomes(client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate, expected: Answer) -> None:
-    """A change reaches the replica (by NOTIFY): it is eventually served, cached and live."""
-    seen: list[Answer] = []
-
-    async def served() -> bool:
-        seen.append(await answer(client, test_pki, cert))
-        return seen[-1] == expected
-
-    try:
-        await eventually(served, what=f"served {expected}")
-    except AssertionError:
-        raise AssertionError(f"expected {expected}, last served {seen[-1]}") from None
-    assert await answer(client, test_pki, cert, live=True) == expected
-
-
-async def stays(client: TestClient[Any, Any], test_pki: TestPki, cert: x509.Certificate, expected: Answer) -> None:
-    """Nothing changed: signed live from the database, and from the cache, it is still ``expected``."""
-    assert await answer(client, test_pki, cert, live=True) == expected
-    assert await answer(client, test_pki, cert) == expected
-
-
-async def replica(ocspd_client: AppClient, test_pki: TestPki) -> TestClient[Any, Any]:
-    return (await start_replicas(ocspd_client, test_pki, n=1))[0]  # type: ignore[no-any-return]
-
-
-def leaf(test_pki: TestPki, name: str) -> x509.Certificate:
-    return test_pki.leaves[name].cert
-
 
 # -- a permanent revocation against every writer ----------------------------------------------------
 
@@ -251,8 +76,10 @@ async def test_permanent_revocation_is_kept_whatever_writes_good(
     client = await replica(ocspd_client, db_pki)
     cert = leaf(db_pki, "good")
     assert await answer(client, db_pki, cert) == GOOD  # cached now
-    assert_ok(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "keyCompromise", LATER_AT)),
-              f"revoked issuer={ISSUER} serial={GOOD_SERIAL:X}")
+    assert_ok(
+        await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "keyCompromise", LATER_AT)),
+        f"revoked issuer={ISSUER} serial={GOOD_SERIAL:X}",
+    )
     expected = revoked(Reason.key_compromise, LATER_AT)
     await becomes(client, db_pki, cert, expected)
     before = await row(pg_dsn, GOOD_SERIAL)
@@ -277,10 +104,12 @@ async def test_permanent_revocation_is_kept_whatever_writes_good(
         await sql(pg_dsn, "SELECT ocspd_add_certificate(%s, %s, %s)", ISSUER, f"{GOOD_SERIAL:x}", NOT_AFTER)
     else:
         await refused_by_database(
-            pg_dsn, GOOD_SERIAL,
+            pg_dsn,
+            GOOD_SERIAL,
             "UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
             " WHERE issuer_id = %s AND serial = %s",
-            ISSUER, f"{GOOD_SERIAL:x}",
+            ISSUER,
+            f"{GOOD_SERIAL:x}",
         )
 
     after = await row(pg_dsn, GOOD_SERIAL)
@@ -301,23 +130,29 @@ async def test_permanent_revocation_survives_every_writer_in_turn(
     expected = revoked(Reason.key_compromise, stored.revoked_at)
     await becomes(client, db_pki, cert, expected)
 
-    assert_ok(await ocspd(db_pki, "cert", "add", "--issuer", ISSUER, "--serial", f"{GOOD_SERIAL:x}"),
-              "already revoked", "kept")
+    assert_ok(
+        await ocspd(db_pki, "cert", "add", "--issuer", ISSUER, "--serial", f"{GOOD_SERIAL:x}"),
+        "already revoked",
+        "kept",
+    )
     await stays(client, db_pki, cert, expected)
     pem = await ocspd(db_pki, "cert", "import", "--issuer", ISSUER, str(db_pki.leaf_paths["good"]))
     assert_ok(pem)
     assert import_summary(pem.stderr).kept == 1
     await stays(client, db_pki, cert, expected)
-    index = await ocspd(db_pki, "cert", "import", "--issuer", ISSUER,
-                        str(index_file(tmp_path / "index.txt", pki.index_line(cert))))
+    index = await ocspd(
+        db_pki, "cert", "import", "--issuer", ISSUER, str(index_file(tmp_path / "index.txt", pki.index_line(cert)))
+    )
     assert_ok(index)
     assert import_summary(index.stderr).kept == 1
     await stays(client, db_pki, cert, expected)
     await refused_by_database(
-        pg_dsn, GOOD_SERIAL,
+        pg_dsn,
+        GOOD_SERIAL,
         "UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
         " WHERE issuer_id = %s AND serial = %s",
-        ISSUER, f"{GOOD_SERIAL:x}",
+        ISSUER,
+        f"{GOOD_SERIAL:x}",
     )
     after = await row(pg_dsn, GOOD_SERIAL)
     assert after is not None and after.revocation == stored.revocation
@@ -382,8 +217,9 @@ async def test_changing_a_permanent_revocation_is_refused_without_amend_and_appl
     if via == "cli":
         assert_refused(await ocspd(db_pki, *revoke_args(REVOKED_SERIAL, reason, at)), "already revoked", "--amend")
     else:
-        await refused_by_database(pg_dsn, REVOKED_SERIAL, "SELECT ocspd_revoke(%s, %s, %s, %s)",
-                            ISSUER, f"{REVOKED_SERIAL:x}", reason, at)
+        await refused_by_database(
+            pg_dsn, REVOKED_SERIAL, "SELECT ocspd_revoke(%s, %s, %s, %s)", ISSUER, f"{REVOKED_SERIAL:x}", reason, at
+        )
     assert await row(pg_dsn, REVOKED_SERIAL) == before
     await stays(client, db_pki, cert, expected)
 
@@ -414,13 +250,20 @@ async def test_an_amendment_can_never_make_a_permanent_revocation_a_hold(
         assert_refused(result)
         assert "certificateHold" in result.stderr or "hold" in result.stderr, result.stderr
     elif via == "sql-function":
-        await refused_by_database(pg_dsn, REVOKED_SERIAL, "SELECT ocspd_revoke(%s, %s, 'certificateHold', NULL, true)",
-                            ISSUER, f"{REVOKED_SERIAL:x}")
+        await refused_by_database(
+            pg_dsn,
+            REVOKED_SERIAL,
+            "SELECT ocspd_revoke(%s, %s, 'certificateHold', NULL, true)",
+            ISSUER,
+            f"{REVOKED_SERIAL:x}",
+        )
     else:
         await refused_by_database(
-            pg_dsn, REVOKED_SERIAL,
+            pg_dsn,
+            REVOKED_SERIAL,
             "UPDATE ocspd_certificates SET reason = 'certificateHold' WHERE issuer_id = %s AND serial = %s",
-            ISSUER, f"{REVOKED_SERIAL:x}",
+            ISSUER,
+            f"{REVOKED_SERIAL:x}",
         )
     assert await row(pg_dsn, REVOKED_SERIAL) == before
     await stays(client, db_pki, cert, expected)
@@ -438,9 +281,12 @@ async def test_the_key_of_a_permanent_revocation_cannot_change(
     before = await row(pg_dsn, REVOKED_SERIAL)
     new_value = "other-ca" if column == "issuer_id" else "abcdef"
     await refused_by_database(
-        pg_dsn, REVOKED_SERIAL,
+        pg_dsn,
+        REVOKED_SERIAL,
         f"UPDATE ocspd_certificates SET {column} = %s WHERE issuer_id = %s AND serial = %s",
-        new_value, ISSUER, f"{REVOKED_SERIAL:x}",
+        new_value,
+        ISSUER,
+        f"{REVOKED_SERIAL:x}",
     )
     assert await row(pg_dsn, REVOKED_SERIAL) == before
     assert (await sql(pg_dsn, "SELECT count(*) FROM ocspd_certificates"))[0][0] == 2
@@ -450,7 +296,7 @@ async def test_the_key_of_a_permanent_revocation_cannot_change(
 # -- holds ----------------------------------------------------------------------------------------
 
 
-async def _hold_good_leaf(client: TestClient[Any, Any], db_pki: TestPki) -> Answer:
+async def _hold_good_leaf(client: TestClient[Any, Any], db_pki: TestPki) -> ServedAnswer:
     cert = leaf(db_pki, "good")
     assert await answer(client, db_pki, cert) == GOOD
     assert_ok(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "certificateHold", HOLD_AT)), "revoked")
@@ -470,13 +316,18 @@ async def test_a_hold_is_released_only_by_unhold_and_is_served_good_again(
     assert before is not None and before.reason == "certificateHold" and before.revoked_at == HOLD_AT
     # Plain SQL cannot release it, nor can cert add or an import saying V.
     await refused_by_database(
-        pg_dsn, GOOD_SERIAL,
+        pg_dsn,
+        GOOD_SERIAL,
         "UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
         " WHERE issuer_id = %s AND serial = %s",
-        ISSUER, f"{GOOD_SERIAL:x}",
+        ISSUER,
+        f"{GOOD_SERIAL:x}",
     )
-    assert_ok(await ocspd(db_pki, "cert", "add", "--issuer", ISSUER, "--serial", f"{GOOD_SERIAL:X}"),
-              "already revoked", "kept")
+    assert_ok(
+        await ocspd(db_pki, "cert", "add", "--issuer", ISSUER, "--serial", f"{GOOD_SERIAL:X}"),
+        "already revoked",
+        "kept",
+    )
     assert_ok(await ocspd(db_pki, "cert", "import", "--issuer", ISSUER, str(db_pki.leaf_paths["good"])))
     still = await row(pg_dsn, GOOD_SERIAL)
     assert still is not None and still.revocation == before.revocation
@@ -553,10 +404,12 @@ async def test_a_hold_may_become_a_permanent_revocation_at_the_new_time(
     assert_refused(await ocspd(db_pki, *unhold_args(GOOD_SERIAL)))
     assert_refused(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "certificateHold")), "already revoked", "--amend")
     await refused_by_database(
-        pg_dsn, GOOD_SERIAL,
+        pg_dsn,
+        GOOD_SERIAL,
         "UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
         " WHERE issuer_id = %s AND serial = %s",
-        ISSUER, f"{GOOD_SERIAL:x}",
+        ISSUER,
+        f"{GOOD_SERIAL:x}",
     )
     assert await row(pg_dsn, GOOD_SERIAL) == after
     await stays(client, db_pki, cert, expected)
@@ -573,9 +426,12 @@ async def test_changing_only_the_time_of_a_hold_needs_amend(
     assert_ok(unchanged, "already revoked", "unchanged")
     assert_refused(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "certificateHold", LATER_AT)), "--amend")
     await refused_by_database(
-        pg_dsn, GOOD_SERIAL,
+        pg_dsn,
+        GOOD_SERIAL,
         "UPDATE ocspd_certificates SET revoked_at = %s WHERE issuer_id = %s AND serial = %s",
-        LATER_AT, ISSUER, f"{GOOD_SERIAL:x}",
+        LATER_AT,
+        ISSUER,
+        f"{GOOD_SERIAL:x}",
     )
     assert await row(pg_dsn, GOOD_SERIAL) == before
     await stays(client, db_pki, cert, held)
@@ -597,20 +453,27 @@ async def test_a_revocation_time_in_the_future_is_refused(
     if via == "cli":
         assert_one_line_error(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "keyCompromise", future)), "--at")
     elif via == "sql-function":
-        await refused_by_database(pg_dsn, GOOD_SERIAL, "SELECT ocspd_revoke(%s, %s, 'keyCompromise', %s)",
-                            ISSUER, f"{GOOD_SERIAL:x}", future)
+        await refused_by_database(
+            pg_dsn, GOOD_SERIAL, "SELECT ocspd_revoke(%s, %s, 'keyCompromise', %s)", ISSUER, f"{GOOD_SERIAL:x}", future
+        )
     elif via == "sql-insert":
         await refused_by_database(
-            pg_dsn, UNISSUED_SERIAL,
+            pg_dsn,
+            UNISSUED_SERIAL,
             "INSERT INTO ocspd_certificates (issuer_id, serial, status, revoked_at) VALUES (%s, %s, 'revoked', %s)",
-            ISSUER, f"{UNISSUED_SERIAL:x}", future,
+            ISSUER,
+            f"{UNISSUED_SERIAL:x}",
+            future,
         )
         assert await row(pg_dsn, UNISSUED_SERIAL) is None
     else:
         await refused_by_database(
-            pg_dsn, GOOD_SERIAL,
+            pg_dsn,
+            GOOD_SERIAL,
             "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = %s WHERE issuer_id = %s AND serial = %s",
-            future, ISSUER, f"{GOOD_SERIAL:x}",
+            future,
+            ISSUER,
+            f"{GOOD_SERIAL:x}",
         )
     stored = await row(pg_dsn, GOOD_SERIAL)
     assert stored is not None and stored.status == "good"
@@ -627,14 +490,17 @@ async def test_remove_from_crl_is_refused_as_a_revocation_reason(
     if via == "cli":
         assert_one_line_error(await ocspd(db_pki, *revoke_args(GOOD_SERIAL, "removeFromCRL")), "--reason")
     elif via == "sql-function":
-        await refused_by_database(pg_dsn, GOOD_SERIAL, "SELECT ocspd_revoke(%s, %s, 'removeFromCRL')",
-                            ISSUER, f"{GOOD_SERIAL:x}")
+        await refused_by_database(
+            pg_dsn, GOOD_SERIAL, "SELECT ocspd_revoke(%s, %s, 'removeFromCRL')", ISSUER, f"{GOOD_SERIAL:x}"
+        )
     elif via == "sql-update":
         await refused_by_database(
-            pg_dsn, GOOD_SERIAL,
+            pg_dsn,
+            GOOD_SERIAL,
             "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = now(), reason = 'removeFromCRL'"
             " WHERE issuer_id = %s AND serial = %s",
-            ISSUER, f"{GOOD_SERIAL:x}",
+            ISSUER,
+            f"{GOOD_SERIAL:x}",
         )
     else:
         path = index_file(
@@ -665,13 +531,20 @@ async def test_unspecified_is_stored_as_null_and_served_without_a_reason_code_fr
     elif via == "sql-function":
         await revoke_sql(pg_dsn, GOOD_SERIAL, "unspecified", LATER_AT)
     elif via == "sql-update":
-        await sql(pg_dsn, "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = %s, reason = 'unspecified'"
-                      " WHERE issuer_id = %s AND serial = %s", LATER_AT, ISSUER, f"{GOOD_SERIAL:x}")
+        await sql(
+            pg_dsn,
+            "UPDATE ocspd_certificates SET status = 'revoked', revoked_at = %s, reason = 'unspecified'"
+            " WHERE issuer_id = %s AND serial = %s",
+            LATER_AT,
+            ISSUER,
+            f"{GOOD_SERIAL:x}",
+        )
     else:
         line = pki.index_line(cert, revoked_at=LATER_AT, reason="unspecified")
         assert line.split("\t")[2].endswith(",unspecified")
-        assert_ok(await ocspd(db_pki, "cert", "import", "--issuer", ISSUER,
-                              str(index_file(tmp_path / "index.txt", line))))
+        assert_ok(
+            await ocspd(db_pki, "cert", "import", "--issuer", ISSUER, str(index_file(tmp_path / "index.txt", line)))
+        )
     stored = await row(pg_dsn, GOOD_SERIAL)
     assert stored is not None and (stored.status, stored.revoked_at, stored.reason) == ("revoked", LATER_AT, None)
     await becomes(client, db_pki, cert, revoked(None, LATER_AT))
@@ -713,8 +586,19 @@ async def test_delete_of_a_revoked_row_is_refused_until_the_certificate_expired(
     client = await replica(ocspd_client, db_pki)
     cert = leaf(db_pki, "unissued")
     if not_after is not None:
-        assert_ok(await ocspd(db_pki, "cert", "add", "--issuer", ISSUER, "--serial", f"{UNISSUED_SERIAL:x}",
-                              "--not-after", rfc3339(not_after)))
+        assert_ok(
+            await ocspd(
+                db_pki,
+                "cert",
+                "add",
+                "--issuer",
+                ISSUER,
+                "--serial",
+                f"{UNISSUED_SERIAL:x}",
+                "--not-after",
+                rfc3339(not_after),
+            )
+        )
     assert_ok(await ocspd(db_pki, *revoke_args(UNISSUED_SERIAL, reason, LATER_AT)), "revoked")
     expected = revoked(Reason(reason), LATER_AT)
     await becomes(client, db_pki, cert, expected)
@@ -762,13 +646,17 @@ async def test_a_plain_update_cannot_borrow_the_functions_exceptions_by_setting_
     client = await replica(ocspd_client, db_pki)
     if exception == "amendment":
         name, serial, expected = "revoked", REVOKED_SERIAL, revoked(Reason.key_compromise, REVOKED_AT)
-        statement = ("SELECT set_config('ocspd.amend', 'on', false);"
-                     " UPDATE ocspd_certificates SET reason = 'superseded' WHERE issuer_id = %s AND serial = %s")
+        statement = (
+            "SELECT set_config('ocspd.amend', 'on', false);"
+            " UPDATE ocspd_certificates SET reason = 'superseded' WHERE issuer_id = %s AND serial = %s"
+        )
     else:
         name, serial, expected = "good", GOOD_SERIAL, await _hold_good_leaf(client, db_pki)
-        statement = ("SELECT set_config('ocspd.release_hold', 'on', false);"
-                     " UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
-                     " WHERE issuer_id = %s AND serial = %s")
+        statement = (
+            "SELECT set_config('ocspd.release_hold', 'on', false);"
+            " UPDATE ocspd_certificates SET status = 'good', revoked_at = NULL, reason = NULL"
+            " WHERE issuer_id = %s AND serial = %s"
+        )
     before = await row(pg_dsn, serial)
     await refused_by_database(pg_dsn, serial, statement, ISSUER, f"{serial:x}")
     assert await row(pg_dsn, serial) == before

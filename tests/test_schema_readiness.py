@@ -19,10 +19,9 @@ from ocspd.health import readiness
 from ocspd.store import Store
 from ocspd.store.queries import migrations
 from tests.faults import PgProxy
-from tests.helpers import TestPki, build_pki, request_der
+from tests.helpers import TestPki, build_pki, query, request_der
 from tests.pg import PgServer
-from tests.test_serve import NotifySocket, Served, ask, start_serve, wait_http
-from tests.test_store import query
+from tests.serving import NotifySocket, Served, ask, start_serve, wait_http
 
 NEED = max(m.version for m in migrations())
 FIX = "run `ocspd db migrate`"
@@ -69,9 +68,7 @@ async def test_a_database_never_migrated_is_schema_missing_and_names_the_fix(
     assert isinstance(caught.value, SourceUnavailable)  # requests meanwhile get tryLater
 
 
-async def test_an_empty_migrations_table_is_schema_missing(
-    bare_dsn: str, store_on: OpenStore
-) -> None:
+async def test_an_empty_migrations_table_is_schema_missing(bare_dsn: str, store_on: OpenStore) -> None:
     # What a first `ocspd db migrate` that failed half-way leaves behind.
     query(bare_dsn, "CREATE TABLE ocspd_migrations (version integer PRIMARY KEY, name text NOT NULL)")
     store = await store_on(bare_dsn)
@@ -79,9 +76,7 @@ async def test_an_empty_migrations_table_is_schema_missing(
         await store.ping()
 
 
-async def test_a_database_behind_the_code_says_both_versions_and_the_fix(
-    pg_dsn: str, store_on: OpenStore
-) -> None:
+async def test_a_database_behind_the_code_says_both_versions_and_the_fix(pg_dsn: str, store_on: OpenStore) -> None:
     assert NEED >= 2, "needs a database one migration behind that still has a migration"
     query(pg_dsn, "DELETE FROM ocspd_migrations WHERE version = %s", NEED)
     store = await store_on(pg_dsn)
@@ -96,18 +91,14 @@ async def test_a_migrated_database_passes(pg_dsn: str, store_on: OpenStore) -> N
     await store.ping()
 
 
-async def test_a_database_newer_than_the_code_passes(
-    pg_dsn: str, store_on: OpenStore
-) -> None:
+async def test_a_database_newer_than_the_code_passes(pg_dsn: str, store_on: OpenStore) -> None:
     # A replica running newer code migrated first: this one still serves.
     query(pg_dsn, "INSERT INTO ocspd_migrations (version, name) VALUES (%s, 'from_the_future.sql')", NEED + 1)
     store = await store_on(pg_dsn)
     await store.ping()
 
 
-async def test_readiness_is_not_ready_with_the_schema_line(
-    bare_dsn: str, pg_dsn: str, store_on: OpenStore
-) -> None:
+async def test_readiness_is_not_ready_with_the_schema_line(bare_dsn: str, pg_dsn: str, store_on: OpenStore) -> None:
     bare = await readiness({}, await store_on(bare_dsn), None)
     assert not bare.ready
     assert f"database: {MISSING}" in bare.checks
@@ -137,9 +128,7 @@ async def readyz(served: Served) -> tuple[int, str]:
 
 
 @pytest.mark.timeout(120)
-async def test_serve_on_an_unmigrated_database_waits_with_the_fix_until_migrated(
-    tmp_path: Path, bare_dsn: str
-) -> None:
+async def test_serve_on_an_unmigrated_database_waits_with_the_fix_until_migrated(tmp_path: Path, bare_dsn: str) -> None:
     test_pki = build_pki(tmp_path / "pki", database=bare_dsn)
     notify = NotifySocket(tmp_path / "notify.sock")
     served = await start_serve(test_pki, {"NOTIFY_SOCKET": str(notify.path)})
@@ -219,9 +208,7 @@ async def test_an_outage_after_listen_is_warned_once_and_is_no_schema_error(
     test_pki = build_pki(tmp_path / "pki", database=proxy.dsn(dbname))
     notify = NotifySocket(tmp_path / "notify.sock")
     proxy.cut()
-    served = await start_serve(
-        test_pki, {"NOTIFY_SOCKET": str(notify.path), "OCSPD_DATABASE_LISTEN_DSN": pg_dsn}
-    )
+    served = await start_serve(test_pki, {"NOTIFY_SOCKET": str(notify.path), "OCSPD_DATABASE_LISTEN_DSN": pg_dsn})
     try:
         await wait_log(test_pki, "event=listener_up")
         text = await wait_log(test_pki, "event=schema_unconfirmed")
@@ -231,7 +218,8 @@ async def test_an_outage_after_listen_is_warned_once_and_is_no_schema_error(
             await notify.wait_for("READY=1", timeout=4.5)
         assert any(
             f.startswith("STATUS=waiting for the database: database unavailable")
-            for m in notify.messages for f in m.splitlines()
+            for m in notify.messages
+            for f in m.splitlines()
         ), notify.messages
         text = log_of(test_pki)
         assert text.count("event=schema_unconfirmed") == 1, text

@@ -141,17 +141,20 @@ def test_from_env_defaults_to_os_environ(receiver: Receiver, monkeypatch: pytest
     assert receiver.recv() == "WATCHDOG=1"
 
 
-def test_noop_without_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "environ", [None, {}, {"NOTIFY_SOCKET": ""}], ids=["process-environment", "empty-environment", "empty-variable"]
+)
+def test_noop_without_notify_socket(monkeypatch: pytest.MonkeyPatch, environ: dict[str, str] | None) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    for notifier in (Notifier.from_env(), Notifier.from_env({}), Notifier.from_env({"NOTIFY_SOCKET": ""})):
-        assert not notifier.enabled
-        assert not notifier.ready("x")
-        assert not notifier.stopping()
-        assert not notifier.reloading()
-        assert not notifier.status("x")
-        assert not notifier.watchdog()
-        assert not notifier.notify(READY=1)
-        notifier.close()
+    notifier = Notifier.from_env() if environ is None else Notifier.from_env(environ)
+    assert not notifier.enabled
+    assert not notifier.ready("x")
+    assert not notifier.stopping()
+    assert not notifier.reloading()
+    assert not notifier.status("x")
+    assert not notifier.watchdog()
+    assert not notifier.notify(READY=1)
+    notifier.close()
 
 
 def test_unsupported_address_disables(caplog: pytest.LogCaptureFixture) -> None:
@@ -162,9 +165,7 @@ def test_unsupported_address_disables(caplog: pytest.LogCaptureFixture) -> None:
     assert "unsupported_address" in caplog.text
 
 
-def test_vanished_socket_is_logged_once_and_never_raises(
-    socket_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_vanished_socket_is_logged_once_and_never_raises(socket_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="ocspd.sdnotify")
     path = socket_dir / "gone.sock"
     rx = _bind_path(path)

@@ -5,7 +5,7 @@ OCSPResponseBuilder makes, its several-CertID ones what asn1crypto encodes
 from __future__ import annotations
 
 import datetime as dt
-import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,21 @@ ANSWERS = {
     "extended-revoke": Answer(Status.REVOKED, EXTENDED_REVOKE_TIME, x509.ReasonFlags.certificate_hold, True),
 }
 SERIALS = [1, 0x80, 0x7F, 0xFF00FF00FF00FF00FF00, (1 << 159) | 12345]
+HASHES = ("sha1", "sha256", "sha384", "sha512")
 
 
 def with_builder(test_pki: TestPki, responder_id: str, certid: CertId, answer: Answer, nonce: bytes | None) -> bytes:
     """The same response through cryptography's OCSPResponseBuilder: the reference."""
     identity = test_pki.responder or test_pki.ca
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
-        certid.name_hash, certid.key_hash, certid.serial, getattr(hashes, certid.hash_name.upper())(),
-        ocsp.OCSPCertStatus[answer.status.name], THIS, NEXT, answer.revoked_at,
+        certid.name_hash,
+        certid.key_hash,
+        certid.serial,
+        getattr(hashes, certid.hash_name.upper())(),
+        ocsp.OCSPCertStatus[answer.status.name],
+        THIS,
+        NEXT,
+        answer.revoked_at,
         answer.reason if answer.status is Status.REVOKED else None,
     )
     encoding = ocsp.OCSPResponderEncoding.HASH if responder_id == "key" else ocsp.OCSPResponderEncoding.NAME
@@ -75,43 +82,64 @@ def both(
     return ours, reference
 
 
-@pytest.mark.parametrize(
-    ("key_type", "delegated", "responder_id"),
-    [
-        ("p256", True, "key"),
-        ("p384", True, "name"),
-        ("rsa2048", True, "key"),
-        ("rsa2048", False, "name"),
-        ("ed25519", True, "key"),
-        ("ed25519", False, "key"),
-    ],
-)
-def test_template_response_equals_the_builders(
-    tmp_path: Path, key_type: str, delegated: bool, responder_id: str
-) -> None:
+# (key type, delegated responder, responder_id): each signer built once for its cases below.
+TEMPLATE_SIGNERS: list[tuple[pki.KeyType, bool, str]] = [
+    ("p256", True, "key"),
+    ("p384", True, "name"),
+    ("rsa2048", True, "key"),
+    ("rsa2048", False, "name"),
+    ("ed25519", True, "key"),
+    ("ed25519", False, "key"),
+]
+
+
+@dataclass(frozen=True)
+class TemplateSigner:
+    test_pki: TestPki
+    signer: Signer
+    responder_id: str
+    deterministic: bool  # ECDSA signatures are randomised
+
+
+@pytest.fixture(scope="module", params=TEMPLATE_SIGNERS, ids=["-".join(map(str, p)) for p in TEMPLATE_SIGNERS])
+def template_signer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TemplateSigner:
+    key_type, delegated, responder_id = request.param
     test_pki = build_pki(
-        tmp_path, key_type=key_type, delegated=delegated,  # type: ignore[arg-type]
+        tmp_path_factory.mktemp("pki"),
+        key_type=key_type,
+        delegated=delegated,
         issuer_extra=f'responder_id = "{responder_id}"',
     )
     signer = load_signers(test_pki.config())["test-ca"]
-    deterministic = key_type in ("rsa2048", "ed25519")  # ECDSA signatures are randomised
-    for (answer_name, answer), hash_name, serial, nonce in itertools.product(
-        ANSWERS.items(), ("sha1", "sha256", "sha384", "sha512"), SERIALS[:2], (None, b"n" * 32)
-    ):
-        name_hash, key_hash = signer.certid_hashes[hash_name]
-        ours, reference = both(
-            test_pki, signer, CertId(hash_name, name_hash, key_hash, serial), answer, nonce, responder_id
-        )
-        what = f"{answer_name} {hash_name} {serial:x} nonce={nonce is not None}"
-        if deterministic:
-            assert ours == reference, what
-        else:
-            a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
-            assert a.tbs_response_bytes == b.tbs_response_bytes, what
-            assert a.signature_algorithm_oid == b.signature_algorithm_oid
-            assert a.certificates == b.certificates
-            assert len(ours) - len(a.signature) == len(reference) - len(b.signature)
-        verify_response(ours, test_pki)
+    return TemplateSigner(test_pki, signer, responder_id, key_type in ("rsa2048", "ed25519"))
+
+
+@pytest.mark.parametrize("answer_name", list(ANSWERS))
+@pytest.mark.parametrize("hash_name", HASHES)
+@pytest.mark.parametrize("serial", SERIALS[:2], ids=lambda serial: f"serial-{serial:x}")
+@pytest.mark.parametrize("nonce", [None, b"n" * 32], ids=["no-nonce", "nonce"])
+def test_template_response_equals_the_builders(
+    template_signer: TemplateSigner, answer_name: str, hash_name: str, serial: int, nonce: bytes | None
+) -> None:
+    test_pki, signer = template_signer.test_pki, template_signer.signer
+    name_hash, key_hash = signer.certid_hashes[hash_name]
+    ours, reference = both(
+        test_pki,
+        signer,
+        CertId(hash_name, name_hash, key_hash, serial),
+        ANSWERS[answer_name],
+        nonce,
+        template_signer.responder_id,
+    )
+    if template_signer.deterministic:
+        assert ours == reference
+    else:
+        a, b = ocsp.load_der_ocsp_response(ours), ocsp.load_der_ocsp_response(reference)
+        assert a.tbs_response_bytes == b.tbs_response_bytes
+        assert a.signature_algorithm_oid == b.signature_algorithm_oid
+        assert a.certificates == b.certificates
+        assert len(ours) - len(a.signature) == len(reference) - len(b.signature)
+    verify_response(ours, test_pki)
 
 
 @pytest.mark.parametrize("serial", SERIALS)
@@ -138,11 +166,13 @@ def test_der_length_matches_asn1crypto(size: int) -> None:
     assert der.octet_string(b"x" * size) == OctetString(b"x" * size).dump()
 
 
-def test_der_oid_matches_asn1crypto() -> None:
+@pytest.mark.parametrize(
+    "dotted", ["1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1", "1.2.840.113549.1.1.11", "1.3.101.112", "2.999.3"]
+)
+def test_der_oid_matches_asn1crypto(dotted: str) -> None:
     from asn1crypto.core import ObjectIdentifier
 
-    for dotted in ("1.3.14.3.2.26", "2.16.840.1.101.3.4.2.1", "1.2.840.113549.1.1.11", "1.3.101.112", "2.999.3"):
-        assert der.oid(dotted) == ObjectIdentifier(dotted).dump()
+    assert der.oid(dotted) == ObjectIdentifier(dotted).dump()
 
 
 @pytest.mark.parametrize(
@@ -160,18 +190,20 @@ def test_der_generalized_time_matches_asn1crypto(moment: dt.datetime) -> None:
     assert der.generalized_time(moment) == GeneralizedTime(moment.replace(microsecond=0)).dump()
 
 
-def test_produced_at_is_the_given_second_not_the_wall_clock(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "produced",
+    [PRODUCED, PRODUCED + dt.timedelta(days=400), dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)],
+    ids=["produced", "400-days-on", "2001"],
+)
+def test_produced_at_is_the_given_second_not_the_wall_clock(tmp_path: Path, produced: dt.datetime) -> None:
     """producedAt comes from the caller (the responder's clock), truncated to whole seconds like the other times."""
     test_pki = build_pki(tmp_path, key_type="ed25519")
     signer = load_signers(test_pki.config())["test-ca"]
     name_hash, key_hash = signer.certid_hashes["sha1"]
     certid = CertId("sha1", name_hash, key_hash, 1)
-    for produced in (PRODUCED, PRODUCED + dt.timedelta(days=400), dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)):
-        response = ocsp.load_der_ocsp_response(
-            signer.sign((certid,), (ANSWERS["good"],), THIS, NEXT, produced_at=produced)
-        )
-        assert response.produced_at_utc == produced.replace(microsecond=0)
-        assert (response.this_update_utc, response.next_update_utc) == (THIS, NEXT)
+    response = ocsp.load_der_ocsp_response(signer.sign((certid,), (ANSWERS["good"],), THIS, NEXT, produced_at=produced))
+    assert response.produced_at_utc == produced.replace(microsecond=0)
+    assert (response.this_update_utc, response.next_update_utc) == (THIS, NEXT)
 
 
 def test_the_signers_time_memos_are_bounded_and_its_own(tmp_path: Path) -> None:
@@ -195,8 +227,6 @@ def test_the_signers_time_memos_are_bounded_and_its_own(tmp_path: Path) -> None:
 
 
 # -- several CertIDs: one signature over N SingleResponses -----------------------------------------
-
-HASHES = ("sha1", "sha256", "sha384", "sha512")
 
 
 def several(signer: Signer, n: int) -> tuple[list[CertId], list[Answer]]:
@@ -234,15 +264,19 @@ def with_asn1crypto(
             status = asn1_ocsp.CertStatus(name="revoked", value=info)
         else:
             status = asn1_ocsp.CertStatus(name=answer.status.value, value=asn1_core.Null())
-        responses.append({
-            "cert_id": {
-                "hash_algorithm": {"algorithm": certid.hash_name},
-                "issuer_name_hash": certid.name_hash,
-                "issuer_key_hash": certid.key_hash,
-                "serial_number": certid.serial,
-            },
-            "cert_status": status, "this_update": THIS, "next_update": NEXT,
-        })
+        responses.append(
+            {
+                "cert_id": {
+                    "hash_algorithm": {"algorithm": certid.hash_name},
+                    "issuer_name_hash": certid.name_hash,
+                    "issuer_key_hash": certid.key_hash,
+                    "serial_number": certid.serial,
+                },
+                "cert_status": status,
+                "this_update": THIS,
+                "next_update": NEXT,
+            }
+        )
     extensions: list[dict[str, Any]] = []
     if nonce is not None:
         extensions.append({"extn_id": "nonce", "critical": False, "extn_value": nonce})
@@ -271,14 +305,20 @@ def with_asn1crypto(
         assert isinstance(key, rsa.RSAPrivateKey)
         algorithm, signature = "sha256_rsa", key.sign(data.dump(), padding.PKCS1v15(), hashes.SHA256())
     basic: dict[str, Any] = {
-        "tbs_response_data": data, "signature_algorithm": {"algorithm": algorithm}, "signature": signature,
+        "tbs_response_data": data,
+        "signature_algorithm": {"algorithm": algorithm},
+        "signature": signature,
     }
     if test_pki.responder is not None:
         basic["certs"] = [asn1_x509.Certificate.load(test_pki.responder.cert.public_bytes(serialization.Encoding.DER))]
-    return bytes(asn1_ocsp.OCSPResponse({
-        "response_status": "successful",
-        "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
-    }).dump())
+    return bytes(
+        asn1_ocsp.OCSPResponse(
+            {
+                "response_status": "successful",
+                "response_bytes": {"response_type": "basic_ocsp_response", "response": basic},
+            }
+        ).dump()
+    )
 
 
 @pytest.mark.parametrize(
@@ -286,23 +326,22 @@ def with_asn1crypto(
     [("p256", True, "key"), ("p384", True, "name"), ("rsa2048", False, "name"), ("ed25519", True, "key")],
 )
 @pytest.mark.parametrize("n", [2, 3, 16])
+@pytest.mark.parametrize("nonce", [None, b"n" * 32], ids=["no-nonce", "nonce"])
 def test_several_certids_encode_as_asn1crypto_does(
-    tmp_path: Path, key_type: str, delegated: bool, responder_id: str, n: int
+    tmp_path: Path, key_type: pki.KeyType, delegated: bool, responder_id: str, n: int, nonce: bytes | None
 ) -> None:
     test_pki = build_pki(
-        tmp_path, key_type=key_type, delegated=delegated,  # type: ignore[arg-type]
-        issuer_extra=f'responder_id = "{responder_id}"',
+        tmp_path, key_type=key_type, delegated=delegated, issuer_extra=f'responder_id = "{responder_id}"'
     )
     signer = load_signers(test_pki.config())["test-ca"]
     certids, answers = several(signer, n)
-    for nonce in (None, b"n" * 32):
-        ours = signer.sign(certids, answers, THIS, NEXT, nonce, produced_at=PRODUCED)
-        loaded = ocsp.load_der_ocsp_response(ours)
-        reference = with_asn1crypto(test_pki, responder_id, certids, answers, nonce, PRODUCED.replace(microsecond=0))
-        assert loaded.tbs_response_bytes == ocsp.load_der_ocsp_response(reference).tbs_response_bytes
-        if key_type in ("rsa2048", "ed25519"):  # deterministic signatures: the whole response
-            assert ours == reference
-        verify_response(ours, test_pki)
+    ours = signer.sign(certids, answers, THIS, NEXT, nonce, produced_at=PRODUCED)
+    loaded = ocsp.load_der_ocsp_response(ours)
+    reference = with_asn1crypto(test_pki, responder_id, certids, answers, nonce, PRODUCED.replace(microsecond=0))
+    assert loaded.tbs_response_bytes == ocsp.load_der_ocsp_response(reference).tbs_response_bytes
+    if key_type in ("rsa2048", "ed25519"):  # deterministic signatures: the whole response
+        assert ours == reference
+    verify_response(ours, test_pki)
 
 
 @pytest.mark.parametrize("key_type", ["p256", "rsa2048", "ed25519"])

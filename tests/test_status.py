@@ -17,6 +17,7 @@ from ocspd.status import (
     SERVED,
     SERVED_BY_VALUE,
     STATUS_BY_VALUE,
+    Reason,
     Served,
     Status,
     revocation_reason,
@@ -55,16 +56,19 @@ def test_the_reason_table_is_rfc_5280s_crlreason() -> None:
     assert {r.flag for r in REASONS} == set(x509.ReasonFlags)
     codes = {r.code: r.flag for r in REASONS}
     assert len(codes) == len(REASONS) and 7 not in codes
-    for reason in REASONS:
-        # The code of each flag is what cryptography encodes for it.
-        assert x509.CRLReason(reason.flag).public_bytes() == b"\x0a\x01" + bytes((reason.code,))
-        assert REASON_BY_FLAG[reason.flag] is reason
-        assert REASON_BY_LOWER_NAME[reason.name.lower()] is reason
-        if reason.openssl:
-            assert reason.openssl.lower() == reason.name.lower()  # OpenSSL differs in case only
     assert HOLD.flag is x509.ReasonFlags.certificate_hold
     assert revocation_reason(" KEYCOMPROMISE ") is REASON_BY_FLAG[x509.ReasonFlags.key_compromise]
     assert revocation_reason("removeFromCRL") is None
+
+
+@pytest.mark.parametrize("reason", REASONS, ids=[r.name for r in REASONS])
+def test_each_reason_is_found_by_its_flag_and_name_and_encodes_as_its_code(reason: Reason) -> None:
+    # The code of each flag is what cryptography encodes for it.
+    assert x509.CRLReason(reason.flag).public_bytes() == b"\x0a\x01" + bytes((reason.code,))
+    assert REASON_BY_FLAG[reason.flag] is reason
+    assert REASON_BY_LOWER_NAME[reason.name.lower()] is reason
+    if reason.openssl:
+        assert reason.openssl.lower() == reason.name.lower()  # OpenSSL differs in case only
 
 
 def test_openssl_reasons_with_an_argument_name_three_reasons() -> None:

@@ -14,28 +14,25 @@ import pytest
 from cryptography.x509 import ocsp
 
 from ocspd import app as ocspd_app
-from ocspd.app import LISTENER, RESPONDER, STORE, RefreshSettings, refresh_loop
+from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, RefreshSettings, refresh_loop
 from ocspd.responder import Responder
 from ocspd.signer import load_signers
 from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
 from ocspd.store import DueRow, SignedResponse, Store
 from ocspd.store.queries import migrations
 from tests.conftest import AppClient
-from tests.helpers import GOOD_SERIAL, TestPki, request_der, verify_response
+from tests.helpers import (
+    GOOD_SERIAL,
+    TestPki,
+    assert_verified,
+    counting_signers,
+    openssl_ocsp,
+    query,
+    request_der,
+    run,
+    verify_response,
+)
 from tests.pg import PgServer
-from tests.test_cache import counting_signers
-from tests.test_cli import run
-
-
-def query(dsn: str, statement: str, *params: object) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
 
 
 async def test_migrations_run_twice_are_a_no_op(pg_server: PgServer) -> None:
@@ -195,7 +192,6 @@ async def test_refresher_task_keeps_stored_responses_fresh(
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 async def test_openssl_verifies_answers_from_the_postgres_source(ocspd_server: Any, db_pki: TestPki) -> None:
     from ocspd.app import init_app
-    from tests.test_interop import assert_verified, openssl_ocsp
 
     server = await ocspd_server(init_app(db_pki.config()))
     url = f"http://127.0.0.1:{server.port}/"
@@ -287,7 +283,8 @@ async def test_the_refresh_loop_says_a_bug_and_goes_on(
         rounds += 1
         if rounds == 1:
             raise RuntimeError("a bug in a round")
-        return await real(*args, **kwargs)
+        signed: int = await real(*args, **kwargs)
+        return signed
 
     monkeypatch.setattr(store, "refresh_due", first_round_breaks)
     settings = RefreshSettings(interval=0.01, lead=dt.timedelta(minutes=1))
@@ -302,6 +299,7 @@ async def test_the_refresh_loop_says_a_bug_and_goes_on(
         task.cancel()
     crashed = [r for r in caplog.records if r.getMessage() == "refresh_crashed"]
     assert len(crashed) == 1 and crashed[0].levelname == "ERROR" and crashed[0].exc_info
+    assert responder.metrics.registry.get_sample_value("ocspd_background_errors_total", {"loop": "refresh"}) == 1
 
 
 async def test_the_gauge_loop_says_a_bug_and_goes_on(
@@ -327,3 +325,5 @@ async def test_the_gauge_loop_says_a_bug_and_goes_on(
     assert sweeps >= 4, "the gauge loop stopped after a failing round"
     failed = [r for r in caplog.records if r.getMessage() == "gauges_failed"]
     assert len(failed) == 1 and failed[0].levelname == "ERROR" and failed[0].exc_info  # the second is held back
+    errors = client.app[METRICS].registry.get_sample_value("ocspd_background_errors_total", {"loop": "gauges"})
+    assert errors == 2  # both counted, the second not said

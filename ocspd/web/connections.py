@@ -68,8 +68,13 @@ class BoundedServer(web.Server):
     """
 
     def __init__(
-        self, dispatch: Any, *, max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT,
-        metrics: Metrics | None = None, **kwargs: Any,
+        self,
+        dispatch: Any,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        header_timeout: float = HEADER_TIMEOUT,
+        metrics: Metrics | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(dispatch, **kwargs)
         self.keepalive_timeout = float(kwargs.get("keepalive_timeout", KEEPALIVE_TIMEOUT))
@@ -150,7 +155,11 @@ class BoundedServer(web.Server):
         held = self._log.allow()
         if held is not None:
             event(
-                log, "connection_limit", action=action, connections=n, open=self.open, limit=self.max_connections,
+                log,
+                "connection_limit",
+                action=action,
+                connections=n,
+                open=self.open,
+                limit=self.max_connections,
                 suppressed=held,
             )
-

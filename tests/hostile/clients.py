@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import TestPki
-from tests.test_serve import Served, free_port
+from tests.serving import Served, free_port
 
 REPO = Path(__file__).resolve().parent.parent.parent
 FLOOD = Path(__file__).resolve().parent / "flood.py"  # standard library only: it starts in milliseconds
@@ -30,7 +30,7 @@ _WITHOUT_UVLOOP = "import sys; sys.modules['uvloop'] = None; from ocspd.cli impo
 
 
 def loop_name() -> str:
-    """"uvloop" or "asyncio": the loop this code runs on (the hostile suite runs each test on both)."""
+    """ "uvloop" or "asyncio": the loop this code runs on (the hostile suite runs each test on both)."""
     return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
 
 

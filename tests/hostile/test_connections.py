@@ -29,7 +29,7 @@ import aiohttp
 from ocspd.server import FILE_RESERVE
 from tests.helpers import build_pki, request_der
 from tests.hostile.clients import loop_name, probe, probe_once, start_ocspd, uses_uvloop
-from tests.test_serve import wait_http
+from tests.serving import wait_http
 
 FILES = 1024  # systemd's default soft limit
 MAX_CONNECTIONS = FILES - FILE_RESERVE - 256  # ocspd's reserve, and room to spare (no pool: index.txt)

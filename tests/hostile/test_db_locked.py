@@ -27,12 +27,11 @@ from ocspd.app import METRICS, app_readiness
 from ocspd.exceptions import DatabaseBusy
 from ocspd.protocol import TRY_LATER
 from ocspd.store import Store
-from ocspd.store.db import PING_BUDGET
+from ocspd.store.migrations import PING_BUDGET
 from ocspd.store.values import session_dsn
 from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
-from tests.helpers import TestPki, request_der, verify_response
-from tests.test_store import query
+from tests.helpers import TestPki, query, request_der, verify_response
 
 POOL_SIZE = 3
 WORKERS = 2
@@ -134,8 +133,12 @@ async def test_readyz_answers_within_its_budget_while_every_pool_connection_wait
 ) -> None:
     """With no server-side timeouts and a long deadline, the misses hold the whole pool on
     the lock; the health check may not queue behind them (it did not answer within 2 s)."""
-    env = {"OCSPD_DATABASE_POOL_SIZE": "2", "OCSPD_DATABASE_LOCK_TIMEOUT": "0", "OCSPD_DATABASE_STATEMENT_TIMEOUT": "0",
-           "OCSPD_DATABASE_TIMEOUT": "6s"}
+    env = {
+        "OCSPD_DATABASE_POOL_SIZE": "2",
+        "OCSPD_DATABASE_LOCK_TIMEOUT": "0",
+        "OCSPD_DATABASE_STATEMENT_TIMEOUT": "0",
+        "OCSPD_DATABASE_TIMEOUT": "6s",
+    }
     client = await ocspd_client(db_pki, env=env)
     app = client.app
     admin = await aiohttp_client(init_admin_app(app[METRICS].exposition, lambda: app_readiness(app)))
@@ -162,7 +165,8 @@ async def test_readyz_answers_within_its_budget_while_every_pool_connection_wait
 
 
 @pytest.mark.parametrize(
-    ("lock_timeout", "statement_timeout"), [(None, None), (None, 5.0)],
+    ("lock_timeout", "statement_timeout"),
+    [(None, None), (None, 5.0)],
     ids=["no-server-timeouts", "long-statement-timeout"],
 )
 async def test_a_query_past_ocspds_deadline_is_cancelled_on_the_server(
@@ -181,8 +185,11 @@ async def test_a_query_past_ocspds_deadline_is_cancelled_on_the_server(
             await store.query("status", {"issuer": "test-ca", "serial": "1"})
         assert time.monotonic() - started < 1.0
         waiting = await asyncio.to_thread(
-            query, pg_dsn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ocspd'"
-            " AND datname = current_database() AND wait_event_type = 'Lock'")
+            query,
+            pg_dsn,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ocspd'"
+            " AND datname = current_database() AND wait_event_type = 'Lock'",
+        )
         assert waiting[0][0] == 0, "ocspd's backend still waits on the lock after ocspd gave up"
     finally:
         await asyncio.to_thread(lock.release)
@@ -192,15 +199,37 @@ async def test_a_query_past_ocspds_deadline_is_cancelled_on_the_server(
 @pytest.mark.parametrize(
     ("dsn", "lock_timeout", "statement_timeout", "expected"),
     [
-        ("dbname=ocspd", 1.0, 2.0,
-         {"dbname": "ocspd", "application_name": "ocspd",
-          "options": "-c lock_timeout=1000ms -c statement_timeout=2000ms"}),
-        ("postgresql:///ocspd?host=/run/postgresql", 0.25, None,
-         {"dbname": "ocspd", "host": "/run/postgresql", "application_name": "ocspd",
-          "options": "-c lock_timeout=250ms"}),
-        ("dbname=x application_name=ca options='-c search_path=pki'", 2.0, 0.5,
-         {"dbname": "x", "application_name": "ca",
-          "options": "-c search_path=pki -c lock_timeout=2000ms -c statement_timeout=500ms"}),
+        (
+            "dbname=ocspd",
+            1.0,
+            2.0,
+            {
+                "dbname": "ocspd",
+                "application_name": "ocspd",
+                "options": "-c lock_timeout=1000ms -c statement_timeout=2000ms",
+            },
+        ),
+        (
+            "postgresql:///ocspd?host=/run/postgresql",
+            0.25,
+            None,
+            {
+                "dbname": "ocspd",
+                "host": "/run/postgresql",
+                "application_name": "ocspd",
+                "options": "-c lock_timeout=250ms",
+            },
+        ),
+        (
+            "dbname=x application_name=ca options='-c search_path=pki'",
+            2.0,
+            0.5,
+            {
+                "dbname": "x",
+                "application_name": "ca",
+                "options": "-c search_path=pki -c lock_timeout=2000ms -c statement_timeout=500ms",
+            },
+        ),
         ("dbname=x", None, 3.0, {"dbname": "x", "application_name": "ocspd", "options": "-c statement_timeout=3000ms"}),
         ("dbname=x", None, None, {"dbname": "x", "application_name": "ocspd"}),
     ],

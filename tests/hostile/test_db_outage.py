@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg2
 import psycopg2.extensions
 import pytest
@@ -36,7 +37,7 @@ from tests.pg import PgServer, throwaway_cluster
 
 WORKERS = 16
 OUTAGE_SECONDS = 1.0
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +97,9 @@ class Load:
 
 async def ask(client: TestClient[Any, Any], der: bytes, test_pki: TestPki, expected: ocsp.OCSPCertStatus) -> str:
     """What one request got: "right", "tryLater", or what was wrong with it."""
-    resp = await client.post("/", data=der, headers={"Content-Type": "application/ocsp-request"},
-                             timeout=REQUEST_TIMEOUT)
+    resp = await client.post(
+        "/", data=der, headers={"Content-Type": "application/ocsp-request"}, timeout=REQUEST_TIMEOUT
+    )
     return outcome(resp.status, await resp.read(), test_pki, expected)
 
 
@@ -173,8 +175,12 @@ async def test_backends_terminated_repeatedly_while_revoking_never_serve_a_revok
             plain = request_der(leaf, outage_pki.ca.cert)
             assert await ask(client, plain, outage_pki, ocsp.OCSPCertStatus.GOOD) == "right"  # now in memory
             killed = await asyncio.to_thread(
-                _sql, conn, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE application_name = 'ocspd' OR pid = %s", listener.backend_pid or 0)
+                _sql,
+                conn,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'ocspd' OR pid = %s",
+                listener.backend_pid or 0,
+            )
             assert killed
             notified = notifications()
             await asyncio.to_thread(_sql, conn, "SELECT ocspd_revoke('test-ca', %s, 'keyCompromise')", f"{serial:x}")

@@ -25,7 +25,7 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from tests.helpers import TestPki, build_pki, multi_request_der, outcome, request_der
-from tests.test_serve import Served, start_serve, wait_http
+from tests.serving import Served, start_serve, wait_http
 
 FLOOD_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "1.0"))  # each flood; slow mode: e.g. 30
 FLOOD_CONNECTIONS = 48
@@ -108,8 +108,11 @@ def test_floods_of_uncacheable_requests_are_bounded_and_a_normal_client_is_serve
 
 async def _floods(tmp_path: Path) -> None:
     test_pki = build_pki(tmp_path / "pki")
-    env = {"OCSPD_RESPONSES_MAX_INFLIGHT_SIGNATURES": str(MAX_INFLIGHT),
-           "OCSPD_CACHE_MAX_ENTRIES": str(CACHE_ENTRIES), "OCSPD_CACHE_MAX_BYTES": "4MiB"}
+    env = {
+        "OCSPD_RESPONSES_MAX_INFLIGHT_SIGNATURES": str(MAX_INFLIGHT),
+        "OCSPD_CACHE_MAX_ENTRIES": str(CACHE_ENTRIES),
+        "OCSPD_CACHE_MAX_BYTES": "4MiB",
+    }
     served = await start_serve(test_pki, env)
     try:
         await wait_http(f"http://127.0.0.1:{served.admin}/healthz")

@@ -70,18 +70,33 @@ def _get(target: str, *fields: str, version: str = "HTTP/1.1", method: str = "GE
 def corpus(good: bytes, revoked: bytes) -> list[bytes]:
     """Real requests, as the clients we know send them."""
     b64 = base64.b64encode(good).decode()
-    chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(good):x}\r\n".encode() + good + b"\r\n0\r\n\r\n")
+    chunked = (
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + f"{len(good):x}\r\n".encode() + good + b"\r\n0\r\n\r\n"
+    )
     return [
-        post_bytes(good), post_bytes(revoked), post_bytes(good, "Connection: close"),
-        post_bytes(good).replace(b"HTTP/1.1", b"HTTP/1.0", 1), post_bytes(good, "Expect: 100-continue"),
-        post_bytes(good, "Accept: */*", "Accept: */*"), chunked, post_bytes(good, "Connection: close") * 2,
-        post_bytes(good) + post_bytes(revoked), post_bytes(good) + _get("/" + quote(b64, safe="")),
+        post_bytes(good),
+        post_bytes(revoked),
+        post_bytes(good, "Connection: close"),
+        post_bytes(good).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        post_bytes(good, "Expect: 100-continue"),
+        post_bytes(good, "Accept: */*", "Accept: */*"),
+        chunked,
+        post_bytes(good, "Connection: close") * 2,
+        post_bytes(good) + post_bytes(revoked),
+        post_bytes(good) + _get("/" + quote(b64, safe="")),
         # GET in every encoding clients use: percent-encoded, raw, URL-safe, unpadded, lower-case escapes.
-        _get("/" + quote(b64, safe="")), _get("/" + b64), _get("/" + base64.urlsafe_b64encode(good).decode()),
-        _get("/" + b64.rstrip("=")), _get("/" + quote(b64, safe="").lower()), _get("//" + quote(b64, safe="")),
-        _get("http://ocsp.test/" + quote(b64, safe="")), _get("/" + b64, 'If-None-Match: "x"'),
-        _get("/" + b64, version="HTTP/1.0"), _get("/" + b64, method="HEAD"), _get("/" + b64 + "?x=1"),
+        _get("/" + quote(b64, safe="")),
+        _get("/" + b64),
+        _get("/" + base64.urlsafe_b64encode(good).decode()),
+        _get("/" + b64.rstrip("=")),
+        _get("/" + quote(b64, safe="").lower()),
+        _get("//" + quote(b64, safe="")),
+        _get("http://ocsp.test/" + quote(b64, safe="")),
+        _get("/" + b64, 'If-None-Match: "x"'),
+        _get("/" + b64, version="HTTP/1.0"),
+        _get("/" + b64, method="HEAD"),
+        _get("/" + b64 + "?x=1"),
     ]
 
 
@@ -93,8 +108,24 @@ def mutate(rng: random.Random, raw: bytes) -> bytes:
         if kind == 0 and data:  # one byte changed
             data[min(at, len(data) - 1)] = rng.randrange(256)
         elif kind == 1:  # separators, digits, noise inserted
-            data[at:at] = rng.choice([b"\r\n", b"\n", b"\r", b":", b" ", b"\t", b"0", b"9" * 12, b"\x00",
-                                      b"%", b"%2", b"/", b",", rng.randbytes(4)])
+            data[at:at] = rng.choice(
+                [
+                    b"\r\n",
+                    b"\n",
+                    b"\r",
+                    b":",
+                    b" ",
+                    b"\t",
+                    b"0",
+                    b"9" * 12,
+                    b"\x00",
+                    b"%",
+                    b"%2",
+                    b"/",
+                    b",",
+                    rng.randbytes(4),
+                ]
+            )
         elif kind == 2:  # a range deleted
             del data[at : at + rng.randint(1, 16)]
         elif kind == 3:  # a line repeated
@@ -106,11 +137,24 @@ def mutate(rng: random.Random, raw: bytes) -> bytes:
         elif kind == 5:  # CRLF as bare LF
             data = bytearray(bytes(data).replace(b"\r\n", b"\n", 1))
         elif kind == 6:  # a field that changes framing or semantics
-            field = rng.choice([b"Content-Length: 0", b"Content-Length: -1", b"Content-Length: 99999999999",
-                                b"Transfer-Encoding: chunked", b"Transfer-Encoding: gzip, chunked",
-                                b"Content-Encoding: gzip", b"Connection: close", b"Connection: keep-alive, Upgrade",
-                                b"Upgrade: websocket", b"Proxy-Connection: close", b"Expect: 100-continue",
-                                b"Host: other", b"Content-Type: text/plain", b"X: " + b"a" * 9000])
+            field = rng.choice(
+                [
+                    b"Content-Length: 0",
+                    b"Content-Length: -1",
+                    b"Content-Length: 99999999999",
+                    b"Transfer-Encoding: chunked",
+                    b"Transfer-Encoding: gzip, chunked",
+                    b"Content-Encoding: gzip",
+                    b"Connection: close",
+                    b"Connection: keep-alive, Upgrade",
+                    b"Upgrade: websocket",
+                    b"Proxy-Connection: close",
+                    b"Expect: 100-continue",
+                    b"Host: other",
+                    b"Content-Type: text/plain",
+                    b"X: " + b"a" * 9000,
+                ]
+            )
             end = bytes(data).find(b"\r\n")
             if end >= 0:
                 data[end + 2 : end + 2] = field + b"\r\n"
@@ -146,24 +190,62 @@ def _hypothesis_inputs(good: bytes, count: int) -> list[bytes]:
     junk = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12)
     # (usual, odd) for each piece; which pieces are odd is drawn too, mostly none or one.
     pieces = {
-        "method": (st.sampled_from(["GET", "POST", "HEAD"]),
-                   st.sampled_from(["PUT", "OPTIONS", "get", "PRI", "CONNECT"]) | junk),
-        "target": (st.sampled_from(["/" + b64, "/" + quote(b64, safe=""), "/", "//" + b64, "/" + b64 + "?a=b"]),
-                   st.sampled_from(["http://x/" + b64, "/ocsp", "*", "/%ZZ", "/" + b64[:-3]]) | junk),
+        "method": (
+            st.sampled_from(["GET", "POST", "HEAD"]),
+            st.sampled_from(["PUT", "OPTIONS", "get", "PRI", "CONNECT"]) | junk,
+        ),
+        "target": (
+            st.sampled_from(["/" + b64, "/" + quote(b64, safe=""), "/", "//" + b64, "/" + b64 + "?a=b"]),
+            st.sampled_from(["http://x/" + b64, "/ocsp", "*", "/%ZZ", "/" + b64[:-3]]) | junk,
+        ),
         "version": (st.sampled_from(["HTTP/1.1", "HTTP/1.0"]), st.sampled_from(["HTTP/2.0", "HTTP/1.2", "http/1.1"])),
-        "name": (st.sampled_from(["Content-Type", "Connection", "Accept", "If-None-Match", "X-A", "Expect",
-                                  "Content-Encoding", "Proxy-Connection", "Upgrade", "Host"]),
-                 st.sampled_from(["Content-Length", "Transfer-Encoding", "Host ", "Sec-WebSocket-Key1", "X A"])),
-        "value": (st.sampled_from(["", "close", "keep-alive", "application/ocsp-request", "*/*", '"x"', "*",
-                                   "identity", "100-continue", "ocsp.test"]),
-                  st.sampled_from(["0", "5", "-1", "+5", "5, 5", "chunked", "gzip", "websocket", "a" * 9000]) | junk),
+        "name": (
+            st.sampled_from(
+                [
+                    "Content-Type",
+                    "Connection",
+                    "Accept",
+                    "If-None-Match",
+                    "X-A",
+                    "Expect",
+                    "Content-Encoding",
+                    "Proxy-Connection",
+                    "Upgrade",
+                    "Host",
+                ]
+            ),
+            st.sampled_from(["Content-Length", "Transfer-Encoding", "Host ", "Sec-WebSocket-Key1", "X A"]),
+        ),
+        "value": (
+            st.sampled_from(
+                [
+                    "",
+                    "close",
+                    "keep-alive",
+                    "application/ocsp-request",
+                    "*/*",
+                    '"x"',
+                    "*",
+                    "identity",
+                    "100-continue",
+                    "ocsp.test",
+                ]
+            ),
+            st.sampled_from(["0", "5", "-1", "+5", "5, 5", "chunked", "gzip", "websocket", "a" * 9000]) | junk,
+        ),
     }
     bodies = st.sampled_from([good, b"", good[:10], good + b"\x00", b"\x30\x03\x02\x01\x01"])
     framings = st.sampled_from(["length", "chunked", "none", "wrong length"])
     found: list[bytes] = []
 
-    @settings(max_examples=count, database=None, derandomize=True, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def collect(data: st.DataObject) -> None:
         # Which pieces are odd is drawn first, and only the piece used is drawn: fewer draws, faster.
@@ -174,8 +256,10 @@ def _hypothesis_inputs(good: bytes, count: int) -> list[bytes]:
             return data.draw(unusual if name in odd and odd_here else usual)
 
         lines = [f"{pick('method')} {pick('target')} {pick('version')}", "Host: ocsp.test"]
-        lines += [f"{pick('name', odd_field)}: {pick('value', odd_field)}"
-                  for odd_field in data.draw(st.lists(st.booleans(), max_size=4))]
+        lines += [
+            f"{pick('name', odd_field)}: {pick('value', odd_field)}"
+            for odd_field in data.draw(st.lists(st.booleans(), max_size=4))
+        ]
         body, framing = data.draw(bodies), data.draw(framings)
         if framing == "length":
             lines.append(f"Content-Length: {len(body)}")

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from tests.helpers import build_pki, request_der
 from tests.hostile.clients import loop_name, probe, probe_once, start_flood, start_ocspd, stop_process, uses_uvloop
-from tests.test_serve import wait_http
+from tests.serving import wait_http
 
 PHASE_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "1.0"))
 BATCH = 2000
