@@ -88,9 +88,12 @@ def init_app(
             raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
         database = config.database
         store = Store(
-            database.dsn, maxsize=database.pool_size, timeout=database.timeout.total_seconds(),
+            database.dsn,
+            maxsize=database.pool_size,
+            timeout=database.timeout.total_seconds(),
             lock_timeout=database.lock_timeout.total_seconds(),
             statement_timeout=database.statement_timeout.total_seconds(),
+            read_dsn=database.read_dsn,
         )
         sources.update((issuer_id, store) for issuer_id in notified)
     responder = Responder(config, signers, sources, clock, notified=notified, metrics=metrics)
@@ -210,6 +213,9 @@ def update_gauges(app: web.Application) -> None:
         for result, n in store.take_write_back_counts().items():
             if n:
                 metrics.write_backs.labels(result).inc(n)
+        for (target, reason), n in store.take_read_counts().items():
+            if n:
+                metrics.status_reads.labels(target, reason).inc(n)
 
 
 async def _gauges(app: web.Application) -> AsyncIterator[None]:
@@ -286,6 +292,8 @@ def database_context(
             on_connect=connected,
             on_loss=responder.channel_lost,
             heartbeat=heartbeat,
+            # Only reads from a read_dsn are fenced: without one, no extra query.
+            fence=store.fence if store.reader is not None else None,
         )
         app[STORE] = store
         app[LISTENER] = listener

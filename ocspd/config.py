@@ -63,6 +63,11 @@ class AdminConfig:
 class DatabaseConfig:
     """``[database]``: the PostgreSQL status store; an empty ``listen_dsn`` means ``dsn``.
 
+    ``read_dsn`` (optional, e.g. a hot standby): where the request path reads
+    statuses, fenced so that a standby behind a notified change is not served
+    (store/fence.py); everything else (write-backs, refresh, presign, the CLI,
+    migrations) uses ``dsn``, the primary. Empty: reads use ``dsn`` too.
+
     ``lock_timeout`` and ``statement_timeout`` are set on the server for the
     request path's connections (0: not set), so that a query waiting on a lock
     or running long gives up there, freeing its backend, whatever happened to
@@ -75,6 +80,7 @@ class DatabaseConfig:
 
     dsn: str
     listen_dsn: str = ""
+    read_dsn: str = ""
     lock_timeout: dt.timedelta = dt.timedelta(seconds=1)
     statement_timeout: dt.timedelta = dt.timedelta(seconds=2)
     timeout: dt.timedelta = dt.timedelta(seconds=3)
@@ -308,7 +314,8 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
                "keepalive_timeout": (_duration, None), "header_timeout": (_duration, None),
                "max_connections": (_int, 1)},
     "admin": {"listen": (_addr, None)},
-    "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "lock_timeout": (_duration, None),
+    "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "read_dsn": (_str, None),
+                 "lock_timeout": (_duration, None),
                  "statement_timeout": (_duration, None), "timeout": (_duration, None), "pool_size": (_int, 1)},
     "cache": {"max_entries": (_int, 1), "max_bytes": (_size, 1)},
     "responses": {"validity": (_duration, None), "backdate": (_duration, None),

@@ -31,12 +31,26 @@ STATUSES = (
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
+# ocspd_status_reads_total's (target, reason) pairs: ocspd/store/source.py's READ_TARGETS.
+STATUS_READS = (("read_dsn", "fresh"), ("primary", "pending"), ("primary", "behind"), ("primary", "read_dsn_failed"))
 # The background loops whose unexpected exceptions are counted (ocspd_background_errors_total).
 BACKGROUND_LOOPS = ("gauges", "refresh", "index_watch")
 # Why the fast HTTP path handed a request to aiohttp: the values of ocspd.web.head.HandOff.
 HANDOFF_REASONS = (
-    "request_line", "method", "target", "version", "field_syntax", "repeated_field", "too_many_fields", "no_host",
-    "hand_off_field", "content_length", "body_too_large", "connection", "head_too_large", "partial_reads",
+    "request_line",
+    "method",
+    "target",
+    "version",
+    "field_syntax",
+    "repeated_field",
+    "too_many_fields",
+    "no_host",
+    "hand_off_field",
+    "content_length",
+    "body_too_large",
+    "connection",
+    "head_too_large",
+    "partial_reads",
 )
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -105,18 +119,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
-            "ocspd_requests", "OCSP requests answered, by HTTP method and OCSP response status",
-            ["method", "status"], registry=r,
+            "ocspd_requests",
+            "OCSP requests answered, by HTTP method and OCSP response status",
+            ["method", "status"],
+            registry=r,
         )
         self.cache_lookups = Counter(
-            "ocspd_cache_lookups", "Cache lookups by tier (memory, postgres) and result (hit, miss)",
-            ["tier", "result"], registry=r,
+            "ocspd_cache_lookups",
+            "Cache lookups by tier (memory, postgres) and result (hit, miss)",
+            ["tier", "result"],
+            registry=r,
         )
         self.invalidations = Counter(
             "ocspd_invalidations",
             "Invalidations by cause: notify (a status change from Postgres), local (reload, key rollover), "
             "channel_loss (LISTEN connection lost or restored: memory flushed), index_reload (index.txt changed)",
-            ["cause"], registry=r,
+            ["cause"],
+            registry=r,
         )
         self.signatures = Counter(
             "ocspd_signatures", "OCSP responses signed, by issuer and key type", ["issuer", "key_type"], registry=r
@@ -125,35 +144,57 @@ class Metrics:
             "ocspd_signature_errors", "Signing attempts that raised, by issuer", ["issuer"], registry=r
         )
         self.inflight_signatures = Gauge(
-            "ocspd_inflight_signatures", "Productions (misses and live signatures) in progress",
-            registry=r, multiprocess_mode="livesum",
+            "ocspd_inflight_signatures",
+            "Productions (misses and live signatures) in progress",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.request_seconds = Histogram(
-            "ocspd_request_duration_seconds", "Time to answer an OCSP request", ["method"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "ocspd_request_duration_seconds",
+            "Time to answer an OCSP request",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.signing_seconds = Histogram(
-            "ocspd_signing_duration_seconds", "Time to build and sign one OCSP response", ["issuer"],
-            buckets=_SIGNING_BUCKETS, registry=r,
+            "ocspd_signing_duration_seconds",
+            "Time to build and sign one OCSP response",
+            ["issuer"],
+            buckets=_SIGNING_BUCKETS,
+            registry=r,
         )
         self.memory_entries = Gauge(
             "ocspd_memory_entries", "Responses held in the memory tier", registry=r, multiprocess_mode="livesum"
         )
         self.memory_bytes = Gauge(
-            "ocspd_memory_bytes", "Bytes accounted to the memory tier (DER plus per-entry overhead)",
-            registry=r, multiprocess_mode="livesum",
+            "ocspd_memory_bytes",
+            "Bytes accounted to the memory tier (DER plus per-entry overhead)",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.listener_connected = Gauge(
             "ocspd_listener_connected",
             "1 while the LISTEN connection is up (with several workers: 1 only if every worker's is)",
-            registry=r, multiprocess_mode="livemin",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.write_backs = Counter(
             "ocspd_write_backs",
             "Signed responses sent to the Postgres tier, by result: written, refused (the status changed since "
             "it was read, or a newer response was there), failed (database error), dropped (queue full)",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
+        self.status_reads = Counter(
+            "ocspd_status_reads",
+            "Request-path status reads (batches) with a [database] read_dsn, by target and reason: read_dsn/fresh "
+            "(served from the read pool), primary/pending, primary/behind (the read pool had not replayed a "
+            "notified change), primary/read_dsn_failed",
+            ["target", "reason"],
+            registry=r,
+        )
+        for target, reason in STATUS_READS:
+            self.status_reads.labels(target, reason)  # present (at 0) before the first
         self.listener_reconnects = Counter(
             "ocspd_listener_reconnects", "LISTEN connections re-established after a loss", registry=r
         )
@@ -167,7 +208,8 @@ class Metrics:
             "ocspd_connections_limited",
             "Connections closed because [server] max_connections was reached, by action: idle_closed (the "
             "longest-idle ones, to make room for a new one), refused (a new one, when none was idle)",
-            ["action"], registry=r,
+            ["action"],
+            registry=r,
         )
         for action in ("idle_closed", "refused"):
             self.connections_limited.labels(action)  # present (at 0) before the first
@@ -175,19 +217,23 @@ class Metrics:
             "ocspd_http_handoffs",
             "Requests the fast HTTP path handed to aiohttp (with their connection), by reason: the first rule "
             "of the fast path's head reader the request did not meet (ocspd/web/head.py)",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.background_errors = Counter(
             "ocspd_background_errors",
-            "Unexpected exceptions (bugs) in a background loop, by loop; each is logged at ERROR and the "
-            "loop goes on",
-            ["loop"], registry=r,
+            "Unexpected exceptions (bugs) in a background loop, by loop; each is logged at ERROR and the loop goes on",
+            ["loop"],
+            registry=r,
         )
         for loop in BACKGROUND_LOOPS:
             self.background_errors.labels(loop)  # present (at 0) before the first
         self.build_info = Gauge(
-            "ocspd_build_info", "Always 1; the version label says which ocspd runs", ["version"],
-            registry=r, multiprocess_mode="livemax",
+            "ocspd_build_info",
+            "Always 1; the version label says which ocspd runs",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.build_info.labels(__version__).set(1)
         # Hot-path counters: plain ints flushed at scrape time and once a second.
@@ -199,8 +245,13 @@ class Metrics:
         self.postgres_miss = Tally(self.cache_lookups.labels("postgres", "miss"))
         self.outside_prefix = Tally(self.requests_outside_prefix)
         self._tallies: list[Tally | Timing] = [
-            *self.request_counter.values(), *self.request_latency.values(), self.memory_hit, self.memory_miss,
-            self.postgres_hit, self.postgres_miss, self.outside_prefix,
+            *self.request_counter.values(),
+            *self.request_latency.values(),
+            self.memory_hit,
+            self.memory_miss,
+            self.postgres_hit,
+            self.postgres_miss,
+            self.outside_prefix,
         ]
         self.handoff = {reason: Tally(self.http_handoffs.labels(reason)) for reason in HANDOFF_REASONS}  # all at 0
         self._tallies += self.handoff.values()

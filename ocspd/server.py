@@ -55,18 +55,27 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
     for issuer_id, signer in signers.items():
         issuer = next(i for i in config.issuers if i.id == issuer_id)
         event(
-            log, "issuer", id=issuer_id, key_type=signer.key_type,
+            log,
+            "issuer",
+            id=issuer_id,
+            key_type=signer.key_type,
             signed_by="delegated responder" if signer.responder_cert is not None else "CA key",
             status_source=f"index {issuer.index}" if issuer.index else "postgres",
             unknown_serial=issuer.unknown_serial,
         )
     event(
-        log, "config", source=config.source, workers=config.server.workers,
+        log,
+        "config",
+        source=config.source,
+        workers=config.server.workers,
         listen=",".join(f"{h}:{p}" for h, p in config.server.listen),
         admin=f"{config.admin.listen[0]}:{config.admin.listen[1]}",
         memory_tier=f"{config.cache.max_entries} entries/{config.cache.max_bytes} bytes",
         postgres_tier="on" if config.database else "off",
-        validity=str(config.responses.validity), nonce=config.responses.nonce,
+        # Where the request path reads statuses (never the DSN itself: it may carry a password).
+        status_reads=("read_dsn, fenced" if config.database.read_dsn else "dsn") if config.database else "off",
+        validity=str(config.responses.validity),
+        nonce=config.responses.nonce,
     )
 
 
@@ -95,7 +104,12 @@ def ensure_file_limit(config: Config) -> None:
             soft = target
     if soft < needed:
         event(
-            log, "file_limit_low", logging.WARNING, soft=soft, hard=hard, needed=needed,
+            log,
+            "file_limit_low",
+            logging.WARNING,
+            soft=soft,
+            hard=hard,
+            needed=needed,
             max_connections=config.server.max_connections,
             fix="raise LimitNOFILE= (ulimit -n) or lower [server] max_connections",
         )
@@ -133,7 +147,10 @@ class Process:
         if self.worker_fd is None:
             summary(self.config, {issuer_id: i.signer for issuer_id, i in app[RESPONDER].issuers.items()})
         runner = runner_for(
-            app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT, handle_signals=False,
+            app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            handle_signals=False,
             keepalive_timeout=self.config.server.keepalive_timeout.total_seconds(),
         )
         admin_runner: web.AppRunner | None = None
@@ -245,7 +262,9 @@ class Process:
                 result = await app_readiness(app)
                 line = {
                     # Not ready before start-up is done, whatever the checks say (listener still down).
-                    "pid": os.getpid(), "ready": result.ready and self.serving, "degraded": result.degraded,
+                    "pid": os.getpid(),
+                    "ready": result.ready and self.serving,
+                    "degraded": result.degraded,
                     "checks": result.checks,
                 }
                 try:
@@ -278,4 +297,3 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
-

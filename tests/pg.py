@@ -36,7 +36,6 @@ class PgServer:
     port: int | None = None
     control: ClusterControl | None = None  # a throwaway cluster's: it may be stopped and started
 
-
     def dsn_for(self, dbname: str) -> str:
         return make_dsn(self.dsn, dbname=dbname)
 
@@ -142,7 +141,10 @@ def _throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
     try:
         subprocess.run(
             _as_server_user([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]),
-            check=True, capture_output=True, env=env, timeout=120,
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
         )
         options = (
             f"-p {port} -k {workdir} -c listen_addresses='{'127.0.0.1' if tcp else ''}' -c fsync=off"
@@ -158,13 +160,21 @@ def _throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
     # never runs: a watchdog in its own session stops the cluster then.
     watchdog = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
-        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         env=env,
     )
     try:
         host = "127.0.0.1" if tcp else workdir
-        yield PgServer(f"host={host} port={port} user=postgres dbname=postgres", "throwaway cluster", workdir, port,
-                       ClusterControl(start, stop, env))
+        yield PgServer(
+            f"host={host} port={port} user=postgres dbname=postgres",
+            "throwaway cluster",
+            workdir,
+            port,
+            ClusterControl(start, stop, env),
+        )
     finally:
         subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -222,3 +232,71 @@ def socket_path(server: PgServer) -> tuple[str, int] | str:
     if host.startswith("/"):
         return str(Path(host) / f".s.PGSQL.{port}")
     return (host, port)
+
+
+@contextlib.contextmanager
+def hot_standby(primary: PgServer, *, apply_delay: str = "1s") -> Iterator[PgServer]:
+    """A streaming hot standby of a throwaway cluster (``pg_basebackup -R``), replaying
+    commits ``apply_delay`` behind it (``recovery_min_apply_delay``); stopped at the end.
+
+    The throwaway cluster allows it as it is: initdb's ``-A trust`` admits local
+    replication connections, and ``wal_level`` and ``max_wal_senders`` are the defaults.
+    """
+    binaries = _server_binaries()
+    basebackup = shutil.which("pg_basebackup") or (
+        str(Path(binaries[1]).with_name("pg_basebackup")) if binaries else None
+    )
+    if binaries is None or basebackup is None or not os.access(basebackup, os.X_OK):
+        raise RuntimeError("no pg_basebackup found")
+    if primary.control is None or primary.socket_dir is None or primary.port is None:
+        raise RuntimeError("a hot standby needs a throwaway cluster as its primary")
+    pg_ctl = binaries[1]
+    workdir = tempfile.mkdtemp(prefix="ocspd-standby-")
+    if os.geteuid() == 0:
+        import pwd
+
+        user = pwd.getpwnam("postgres")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+    data, log = f"{workdir}/data", f"{workdir}/server.log"
+    port = _free_port()
+    env = primary.control.env
+    source = ["-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres"]
+    try:
+        subprocess.run(
+            _as_server_user([basebackup, "-D", data, "-R", "-X", "stream", "-c", "fast", "--no-sync", *source]),
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        options = (
+            f"-p {port} -k {workdir} -c listen_addresses='' -c fsync=off -c max_connections=200"
+            f" -c hot_standby=on -c recovery_min_apply_delay={apply_delay}"
+        )
+        start = _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"])
+        subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"could not start a hot standby: {exc}") from exc
+    stop = _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"])
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        yield PgServer(
+            f"host={workdir} port={port} user=postgres dbname=postgres",
+            "hot standby",
+            workdir,
+            port,
+            ClusterControl(start, stop, env),
+        )
+    finally:
+        subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        watchdog.terminate()
+        watchdog.wait(timeout=10)

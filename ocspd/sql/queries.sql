@@ -18,6 +18,30 @@ LEFT JOIN ocspd_responses r
       AND r.cert_version = c.version AND r.signer = k.signer
 ORDER BY k.n;
 
+-- name: begin_read_committed
+-- Opens the fenced read (replay_lsn, then fetch, then commit, in one round
+-- trip): at READ COMMITTED whatever the server's default, so that the
+-- fetch takes its own snapshot, after the position was read.
+BEGIN ISOLATION LEVEL READ COMMITTED, READ ONLY;
+
+-- name: replay_lsn
+-- How far a hot standby has replayed the primary's WAL, as a byte position
+-- (NULL on a server not in recovery: it is the primary, always current).
+-- Read just before "fetch", so that the fetch's snapshot, taken after,
+-- sees every change up to this position: the request path's reads on
+-- [database] read_dsn are fenced by it (ocspd/store/fence.py).
+SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint END;
+
+-- name: commit
+COMMIT;
+
+-- name: current_wal_lsn
+-- The primary's WAL insert position, read by the LISTEN connection after
+-- notifications: a commit that has been notified ends at or before it
+-- (the insert position, not the write one, which may still lag behind a
+-- commit made with synchronous_commit = off).
+SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint;
+
 -- name: store_responses
 -- Conditional write-back of signed responses (arrays of equal length; the
 -- DERs travel as one bytea, cut by offset and length: one parameter to

@@ -6,7 +6,8 @@ is what the rest of ocspd holds; its roles live in a module each:
 ``source`` (the request path's batched reads), ``writes`` (the write-behind
 queue), ``responses`` and ``certificates`` (refresh, presign and the CLI's
 operations, returning the records below), ``migrations`` (the migrator);
-``listener`` keeps the LISTEN connection.
+``listener`` keeps the LISTEN connection, and raises ``fence`` (the WAL
+position reads on ``read_dsn``, a hot standby, must have replayed).
 """
 
 from ocspd.store.certificates import (

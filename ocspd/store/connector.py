@@ -83,15 +83,17 @@ class Connector:
         timeout: float = OPERATION_TIMEOUT,
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
+        what: str = "[database] dsn",
     ) -> None:
         """``lock_timeout`` and ``statement_timeout`` (seconds) are set on the server for
         the pool's connections: a query waiting on a lock, or running too long, then
         gives up there, and its backend is free again, whatever happened to the client.
-        A ``dsn`` libpq cannot read is a StoreError here, not at the first query."""
+        A ``dsn`` libpq cannot read is a StoreError (naming ``what``) here, not at the
+        first query."""
         self.dsn = dsn
         self.maxsize = maxsize
         self.timeout = timeout
-        self._pool_dsn = session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)
+        self._pool_dsn = session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout, what=what)
         self._pool: Pool | None = None
         self._queries = queries()
 
@@ -155,6 +157,34 @@ class Connector:
                     # A connection that died while pooled (server restart) fails on
                     # first use; a fresh one may well work.
                     if attempt == 2 or not retry:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def replayed_query(self, name: str, params: Mapping[str, Any]) -> tuple[int | None, list[Row]]:
+        """The named query's rows, with the WAL position the server had replayed before it
+        (``replay_lsn``: None on a server not in recovery); retried as ``query`` is.
+
+        Both go in one round trip (a pipeline), the position first, in a
+        transaction at READ COMMITTED: the query's snapshot, taken after the
+        position was read, sees every change up to it.
+        """
+        async with self.deadline():
+            for attempt in (1, 2):
+                try:
+                    async with self.cursor() as cur, cur.connection.cursor() as position:
+                        conn = cur.connection
+                        async with conn.pipeline(), conn.cursor() as control:
+                            await control.execute(self._queries["begin_read_committed"])
+                            await position.execute(self._queries["replay_lsn"])
+                            await cur.execute(self._queries[name], params)
+                            await control.execute(self._queries["commit"])
+                        replayed = await position.fetchone()
+                        rows = await cur.fetchall() if cur.description else []
+                        return (None if replayed is None else replayed[0]), rows
+                except DatabaseBusy:
+                    raise
+                except SourceUnavailable:
+                    if attempt == 2:
                         raise
         raise AssertionError("unreachable")
 

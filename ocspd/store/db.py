@@ -3,7 +3,8 @@
 One connector (``connector``: the pool, deadlines, the one translation of
 driver errors) and the store's roles on it, each in a module of its own:
 
-- ``source``: the request path's batched reads (``source.py``);
+- ``source``: the request path's batched reads (``source.py``), on the pool of
+  ``read_dsn`` when there is one, fenced (``fence.py``);
 - ``writes``: the write-behind queue of responses signed on a miss (``writes.py``);
 - ``responses`` and ``certificates``: what refresh, presign and the CLI do
   (``responses.py``, ``certificates.py``);
@@ -24,6 +25,7 @@ from ocspd.cache import Entry
 from ocspd.sources import Lookup
 from ocspd.store.certificates import Certificates
 from ocspd.store.connector import OPERATION_TIMEOUT, POOL_MAX, Connector, Row
+from ocspd.store.fence import Fence
 from ocspd.store.migrations import PING_BUDGET, Migrator
 from ocspd.store.responses import DueRow, Responses
 from ocspd.store.source import Source
@@ -41,12 +43,21 @@ class Store:
         timeout: float = OPERATION_TIMEOUT,
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
+        read_dsn: str = "",
     ) -> None:
-        """See :class:`~ocspd.store.connector.Connector` for the arguments."""
-        self.connector = Connector(
-            dsn, maxsize=maxsize, timeout=timeout, lock_timeout=lock_timeout, statement_timeout=statement_timeout
-        )
-        self.source = Source(self.connector)
+        """See :class:`~ocspd.store.connector.Connector` for the arguments. With ``read_dsn``
+        (a hot standby), the request path's status reads use a pool of their own on it,
+        fenced by ``fence``; everything else stays on ``dsn``."""
+        settings: dict[str, Any] = {
+            "maxsize": maxsize,
+            "timeout": timeout,
+            "lock_timeout": lock_timeout,
+            "statement_timeout": statement_timeout,
+        }
+        self.connector = Connector(dsn, **settings)
+        self.reader = Connector(read_dsn, what="[database] read_dsn", **settings) if read_dsn else None
+        self.fence = Fence()
+        self.source = Source(self.connector, self.reader, self.fence)
         self.responses = Responses(self.connector)
         # Write-backs are off the request path: queued, and sent in batches.
         self.writes = WriteBehind(self.responses)
@@ -58,8 +69,10 @@ class Store:
         return self.connector.dsn
 
     async def open(self) -> None:
-        """Create the pool. Connects lazily, so a database that is down now is no start-up error."""
+        """Create the pool(s). Connects lazily, so a database that is down now is no start-up error."""
         await self.connector.open()
+        if self.reader is not None:
+            await self.reader.open()
 
     async def close(self) -> None:
         """Send what is queued (within the operation timeout), then close the pool."""
@@ -67,6 +80,8 @@ class Store:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.writes.flush(), self.connector.timeout)
         await self.connector.close()
+        if self.reader is not None:
+            await self.reader.close()
 
     # -- the request path (StatusSource) ------------------------------------------------
 
@@ -81,6 +96,10 @@ class Store:
     async def flush(self) -> None:
         """Send the queued write-backs now and wait for every write-back in flight."""
         await self.writes.flush()
+
+    def take_read_counts(self) -> dict[tuple[str, str], int]:
+        """Status reads by (target, reason) since the last call (``Source.take_read_counts``)."""
+        return self.source.take_read_counts()
 
     def take_write_back_counts(self) -> dict[str, int]:
         """Write-backs by result (written, refused, failed, dropped) since the last call."""

@@ -1,25 +1,43 @@
-"""The request path's reads: status and stored response of a CertID, concurrent ones in one round trip."""
+"""The request path's reads: status and stored response of a CertID, concurrent ones in one round trip.
+
+With ``[database] read_dsn`` (a hot standby, say), they go to that pool, fenced
+(fence.py): a read the standby made before it had replayed every change this
+process was notified of is read again on the primary (``dsn``), and when
+that fails the answer is tryLater, never the standby's rows.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ocspd.cache import Entry, windows
+from ocspd.exceptions import DatabaseBusy, SourceUnavailable, StoreError
 from ocspd.sources import Lookup
 from ocspd.status import SERVED_BY_VALUE
 from ocspd.store.batching import Batcher
-from ocspd.store.connector import Connector
+from ocspd.store.connector import Connector, Row
+from ocspd.store.fence import Fence
 from ocspd.store.values import row_status, serial_hex, text_array
 
 # (issuer id, serial hex, CertID hash name, signer fingerprint)
 FetchKey = tuple[str, str, str, str]
 
+# Where the reads went when there is a read_dsn (ocspd_status_reads_total): the
+# read pool's answer served ("read_dsn", "fresh"), or read again on the primary
+# because the fence was pending, the read pool had not replayed up to it, or
+# the read pool failed.
+READ_TARGETS = (("read_dsn", "fresh"), ("primary", "pending"), ("primary", "behind"), ("primary", "read_dsn_failed"))
+
 
 class Source:
     """Batched ``fetch`` of the status table and the response tier (the query ``fetch``)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Connector, reader: Connector | None = None, fence: Fence | None = None) -> None:
+        """``reader``: the pool on ``read_dsn``, if any, fenced by ``fence`` (raised by the listener)."""
         self._connector = connector
+        self._reader = reader
+        self.fence = fence if fence is not None else Fence()
+        self._read_counts = dict.fromkeys(READ_TARGETS, 0)
         self._windows = windows()  # the stored responses read in one second share their Window
         # Concurrent misses share round trips (see batching.py); at most a batch per pooled connection.
         self._fetches: Batcher[FetchKey, Lookup] = Batcher(self._fetch_batch, max_running=connector.maxsize)
@@ -35,16 +53,23 @@ class Source:
         """Cancel the fetches in flight and those waiting for one."""
         await self._fetches.close()
 
+    def take_read_counts(self) -> dict[tuple[str, str], int]:
+        """Fetch batches by (target, reason) since the last call (all 0 without a read_dsn)."""
+        counts = self._read_counts
+        self._read_counts = dict.fromkeys(counts, 0)
+        return counts
+
     async def _fetch_batch(self, keys: Sequence[FetchKey]) -> list[Lookup]:
-        rows = await self._connector.query(
-            "fetch",
-            {
-                "issuers": text_array([k[0] for k in keys]),
-                "serials": text_array([k[1] for k in keys]),
-                "hash_algs": text_array([k[2] for k in keys]),
-                "signers": text_array([k[3] for k in keys]),
-            },
-        )
+        params = {
+            "issuers": text_array([k[0] for k in keys]),
+            "serials": text_array([k[1] for k in keys]),
+            "hash_algs": text_array([k[2] for k in keys]),
+            "signers": text_array([k[3] for k in keys]),
+        }
+        if self._reader is None:
+            rows = await self._connector.query("fetch", params)
+        else:
+            rows = await self._fenced_fetch(self._reader, params)
         lookups = []
         for row in rows:
             status = row_status(row[1:5])
@@ -53,3 +78,22 @@ class Source:
                 stored = Entry(bytes(row[5]), SERVED_BY_VALUE[row[6]], self._windows[row[7], row[8]])
             lookups.append(Lookup(status, stored))
         return lookups
+
+    async def _fenced_fetch(self, reader: Connector, params: dict[str, str]) -> list[Row]:
+        reason = "pending"
+        if not self.fence.pending:
+            try:
+                replayed, rows = await reader.replayed_query("fetch", params)
+            except DatabaseBusy:
+                raise  # the deadline is spent: tryLater now, not a second wait on the primary
+            except (SourceUnavailable, StoreError):
+                reason = "read_dsn_failed"  # down, or a query cancelled by a conflict with recovery
+            else:
+                # The fence as it is now, not as it was when the read began: it only rises.
+                if self.fence.admits(replayed):
+                    self._read_counts["read_dsn", "fresh"] += 1
+                    return rows
+                reason = "pending" if self.fence.pending else "behind"
+        self._read_counts["primary", reason] += 1
+        # The primary or nothing: its failure is the caller's tryLater.
+        return await self._connector.query("fetch", params)

@@ -22,11 +22,18 @@ def checked_dsn(dsn: str, what: str) -> dict[str, str]:
         raise StoreError(f"{what}: {' '.join(str(exc).split())}") from None
 
 
-def session_dsn(dsn: str, *, lock_timeout: float | None = None, statement_timeout: float | None = None) -> str:
+def session_dsn(
+    dsn: str,
+    *,
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    what: str = "[database] dsn",
+) -> str:
     """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
     its backends can be told apart in pg_stat_activity, and ``lock_timeout`` and
-    ``statement_timeout`` (seconds; None or 0: not set) in ``options``."""
-    given = checked_dsn(dsn, "[database] dsn")
+    ``statement_timeout`` (seconds; None or 0: not set) in ``options``. A fault in
+    ``dsn`` is a StoreError naming ``what``."""
+    given = checked_dsn(dsn, what)
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"

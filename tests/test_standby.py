@@ -1,0 +1,323 @@
+"""Reads from a hot standby are fenced (SPEC §3, invariant 10; issue 13).
+
+Two replicas with ``dsn`` and ``listen_dsn`` on a throwaway primary and
+``read_dsn`` on a streaming hot standby of it that applies commits 1 s late:
+after a revocation, a replica notified of it must never read the old status
+from the standby and cache it as good again. With the primary unreachable,
+a standby behind the fence means tryLater, never the old status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from ocspd.app import LISTENER, METRICS, STORE, update_gauges
+from ocspd.config import dump_config
+from ocspd.exceptions import ConfigError, StoreError
+from ocspd.metrics import STATUS_READS
+from ocspd.protocol import TRY_LATER
+from ocspd.store import Listener, Store
+from ocspd.store.fence import Fence
+from ocspd.store.source import READ_TARGETS
+from tests.conftest import AppClient
+from tests.helpers import (
+    GOOD_SERIAL,
+    ISSUER,
+    UNISSUED_SERIAL,
+    TestPki,
+    build_pki,
+    eventually,
+    ocspd,
+    query,
+    request_der,
+    revoke_args,
+    start_replicas,
+    verify_response,
+)
+from tests.pg import PgServer, hot_standby, throwaway_cluster
+
+Status = ocsp.OCSPCertStatus
+Answer = Status | bytes  # a certificate status, or the body of an unsuccessful response
+
+APPLY_DELAY = 1.0  # the standby's recovery_min_apply_delay, seconds
+WATCH = 2.5  # how long answers are watched after a revocation (longer than the delay)
+NOTIFY_BOUND = 0.5  # a replica still answering from memory after a commit: the NOTIFY is on its way
+REVOKED_WITHIN = 2.0
+
+
+@pytest.fixture(scope="module")
+def replication() -> Iterator[tuple[PgServer, PgServer]]:
+    """A throwaway primary and a hot standby of it, applying commits APPLY_DELAY late."""
+    try:
+        with throwaway_cluster() as primary, hot_standby(primary, apply_delay=f"{APPLY_DELAY:g}s") as standby:
+            yield primary, standby
+    except RuntimeError as exc:
+        if "pg_basebackup" in str(exc):
+            pytest.skip("pg_basebackup is not installed: no hot standby to test reads from")
+        raise
+
+
+async def replicated_database(primary: PgServer, standby: PgServer) -> tuple[str, str]:
+    """A migrated database on the primary with two good certificates, once the standby has it too."""
+    name = primary.create_database()
+    dsn, standby_dsn = primary.dsn_for(name), standby.dsn_for(name)
+    await Store(dsn).migrate()
+    for serial in (GOOD_SERIAL, UNISSUED_SERIAL):
+        query(dsn, "SELECT ocspd_add_certificate(%s, %s)", ISSUER, f"{serial:x}")
+
+    async def standby_has_them() -> bool:
+        try:
+            rows = await asyncio.to_thread(query, standby_dsn, "SELECT count(*) FROM ocspd_certificates")
+        except Exception:
+            return False
+        return bool(rows[0][0] == 2)
+
+    await eventually(standby_has_them, timeout=15, what="the database on the standby")
+    return dsn, standby_dsn
+
+
+async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> Answer:
+    resp = await client.post("/", data=der)
+    body = await resp.read()
+    assert resp.status == 200
+    if len(body) < 10:
+        return body
+    return verify_response(body, test_pki).certificate_status
+
+
+Timeline = list[tuple[float, int, Answer]]  # (loop time, replica, answer)
+
+
+async def watch(
+    clients: list[TestClient[Any, Any]], der: bytes, test_pki: TestPki, revoke: Callable[[], Awaitable[object]]
+) -> tuple[float, Timeline]:
+    """Poll every replica every few ms while ``revoke`` runs and for WATCH seconds after it
+    returned (the revocation committed), then once more; returns the commit time and the answers."""
+    loop = asyncio.get_running_loop()
+    timeline: Timeline = []
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            for n, client in enumerate(clients):
+                timeline.append((loop.time(), n, await status_of(client, der, test_pki)))
+            await asyncio.sleep(0.003)
+
+    poller = asyncio.create_task(poll())
+    try:
+        await asyncio.wait_for(revoke(), 60)
+        committed = loop.time()
+        await asyncio.sleep(WATCH)
+    finally:
+        done.set()
+        await poller
+    await asyncio.sleep(0.2)
+    for n, client in enumerate(clients):
+        timeline.append((loop.time(), n, await status_of(client, der, test_pki)))
+    return committed, timeline
+
+
+def assert_never_good_after(committed: float, timeline: Timeline, replicas: int, *, try_later: bool) -> None:
+    """Per replica: "good" only before its first "revoked" and within NOTIFY_BOUND of the commit;
+    "revoked" from then on, and within REVOKED_WITHIN; tryLater only if ``try_later``."""
+    for n in range(replicas):
+        answers = [(t, a) for t, m, a in timeline if m == n]
+        first_revoked = next((t for t, a in answers if a == Status.REVOKED), None)
+        assert first_revoked is not None, f"replica {n} never answered revoked: {summary(answers)}"
+        assert first_revoked - committed <= REVOKED_WITHIN, (n, first_revoked - committed)
+        for t, a in answers:
+            if a == Status.GOOD:
+                assert t < first_revoked, f"replica {n} answered good again after revoked: {summary(answers)}"
+                assert t - committed < NOTIFY_BOUND, f"replica {n} good {t - committed:.3f}s after the commit"
+            elif a != Status.REVOKED:
+                assert try_later and a == TRY_LATER, f"replica {n} answered {a!r}"
+                assert t < first_revoked, f"replica {n}: tryLater after revoked"
+        assert answers[-1][1] == Status.REVOKED
+
+
+def summary(answers: list[tuple[float, Answer]]) -> str:
+    """The answers as runs: 'GOOD x12, REVOKED x40'."""
+    runs: list[list[Any]] = []
+    for _, a in answers:
+        label = a.name if isinstance(a, Status) else "tryLater" if a == TRY_LATER else repr(a)
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    return ", ".join(f"{label} x{n}" for label, n in runs)
+
+
+def reads(client: TestClient[Any, Any]) -> dict[tuple[str, str], float]:
+    """ocspd_status_reads_total of a replica, by (target, reason)."""
+    update_gauges(client.app)
+    registry = client.app[METRICS].registry
+    return {
+        pair: registry.get_sample_value("ocspd_status_reads_total", {"target": pair[0], "reason": pair[1]}) or 0.0
+        for pair in READ_TARGETS
+    }
+
+
+def no_errors(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def leaf(test_pki: TestPki, name: str) -> x509.Certificate:
+    return test_pki.leaves[name].cert
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the block ends: connections are refused
+
+
+def test_the_read_targets_are_the_metric_labels() -> None:
+    assert READ_TARGETS == STATUS_READS
+
+
+async def test_a_revocation_is_never_undone_by_a_standby_behind_it(
+    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    dsn, standby_dsn = await replicated_database(*replication)
+    test_pki = build_pki(tmp_path / "pki", database=dsn)
+    clients = await start_replicas(ocspd_client, test_pki, env={"OCSPD_DATABASE_READ_DSN": standby_dsn})
+    for client in clients:
+        assert client.app[STORE].reader is not None
+    ders = {name: request_der(leaf(test_pki, name), test_pki.ca.cert) for name in ("good", "unissued")}
+
+    async def answered_good() -> bool:
+        answers = [await status_of(c, der, test_pki) for c in clients for der in ders.values()]
+        return all(a == Status.GOOD for a in answers)
+
+    await eventually(answered_good, timeout=10, what="good from both replicas")
+    for client in clients:  # from memory now: both replicas hold "good"
+        assert await status_of(client, ders["good"], test_pki) == Status.GOOD
+
+    async def revoke_by_sql() -> None:
+        await asyncio.to_thread(query, dsn, "SELECT ocspd_revoke(%s, %s, 'keyCompromise')", ISSUER, f"{GOOD_SERIAL:x}")
+
+    committed, timeline = await watch(clients, ders["good"], test_pki, revoke_by_sql)
+    assert_never_good_after(committed, timeline, len(clients), try_later=False)
+
+    async def revoke_by_cli() -> None:
+        result = await ocspd(test_pki, *revoke_args(UNISSUED_SERIAL, "superseded"))
+        assert result.returncode == 0, result.stderr
+
+    committed, timeline = await watch(clients, ders["unissued"], test_pki, revoke_by_cli)
+    assert_never_good_after(committed, timeline, len(clients), try_later=False)
+
+    for client in clients:
+        counts = reads(client)
+        # The standby served reads, and was passed over while it had not replayed a revocation.
+        assert counts["read_dsn", "fresh"] > 0, counts
+        assert counts["primary", "behind"] > 0, counts
+        assert counts["primary", "read_dsn_failed"] == 0, counts
+    no_errors(caplog)
+
+
+async def test_a_standby_behind_with_the_primary_unreachable_is_try_later(
+    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    dsn, standby_dsn = await replicated_database(*replication)
+    unreachable = f"host=127.0.0.1 port={closed_port()} user=postgres dbname=none connect_timeout=2"
+    test_pki = build_pki(tmp_path / "pki", database=unreachable)
+    env = {"OCSPD_DATABASE_LISTEN_DSN": dsn, "OCSPD_DATABASE_READ_DSN": standby_dsn}
+    [client] = await start_replicas(ocspd_client, test_pki, n=1, env=env)
+    der = request_der(leaf(test_pki, "good"), test_pki.ca.cert)
+
+    async def answered_good() -> bool:
+        answer = await status_of(client, der, test_pki)
+        assert answer in (Status.GOOD, TRY_LATER), answer  # tryLater while the standby is behind the fence
+        return answer == Status.GOOD
+
+    await eventually(answered_good, timeout=10, what="good from the standby")
+
+    async def revoke_by_sql() -> None:
+        await asyncio.to_thread(query, dsn, "SELECT ocspd_revoke(%s, %s, 'keyCompromise')", ISSUER, f"{GOOD_SERIAL:x}")
+
+    committed, timeline = await watch([client], der, test_pki, revoke_by_sql)
+    assert_never_good_after(committed, timeline, 1, try_later=True)
+    assert any(a == TRY_LATER for t, _, a in timeline if t > committed), summary([(t, a) for t, _, a in timeline])
+    counts = reads(client)
+    assert counts["primary", "behind"] > 0, counts
+    no_errors(caplog)
+
+
+async def test_the_listener_holds_the_fence_while_it_delivers_and_raises_it_after(
+    replication: tuple[PgServer, PgServer],
+) -> None:
+    dsn, _ = await replicated_database(*replication)
+    fence = Fence()
+    seen: list[tuple[str, bool]] = []
+    listener = Listener(
+        dsn,
+        on_notify=lambda payload: seen.append((payload, fence.pending)),
+        on_connect=lambda: seen.append(("connect", fence.pending)),
+        on_loss=lambda: seen.append(("loss", fence.pending)),
+        fence=fence,
+    )
+    assert fence.pending  # nothing may be read from a standby before the first position is known
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.ever_connected.wait(), 10)
+        assert seen == [("connect", True)]
+        assert not fence.pending and fence.lsn > 0
+        before = fence.lsn
+        await asyncio.to_thread(query, dsn, "SELECT ocspd_revoke(%s, %s)", ISSUER, f"{GOOD_SERIAL:x}")
+        [(after,)] = await asyncio.to_thread(query, dsn, "SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+
+        async def raised() -> bool:
+            return len(seen) == 2 and not fence.pending
+
+        await eventually(raised, timeout=5, what="the notification, then the fence raised")
+        assert seen[1] == (f"{ISSUER} {GOOD_SERIAL:x}", True)  # pending while the key is dropped
+        assert before < fence.lsn <= after  # past the revocation's commit, read after it
+        # The channel lost: changes made meanwhile are not notified, so the fence is
+        # pending from the loss until the listener is back and has read the position again.
+        await asyncio.to_thread(query, dsn, "SELECT pg_terminate_backend(%s)", listener.backend_pid)
+
+        async def back() -> bool:
+            return listener.reconnects == 1 and not fence.pending
+
+        await eventually(back, timeout=10, what="the listener back, the fence raised again")
+        assert seen[2:] == [("loss", True), ("connect", True)], seen
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_without_read_dsn_nothing_is_fenced(ocspd_client: AppClient, db_pki: TestPki) -> None:
+    [client] = await start_replicas(ocspd_client, db_pki, n=1)
+    store = client.app[STORE]
+    assert store.reader is None
+    assert client.app[LISTENER]._fence is None  # no WAL-position query on the LISTEN connection
+    der = request_der(leaf(db_pki, "good"), db_pki.ca.cert)
+    assert await status_of(client, der, db_pki) == Status.GOOD
+    assert set(reads(client).values()) == {0.0}
+
+
+def test_read_dsn_is_configured_like_dsn(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki", database="host=/nowhere dbname=ocspd")
+    assert test_pki.config().database is not None
+    assert test_pki.config().database.read_dsn == ""  # type: ignore[union-attr]
+    config = test_pki.config(OCSPD_DATABASE_READ_DSN="postgresql://ocspd:s3cret@standby/ocspd")
+    assert config.database is not None and config.database.read_dsn.endswith("@standby/ocspd")
+    dumped = dump_config(config)
+    assert 'read_dsn = "postgresql://ocspd:***@standby/ocspd"' in dumped and "s3cret" not in dumped
+    with pytest.raises(StoreError, match=r"^\[database\] read_dsn: "):
+        Store(config.database.dsn, read_dsn="host=standby port=5432 = oops")
+    with pytest.raises(ConfigError, match="read_dsn"):
+        test_pki.config(OCSPD_DATABASE_READ_DSNN="x")
