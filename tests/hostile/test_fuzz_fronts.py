@@ -29,13 +29,17 @@ import re
 from collections.abc import Iterator, Sequence
 from urllib.parse import quote
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from cryptography.x509 import ocsp
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ocspd.app import init_app
+from ocspd.app import METRICS, init_app
 from ocspd.logs import ClientErrorFilter
+from ocspd.metrics import HANDOFF_REASONS
+from ocspd.web.admin import init_admin_app
 from tests.conftest import OcspTestServer
 from tests.helpers import TestPki, build_pki, post_bytes, request_der, verify_response
 
@@ -356,13 +360,32 @@ async def test_both_fronts_answer_fuzzed_requests_alike_and_never_with_a_5xx(
         async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
             for case, raw in enumerate(inputs):
                 group.create_task(one(case, raw))
+        handoffs = await _handoffs_on_metrics(fast)
     finally:
         await fast.close()
         await plain.close()
     # The inputs reach every kind of answer: OCSP answers and refusals of several kinds.
     assert {b"200", b"400"} <= seen, seen
+    # What left the fast path is on /metrics, by reason: every reason is listed, and
+    # the fuzzed inputs hand over for several of them.
+    print(f"{generator}: hand-overs by reason:", {reason: n for reason, n in handoffs.items() if n})
+    assert set(handoffs) == set(HANDOFF_REASONS), handoffs
+    assert len([reason for reason, n in handoffs.items() if n > 0]) >= 4, handoffs
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not tracebacks, [f"{r.name}: {r.getMessage()[:200]}" for r in tracebacks[:5]]
+
+
+async def _handoffs_on_metrics(front: OcspTestServer) -> dict[str, float]:
+    """``ocspd_http_handoffs_total`` by reason, read from /metrics of the front's admin app."""
+    admin = TestServer(init_admin_app(front.app[METRICS].exposition), host="127.0.0.1")
+    await admin.start_server()
+    try:
+        async with aiohttp.ClientSession() as session, session.get(admin.make_url("/metrics")) as resp:
+            text = await resp.text()
+    finally:
+        await admin.close()
+    found = re.findall(r'^ocspd_http_handoffs_total\{reason="(\w+)"\} (\S+)$', text, re.M)
+    return {reason: float(value) for reason, value in found}
 
 
 # Inputs on which the fronts once disagreed, kept as cases of their own.
