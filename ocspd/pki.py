@@ -6,6 +6,9 @@ demos and tests; nothing in the serving path imports it.
 Certificates are named ``O=ocspd demo, CN=<common name>`` and are valid from
 one hour before ``now`` (so small clock skew does not matter). Key files are
 written as PKCS#8 PEM with mode 0600 from the moment they exist.
+
+Over ~400 lines: the demo and every test PKI shape (key types, delegated or
+CA-signed responders, index.txt reasons) in one place, off the serving path.
 """
 
 from __future__ import annotations

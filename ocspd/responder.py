@@ -1,6 +1,9 @@
 """From a parsed request to a signed response: issuer matching, the memory
 tier, singleflight, the status source, the unknown-serial policy and the
 signer, wired together.
+
+About 400 lines: the request path's core, with the invalidations that keep
+its memory tier honest (SPEC §3.1, §3.3) next to the code that fills it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """What the tests share: test PKIs, request builders and response checks, raw HTTP/1.1,
 the CLI as a subprocess, PostgreSQL statements and replicas, counting signers and a hand-moved
-clock, `openssl ocsp`, and the revocation-rule checks. `ocspd serve` processes: tests/serving.py."""
+clock, `openssl ocsp`, and the revocation-rule checks. `ocspd serve` processes: tests/serving.py.
+
+Over ~400 lines on purpose: the one home of shared test helpers (test modules do not import each other)."""
 
 from __future__ import annotations
 
