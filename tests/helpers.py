@@ -184,6 +184,17 @@ def verify_response(der: bytes, test_pki: TestPki) -> ocsp.OCSPResponse:
     return response
 
 
+async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> ocsp.OCSPCertStatus | bytes:
+    """The certificate status an app answers a POST of ``der`` with, or the raw body of an
+    unsuccessful OCSP response (tryLater and the like)."""
+    resp = await client.post("/", data=der)
+    body = await resp.read()
+    assert resp.status == 200
+    if len(body) < 10:
+        return body
+    return verify_response(body, test_pki).certificate_status
+
+
 def outcome(http_status: int, body: bytes, test_pki: TestPki, expected: ocsp.OCSPCertStatus | None = None) -> str:
     """What one answer was, for tests that count them: "HTTP <n>" (not 200), "tryLater",
     another unsuccessful OCSP status's name, else (the signature checked) "right" or

@@ -129,35 +129,43 @@ def _throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
     if binaries is None:
         raise RuntimeError("no initdb/pg_ctl found")
     initdb, pg_ctl = binaries
-    workdir = tempfile.mkdtemp(prefix="ocspd-pg-")
+    workdir = _server_directory("ocspd-pg-")
+    data, port, env = f"{workdir}/data", _free_port(), {**os.environ, "LC_ALL": "C"}
+    initialise = [initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+    options = (
+        f"-p {port} -k {workdir} -c listen_addresses='{'127.0.0.1' if tcp else ''}' -c fsync=off"
+        " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    host = "127.0.0.1" if tcp else workdir
+    yield from _started(pg_ctl, initialise, options, workdir, port, env, "throwaway cluster", host)
+
+
+def _server_directory(prefix: str) -> str:
+    """A temporary directory the server user owns (``postgres`` when run as root)."""
+    workdir = tempfile.mkdtemp(prefix=prefix)
     if os.geteuid() == 0:
         import pwd
 
         user = pwd.getpwnam("postgres")
         os.chown(workdir, user.pw_uid, user.pw_gid)
+    return workdir
+
+
+def _started(
+    pg_ctl: str, make: list[str], options: str, workdir: str, port: int, env: dict[str, str], what: str, host: str
+) -> Iterator[PgServer]:
+    """Make the data directory (``make``), start the server with ``options``, yield it, stop it."""
     data, log = f"{workdir}/data", f"{workdir}/server.log"
-    port = _free_port()
-    env = {**os.environ, "LC_ALL": "C"}
+    start = _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"])
     try:
-        subprocess.run(
-            _as_server_user([initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]),
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
-        options = (
-            f"-p {port} -k {workdir} -c listen_addresses='{'127.0.0.1' if tcp else ''}' -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        start = _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"])
+        subprocess.run(_as_server_user(make), check=True, capture_output=True, env=env, timeout=120)
         subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise RuntimeError(f"could not start a throwaway cluster: {exc}") from exc
+        raise RuntimeError(f"could not start a {what}: {exc}") from exc
     stop = _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"])
     # If this process is killed (a timeout, Ctrl-C twice), the finally below
-    # never runs: a watchdog in its own session stops the cluster then.
+    # never runs: a watchdog in its own session stops the server then.
     watchdog = subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
         start_new_session=True,
@@ -167,10 +175,9 @@ def _throwaway_cluster(*, tcp: bool = False) -> Iterator[PgServer]:
         env=env,
     )
     try:
-        host = "127.0.0.1" if tcp else workdir
         yield PgServer(
             f"host={host} port={port} user=postgres dbname=postgres",
-            "throwaway cluster",
+            what,
             workdir,
             port,
             ClusterControl(start, stop, env),
@@ -251,52 +258,12 @@ def hot_standby(primary: PgServer, *, apply_delay: str = "1s") -> Iterator[PgSer
     if primary.control is None or primary.socket_dir is None or primary.port is None:
         raise RuntimeError("a hot standby needs a throwaway cluster as its primary")
     pg_ctl = binaries[1]
-    workdir = tempfile.mkdtemp(prefix="ocspd-standby-")
-    if os.geteuid() == 0:
-        import pwd
-
-        user = pwd.getpwnam("postgres")
-        os.chown(workdir, user.pw_uid, user.pw_gid)
-    data, log = f"{workdir}/data", f"{workdir}/server.log"
-    port = _free_port()
-    env = primary.control.env
+    workdir = _server_directory("ocspd-standby-")
+    port, env = _free_port(), primary.control.env
     source = ["-h", primary.socket_dir, "-p", str(primary.port), "-U", "postgres"]
-    try:
-        subprocess.run(
-            _as_server_user([basebackup, "-D", data, "-R", "-X", "stream", "-c", "fast", "--no-sync", *source]),
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
-        options = (
-            f"-p {port} -k {workdir} -c listen_addresses='' -c fsync=off -c max_connections=200"
-            f" -c hot_standby=on -c recovery_min_apply_delay={apply_delay}"
-        )
-        start = _as_server_user([pg_ctl, "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"])
-        subprocess.run(start, check=True, capture_output=True, env=env, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise RuntimeError(f"could not start a hot standby: {exc}") from exc
-    stop = _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"])
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    backup = [basebackup, "-D", f"{workdir}/data", "-R", "-X", "stream", "-c", "fast", "--no-sync", *source]
+    options = (
+        f"-p {port} -k {workdir} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        f" -c hot_standby=on -c recovery_min_apply_delay={apply_delay}"
     )
-    try:
-        yield PgServer(
-            f"host={workdir} port={port} user=postgres dbname=postgres",
-            "hot standby",
-            workdir,
-            port,
-            ClusterControl(start, stop, env),
-        )
-    finally:
-        subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
-        shutil.rmtree(workdir, ignore_errors=True)
-        watchdog.terminate()
-        watchdog.wait(timeout=10)
+    yield from _started(pg_ctl, backup, options, workdir, port, env, "hot standby", workdir)

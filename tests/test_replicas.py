@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from aiohttp.test_utils import TestClient
 from cryptography.x509 import ocsp
 
 from ocspd.app import LISTENER, RESPONDER, STORE
@@ -28,21 +27,11 @@ from tests.helpers import (
     query,
     request_der,
     start_replicas,
-    verify_response,
+    status_of,
 )
 from tests.pg import PgServer
 
 Status = ocsp.OCSPCertStatus
-
-
-async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> Status | bytes:
-    """The certificate status a replica answers, or the raw body of an unsuccessful response."""
-    resp = await client.post("/", data=der)
-    body = await resp.read()
-    assert resp.status == 200
-    if len(body) < 10:
-        return body
-    return verify_response(body, test_pki).certificate_status
 
 
 def stored_rows(dsn: str, serial: int) -> list[tuple[str, str]]:

@@ -42,7 +42,7 @@ from tests.helpers import (
     request_der,
     revoke_args,
     start_replicas,
-    verify_response,
+    status_of,
 )
 from tests.pg import PgServer, hot_standby, throwaway_cluster
 
@@ -84,15 +84,6 @@ async def replicated_database(primary: PgServer, standby: PgServer) -> tuple[str
 
     await eventually(standby_has_them, timeout=15, what="the database on the standby")
     return dsn, standby_dsn
-
-
-async def status_of(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> Answer:
-    resp = await client.post("/", data=der)
-    body = await resp.read()
-    assert resp.status == 200
-    if len(body) < 10:
-        return body
-    return verify_response(body, test_pki).certificate_status
 
 
 Timeline = list[tuple[float, int, Answer]]  # (loop time, replica, answer)
