@@ -132,18 +132,13 @@ async def probe_once(port: int, request: bytes, body: bytes | None, timeout: flo
 
 
 async def probe(
-    targets: Mapping[str, tuple[int, bytes, bytes | None]],
-    seconds: float,
-    interval: float,
-    timeout: float = 5.0,
-    until: asyncio.Event | None = None,
+    targets: Mapping[str, tuple[int, bytes, bytes | None]], seconds: float, interval: float, timeout: float = 5.0
 ) -> Probes:
-    """Probe every target (port, request, expected body or None) once per ``interval``, for
-    ``seconds`` or until ``until`` is set, whichever comes first."""
+    """Probe every target (port, request, expected body or None) once per ``interval``, for ``seconds``."""
     probes = Probes({name: [] for name in targets}, {name: [] for name in targets})
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
-    while loop.time() < end and not (until is not None and until.is_set()):
+    while loop.time() < end:
         tick = loop.time()
         results = await asyncio.gather(*(probe_once(*target, timeout) for target in targets.values()))
         for name, result in zip(targets, results, strict=True):
