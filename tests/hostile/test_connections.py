@@ -35,9 +35,9 @@ FILES = 1024  # systemd's default soft limit
 MAX_CONNECTIONS = FILES - FILE_RESERVE - 256  # ocspd's reserve, and room to spare (no pool: index.txt)
 IDLE = 2000
 TRICKLING = 5
-KEEPALIVE = 2.0  # seconds
+KEEPALIVE = 1.0  # seconds
 SLACK = 1.5  # seconds: the keep-alive timer's own granularity (1 s) and a busy loop
-PROBE_INTERVAL = 0.02
+PROBE_INTERVAL = 0.01
 PROBE_P99 = 0.100  # seconds: a probe past the limit also makes room (closes one) first
 
 

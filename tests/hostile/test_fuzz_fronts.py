@@ -43,7 +43,7 @@ from ocspd.web.admin import init_admin_app
 from tests.conftest import OcspTestServer
 from tests.helpers import TestPki, build_pki, post_bytes, request_der, verify_response
 
-FUZZ_INPUTS = int(os.environ.get("OCSPD_FUZZ_INPUTS", "400"))
+FUZZ_INPUTS = int(os.environ.get("OCSPD_FUZZ_INPUTS", "500"))
 CONCURRENCY = 64
 READ_LIMIT = 5.0  # seconds for the whole answer stream of one input (a hang is a failure)
 QUIET = 0.5  # seconds without a byte after which a front has said all it will say

@@ -31,9 +31,9 @@ from tests.helpers import build_pki, request_der
 from tests.hostile.clients import loop_name, probe, probe_once, start_flood, start_ocspd, stop_process, uses_uvloop
 from tests.serving import wait_http
 
-PHASE_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "1.0"))
+PHASE_SECONDS = float(os.environ.get("OCSPD_HOSTILE_SECONDS", "1.5"))
 BATCH = 2000
-PROBE_INTERVAL = 0.02
+PROBE_INTERVAL = 0.005
 PROBE_TIMEOUT = 5.0
 WARM_UP = 0.2  # seconds: the flood's connections are open and writing (tests/hostile/flood.py starts in ms)
 P99_BOUND = 0.050  # seconds
