@@ -21,12 +21,14 @@ import http.client
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
@@ -273,6 +275,56 @@ def ocsp_post(port: int, der: bytes, path: str = "/", timeout: float = 10.0) -> 
     return http_request(port, "POST", path, der, timeout)
 
 
+# -- /metrics (the admin listener) ------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def admin_port(config: Path) -> int:
+    """The port of ``[admin] listen`` in a config ``BenchPki.write_config`` wrote (/metrics is served there)."""
+    listen = tomllib.loads(config.read_text())["admin"]["listen"]
+    return int(str(listen).rsplit(":", 1)[1])
+
+
+def metric_samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric ``name`` on 127.0.0.1:port/metrics: (labels, value)."""
+    answer = http_request(port, "GET", "/metrics")
+    if answer.status != 200:
+        raise RuntimeError(f"/metrics on {port} answered HTTP {answer.status}")
+    samples = []
+    for line in answer.body.decode().splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or match.group(1) != name:
+            continue
+        # Label values as written (ocspd's are plain words: no escapes to undo).
+        samples.append((dict(_LABEL.findall(match.group(2) or "")), float(match.group(3))))
+    return samples
+
+
+def status_reads(port: int) -> dict[str, float]:
+    """``ocspd_status_reads_total`` of one replica by "target/reason" (every label pair it has)."""
+    reads: dict[str, float] = {}
+    for labels, value in metric_samples(port, "ocspd_status_reads_total"):
+        key = f"{labels.get('target', '')}/{labels.get('reason', '')}"
+        reads[key] = reads.get(key, 0.0) + value
+    return reads
+
+
+def status_reads_delta(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]) -> dict[str, int]:
+    """Fetch batches per "target/reason" between two scrapes of each replica, summed over the replicas."""
+    total: dict[str, int] = {}
+    for old, new in zip(before, after, strict=True):
+        for key, value in new.items():
+            total[key] = total.get(key, 0) + round(value - old.get(key, 0.0))
+    return dict(sorted(total.items()))
+
+
+def fallbacks(reads: dict[str, int]) -> dict[str, int]:
+    """The batches read again on the primary, by reason (every target="primary" label, whatever its reason)."""
+    return {key.split("/", 1)[1]: n for key, n in reads.items() if key.split("/", 1)[0] == "primary"}
+
+
 # -- PostgreSQL ------------------------------------------------------------------------
 
 # The test suite's server handle: a DSN to create databases on, and where it came from.
@@ -371,6 +423,90 @@ def sql_value(dsn: str, query: str, params: Sequence[Any] = ()) -> Any:
             return None if row is None else row[0]
     finally:
         conn.close()
+
+
+# -- a hot standby (issue 13: [database] read_dsn) ---------------------------------------
+
+# ocspd folds its fetch-batch counts into the metrics once a second (ocspd/app.py
+# GAUGE_SECONDS): a scrape made sooner than this after the last fetch may miss some.
+METRICS_SETTLE = 1.5
+
+
+def apply_delay_ms(text: str) -> int:
+    """``recovery_min_apply_delay`` as whole milliseconds: "1s", "500ms", "0.5s", "2min", or a number (ms)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(ms|s|min)?\s*", text)
+    if match is None:
+        raise ValueError(f"not a delay: {text!r} (say 1s, 500ms or 0)")
+    scale = {"ms": 1.0, "s": 1000.0, "min": 60_000.0}[match.group(2) or "ms"]
+    return round(float(match.group(1)) * scale)
+
+
+@contextlib.contextmanager
+def replication(delay_ms: int) -> Iterator[tuple[Postgres, Postgres]]:
+    """A throwaway primary and a streaming hot standby of it replaying commits ``delay_ms`` late
+    (tests/pg.py's ``throwaway_cluster`` and ``hot_standby``); both stopped afterwards."""
+    from tests.pg import hot_standby, throwaway_cluster
+
+    log(f"starting a throwaway primary and a hot standby of it (recovery_min_apply_delay {delay_ms} ms)")
+    with throwaway_cluster() as primary, hot_standby(primary, apply_delay=f"{delay_ms}ms") as standby:
+        yield primary, standby
+
+
+def wait_for_standby(dsn: str, standby_dsn: str, query: str, timeout: float = 60.0) -> float:
+    """Wait until ``query`` gives on the standby what it gave on the primary (read once, first); seconds waited."""
+    import psycopg2
+
+    start = time.perf_counter()
+    wanted = sql_value(dsn, query)
+    while True:
+        with contextlib.suppress(psycopg2.Error):  # the database or the table is not replayed yet
+            if sql_value(standby_dsn, query) == wanted:
+                return time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"the standby did not catch up within {timeout:g} s: {query}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def replicated_database(primary: Postgres, standby: Postgres, label: str = "bench") -> Iterator[tuple[str, str]]:
+    """A new database made and migrated on the primary, once the standby has replayed it: (DSN, standby DSN).
+
+    Dropped on the primary afterwards (the standby replays the drop). For rows
+    inserted later, ``wait_for_standby``.
+    """
+    from psycopg2.extensions import parse_dsn
+
+    with fresh_database(primary, label) as dsn:
+        standby_dsn = standby.dsn_for(str(parse_dsn(dsn)["dbname"]))
+        wait_for_standby(dsn, standby_dsn, "SELECT max(version) FROM ocspd_migrations")
+        yield dsn, standby_dsn
+
+
+@contextlib.contextmanager
+def postgres_for(
+    dsn: str | None, standby_delay_ms: int | None, details: dict[str, Any]
+) -> Iterator[tuple[Postgres, Postgres | None]]:
+    """(server, None) as ``postgres(dsn)`` gives it, or with ``standby_delay_ms`` (--standby) a throwaway
+    primary and its hot standby (``replication``); where they came from goes to ``details["postgres"]``."""
+    if standby_delay_ms is None:
+        with postgres(dsn) as server:
+            details["postgres"] = server.origin
+            yield server, None
+        return
+    with replication(standby_delay_ms) as (primary, standby):
+        details["postgres"] = f"{primary.origin} + {standby.origin}"
+        yield primary, standby
+
+
+@contextlib.contextmanager
+def database_for(server: Postgres, standby: Postgres | None, label: str) -> Iterator[tuple[str, str | None]]:
+    """(DSN, None) as ``fresh_database`` gives it, or with a standby ``replicated_database``'s pair."""
+    if standby is None:
+        with fresh_database(server, label) as dsn:
+            yield dsn, None
+        return
+    with replicated_database(server, standby, label) as (dsn, standby_dsn):
+        yield dsn, standby_dsn
 
 
 # -- results ---------------------------------------------------------------------------

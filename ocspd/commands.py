@@ -123,7 +123,9 @@ def with_certificates(config: Config, work: Callable[[Certificates], Awaitable[T
 
 def db_migrate(config: Config) -> int:
     """``ocspd db migrate``: apply what is missing; running it again is a no-op."""
-    store = _store(config)
+    # listen_dsn: a direct connection to the primary (dsn may be a pooler), as the
+    # migrator's session advisory lock needs.
+    store = Store(_database(config).listen_dsn, timeout=CLI_DATABASE_TIMEOUT)
     applied = asyncio.run(store.migrate(progress=lambda name: print(f"applied {name}", flush=True)))
     if not applied:
         print("database schema is up to date")

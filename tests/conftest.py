@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
@@ -16,8 +18,8 @@ from aiohttp.web_runner import BaseRunner
 from ocspd.app import init_app, runner_for
 from ocspd.store import Store
 from tests.faults import PgProxy
-from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki
-from tests.pg import PgServer, postgres_server, socket_path
+from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki, query
+from tests.pg import PgBouncer, PgServer, pgbouncer, postgres_server, socket_path
 
 AppClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -130,10 +132,45 @@ async def proxy(pg_server: PgServer) -> AsyncIterator[PgProxy]:
     await proxy.close()
 
 
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the session's server (skipped without it)."""
+    try:
+        with pgbouncer(pg_server) as bouncer:
+            yield bouncer
+    except RuntimeError as exc:
+        if "not installed" in str(exc):
+            pytest.skip("pgbouncer is not installed (apt-get install pgbouncer) : no tests through PgBouncer")
+        raise
+
+
+# What `[database]` says to reach PostgreSQL through PgBouncer in transaction mode (README,
+# "Scaling out"): no session settings in the startup packet (PgBouncer refuses `options`:
+# the database carries them instead), LISTEN on a direct connection.
+THROUGH_PGBOUNCER = 'lock_timeout = "0"\nstatement_timeout = "0"\nlisten_dsn = {direct}\n'
+DATABASE_TIMEOUTS = (
+    "ALTER DATABASE \"{name}\" SET lock_timeout = '1s'; ALTER DATABASE \"{name}\" SET statement_timeout = '2s'"
+)
+
+
+def pki_through_pgbouncer(directory: Path, pg_dsn: str, bouncer: PgBouncer) -> TestPki:
+    """A PKI whose ``dsn`` is PgBouncer in front of ``pg_dsn``'s database (``listen_dsn``: direct)."""
+    name = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
+    query(pg_dsn, DATABASE_TIMEOUTS.format(name=name))
+    extra = THROUGH_PGBOUNCER.format(direct=json.dumps(pg_dsn))
+    return build_pki(directory, database=bouncer.dsn_for(name), database_extra=extra)
+
+
 @pytest.fixture
 def db_pki(tmp_path: Path, pg_dsn: str) -> TestPki:
     """A PKI whose issuer takes its status from PostgreSQL, with good and revoked rows."""
     test_pki = build_pki(tmp_path / "pki", database=pg_dsn)
+    add_status_rows(pg_dsn)
+    return test_pki
+
+
+def add_status_rows(pg_dsn: str) -> None:
+    """The good and the revoked certificate of the test PKI, in ``pg_dsn``'s status table."""
     conn = psycopg2.connect(pg_dsn)
     try:
         conn.autocommit = True
@@ -142,4 +179,3 @@ def db_pki(tmp_path: Path, pg_dsn: str) -> TestPki:
             cur.execute("SELECT ocspd_revoke('test-ca', %s, 'keyCompromise', %s)", (f"{REVOKED_SERIAL:x}", REVOKED_AT))
     finally:
         conn.close()
-    return test_pki

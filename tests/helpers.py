@@ -87,8 +87,10 @@ def build_pki(
     issuer_extra: str = "",
     issuer_id: str = "test-ca",
     database: str | None = None,
+    database_extra: str = "",
 ) -> TestPki:
-    """Make a PKI and a config that serves it from index.txt, or from ``database`` (a DSN) when given."""
+    """Make a PKI and a config that serves it from index.txt, or from ``database`` (a DSN) when given
+    (``database_extra``: more lines of its ``[database]`` section)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = pki.make_ca("ocspd test CA " + issuer_id, key_type)
     ca_path = directory / "ca.pem"
@@ -117,7 +119,7 @@ def build_pki(
     ]
     result.index_path.write_text("\n".join(lines) + "\n")
     responder_line = f'responder_cert = "{responder_path.name}"\n' if responder_path else ""
-    database_section = f"[database]\ndsn = {json.dumps(database)}\n" if database else ""
+    database_section = f"[database]\ndsn = {json.dumps(database)}\n{database_extra}\n" if database else ""
     index_line = "" if database else 'index = "index.txt"\n'
     result.config_path.write_text(
         f'[server]\nlisten = ["127.0.0.1:0"]\n{server}\n{database_section}'

@@ -267,3 +267,93 @@ def hot_standby(primary: PgServer, *, apply_delay: str = "1s") -> Iterator[PgSer
         f" -c hot_standby=on -c recovery_min_apply_delay={apply_delay}"
     )
     yield from _started(pg_ctl, backup, options, workdir, port, env, "hot standby", workdir)
+
+
+@dataclass
+class PgBouncer:
+    """A PgBouncer in front of a server; ``dsn_for`` reaches one of its databases through it."""
+
+    dsn: str
+    pool_mode: str
+    log: Path
+
+    def dsn_for(self, dbname: str) -> str:
+        return make_dsn(self.dsn, dbname=dbname)
+
+
+@contextlib.contextmanager
+def pgbouncer(server: PgServer, *, pool_mode: str = "transaction", pool_size: int = 20) -> Iterator[PgBouncer]:
+    """PgBouncer (the installed binary: Debian's ``pgbouncer``) in front of ``server``, in
+    ``pool_mode``, listening on a unix socket of its own; stopped at the end (by its PID).
+
+    RuntimeError("pgbouncer is not installed") without the binary. Every database of
+    the server is reached through it (``* =``), as the server's own user.
+    """
+    binary = shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
+    )
+    if binary is None:
+        raise RuntimeError("pgbouncer is not installed")
+    params = parse_dsn(server.dsn)
+    target = socket_path(server)
+    where = (
+        f"host={Path(target).parent} port={server.port}"
+        if isinstance(target, str)
+        else (f"host={target[0]} port={target[1]}")
+    )
+    if "password" in params:
+        where += f" password={params['password']}"
+    user = params.get("user", "postgres")
+    workdir = _server_directory("ocspd-pgbouncer-")
+    port = _free_port()
+    pidfile, logfile = f"{workdir}/pgbouncer.pid", Path(workdir) / "pgbouncer.log"
+    (Path(workdir) / "users.txt").write_text(f'"{user}" ""\n')
+    (Path(workdir) / "pgbouncer.ini").write_text(
+        f"[databases]\n* = {where}\n\n[pgbouncer]\nlisten_addr =\nlisten_port = {port}\n"
+        f"unix_socket_dir = {workdir}\nauth_type = trust\nauth_file = {workdir}/users.txt\n"
+        f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        f"logfile = {logfile}\npidfile = {pidfile}\n"
+    )
+    if os.geteuid() == 0:
+        import pwd
+
+        owner = pwd.getpwnam("postgres")
+        for name in os.listdir(workdir):
+            os.chown(f"{workdir}/{name}", owner.pw_uid, owner.pw_gid)
+    stop = ["sh", "-c", f'[ -f {pidfile} ] && kill "$(cat {pidfile})"']
+    try:
+        subprocess.run(
+            _as_server_user([binary, "-d", "-q", f"{workdir}/pgbouncer.ini"]),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise RuntimeError(f"could not start pgbouncer: {exc}") from exc
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    bouncer = PgBouncer(f"host={workdir} port={port} user={user} dbname=postgres", pool_mode, logfile)
+    try:
+        _wait_until_connects(bouncer.dsn, what="pgbouncer")
+        yield bouncer
+    finally:
+        subprocess.run(stop, capture_output=True, timeout=30, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        watchdog.terminate()
+        watchdog.wait(timeout=10)
+
+
+def _wait_until_connects(dsn: str, *, what: str, seconds: float = 15.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not _can_connect(dsn):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not accept connections within {seconds:g} s")
+        time.sleep(0.05)

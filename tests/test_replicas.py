@@ -8,20 +8,23 @@ import functools
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
+import pytest
 from cryptography.x509 import ocsp
 
 from ocspd.app import LISTENER, RESPONDER, STORE
 from ocspd.protocol import TRY_LATER
 from ocspd.status import Served
-from tests.conftest import AppClient
+from tests.conftest import AppClient, add_status_rows, pki_through_pgbouncer
 from tests.faults import PgProxy
 from tests.helpers import (
     GOOD_SERIAL,
     TestPki,
+    build_pki,
     eventually,
     hold_after_fetch,
     query,
@@ -32,6 +35,18 @@ from tests.helpers import (
 from tests.pg import PgServer
 
 Status = ocsp.OCSPCertStatus
+
+
+@pytest.fixture(params=["direct", "pgbouncer"])
+def db_pki(request: pytest.FixtureRequest, tmp_path: Path, pg_dsn: str) -> TestPki:
+    """The suite's database PKI, with ``dsn`` on the server itself or through PgBouncer in
+    transaction mode (issue 13): every replica test passes both ways."""
+    if request.param == "direct":
+        test_pki = build_pki(tmp_path / "pki", database=pg_dsn)
+    else:
+        test_pki = pki_through_pgbouncer(tmp_path / "pki", pg_dsn, request.getfixturevalue("pg_bouncer"))
+    add_status_rows(pg_dsn)
+    return test_pki
 
 
 def stored_rows(dsn: str, serial: int) -> list[tuple[str, str]]:
@@ -288,7 +303,8 @@ async def test_whole_database_outage_serves_nothing_from_memory(
 ) -> None:
     """When the listener shares the outage, even cached answers give way to tryLater (invariant 3)."""
     dbname = psycopg2.extensions.parse_dsn(pg_dsn)["dbname"]
-    client = (await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_DSN": proxy.dsn(dbname)}))[0]
+    env = {"OCSPD_DATABASE_DSN": proxy.dsn(dbname), "OCSPD_DATABASE_LISTEN_DSN": proxy.dsn(dbname)}
+    client = (await start_replicas(ocspd_client, db_pki, n=1, env=env))[0]
     der = request_der(db_pki.leaves["good"].cert, db_pki.ca.cert)
     assert await status_of(client, der, db_pki) == Status.GOOD
     proxy.cut()

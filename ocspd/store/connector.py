@@ -27,13 +27,20 @@ import psycopg.errors
 from ocspd.exceptions import DatabaseBusy, OcspdError, RuleViolation, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.store.pool import Pool
 from ocspd.store.queries import queries
-from ocspd.store.values import session_dsn
+from ocspd.store.values import primary_dsn, session_dsn
 
 # Seconds a database operation (connect and retry included) may take before
 # the caller gets tryLater instead of waiting on; the request path's comes
 # from ``[database] timeout``.
 OPERATION_TIMEOUT = 5.0
 POOL_MAX = 10
+# PgBouncer (1.18, Debian 12's) refuses a connection whose startup packet sets
+# ``options``, which is where the session's lock_timeout and statement_timeout go.
+POOLER_REFUSAL = "unsupported startup parameter: options"
+POOLER_HINT = (
+    'a pooler such as PgBouncer: set [database] lock_timeout and statement_timeout to "0" and set them on '
+    "the database or role instead (README, Scaling out)"
+)
 RULE_VIOLATION = "23R01"  # SQLSTATE of the revocation rules (ocspd/sql/migrations/0003_revocation_rules.sql)
 
 Cursor = psycopg.AsyncCursor[tuple[Any, ...]]
@@ -52,7 +59,10 @@ def translate(exc: psycopg.Error | OSError, *, migration: bool = False) -> Ocspd
         if not migration and isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
             # lock_timeout, statement_timeout (or a cancel by someone else) on the server.
             return DatabaseBusy(f"database busy: {one_line(exc)}")
-        return SourceUnavailable(f"database unavailable: {one_line(exc)}")
+        message = one_line(exc)
+        if POOLER_REFUSAL in message:
+            message += f" ({POOLER_HINT})"
+        return SourceUnavailable(f"database unavailable: {message}")
     if migration:
         return StoreError(f"migration failed: {one_line(exc)}")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
@@ -84,16 +94,20 @@ class Connector:
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
         what: str = "[database] dsn",
+        primary: bool = True,
     ) -> None:
         """``lock_timeout`` and ``statement_timeout`` (seconds) are set on the server for
         the pool's connections: a query waiting on a lock, or running too long, then
         gives up there, and its backend is free again, whatever happened to the client.
         A ``dsn`` libpq cannot read is a StoreError (naming ``what``) here, not at the
-        first query."""
+        first query. The ``primary``'s connections never settle on a hot standby
+        (``values.primary_dsn``); a read pool's (``primary=False``) may."""
         self.dsn = dsn
         self.maxsize = maxsize
         self.timeout = timeout
-        self._pool_dsn = session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout, what=what)
+        self._pool_dsn = session_dsn(
+            dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout, what=what, primary=primary
+        )
         self._pool: Pool | None = None
         self._queries = queries()
 
@@ -193,14 +207,30 @@ class Connector:
         """A connection of its own to ``dsn``, in autocommit mode, for the migrator.
 
         Not the pool's: it has none of the pool's session timeouts (a migration
-        takes its time), only ``connect_timeout`` seconds to connect. Driver
-        errors in the block are translated as a migration's.
+        takes its time), only ``connect_timeout`` seconds to connect. Never to a
+        hot standby (``primary_dsn``), and a StoreError if it reaches a pooler:
+        the migrator's advisory lock is a session's. Driver errors in the block
+        are translated as a migration's.
         """
         with translated(migration=True):
             async with asyncio.timeout(connect_timeout):
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                conn = await psycopg.AsyncConnection.connect(primary_dsn(self.dsn), autocommit=True)
             async with conn:
+                if await through_pooler(conn):
+                    raise StoreError(
+                        "ocspd db migrate needs a direct connection to the primary (it holds a session advisory "
+                        "lock), and [database] listen_dsn (dsn when not set) reaches a pooler such as PgBouncer: "
+                        "point listen_dsn (or OCSPD_DATABASE_LISTEN_DSN) at the primary itself"
+                    )
                 yield conn
+
+
+async def through_pooler(conn: Connection) -> bool:
+    """Whether ``conn`` reaches PostgreSQL through a pooler: the backend that runs its
+    queries is not the one it was told of at connect time (PgBouncer makes up that one)."""
+    cur = await conn.execute("SELECT pg_backend_pid()")
+    row = await cur.fetchone()
+    return row is None or row[0] != conn.info.backend_pid
 
 
 def one_line(exc: BaseException) -> str:

@@ -55,7 +55,7 @@ class Store:
             "statement_timeout": statement_timeout,
         }
         self.connector = Connector(dsn, **settings)
-        self.reader = Connector(read_dsn, what="[database] read_dsn", **settings) if read_dsn else None
+        self.reader = Connector(read_dsn, what="[database] read_dsn", primary=False, **settings) if read_dsn else None
         self.fence = Fence()
         self.source = Source(self.connector, self.reader, self.fence)
         self.responses = Responses(self.connector)

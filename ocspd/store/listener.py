@@ -24,13 +24,18 @@ from collections.abc import Callable
 import psycopg
 
 from ocspd.logs import event
+from ocspd.store.connector import through_pooler
 from ocspd.store.fence import Fence
 from ocspd.store.queries import queries
-from ocspd.store.values import checked_dsn
+from ocspd.store.values import primary_dsn
 
 log = logging.getLogger("ocspd.listener")
 
 CHANNEL = "ocspd_status_v1"
+
+
+class ListenerMisconfigured(Exception):
+    """``listen_dsn`` cannot carry notifications (it reaches a pooler)."""
 
 
 class Listener:
@@ -49,7 +54,8 @@ class Listener:
         timeout: float = 5.0,
         fence: Fence | None = None,
     ) -> None:
-        checked_dsn(dsn, "[database] listen_dsn")  # a typo is a start-up error, not a reconnect loop
+        # A typo is a start-up error, not a reconnect loop; never a hot standby (no NOTIFY there).
+        self._dsn = primary_dsn(dsn, "[database] listen_dsn")
         self.dsn = dsn
         self._on_notify = on_notify
         self._on_connect = on_connect
@@ -73,7 +79,7 @@ class Listener:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (TimeoutError, psycopg.Error, OSError) as exc:
+            except (TimeoutError, psycopg.Error, OSError, ListenerMisconfigured) as exc:
                 event(log, "listener_down", logging.WARNING, error=" ".join(str(exc).split()))
             finally:
                 was_up = self.connected
@@ -87,9 +93,16 @@ class Listener:
 
     async def _session(self) -> None:
         async with asyncio.timeout(self._timeout):
-            conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True)
         async with conn:
             async with asyncio.timeout(self._timeout):
+                if await through_pooler(conn):
+                    # A pooled server connection goes back to the pool after LISTEN: its
+                    # notifications would reach nobody, or another client.
+                    raise ListenerMisconfigured(
+                        "[database] listen_dsn reaches a pooler such as PgBouncer: LISTEN needs a direct "
+                        "connection to the primary"
+                    )
                 await conn.execute(f"LISTEN {CHANNEL}")
             self.backend_pid = conn.info.backend_pid
             # LISTEN is in force before the owner flushes: a change after this

@@ -22,21 +22,34 @@ def checked_dsn(dsn: str, what: str) -> dict[str, str]:
         raise StoreError(f"{what}: {' '.join(str(exc).split())}") from None
 
 
+def primary_dsn(dsn: str, what: str = "[database] dsn") -> str:
+    """``dsn`` for what must reach the primary (writes, LISTEN, migrations): unless it says
+    otherwise, ``target_session_attrs=read-write``, so that libpq never settles on a hot
+    standby, and of a multi-host DSN (failover) takes the host that is the primary now."""
+    if "target_session_attrs" in checked_dsn(dsn, what):
+        return dsn
+    return make_conninfo(dsn, target_session_attrs="read-write")
+
+
 def session_dsn(
     dsn: str,
     *,
     lock_timeout: float | None = None,
     statement_timeout: float | None = None,
     what: str = "[database] dsn",
+    primary: bool = True,
 ) -> str:
     """``dsn`` with ocspd's session settings: ``application_name`` (unless set), so that
-    its backends can be told apart in pg_stat_activity, and ``lock_timeout`` and
-    ``statement_timeout`` (seconds; None or 0: not set) in ``options``. A fault in
-    ``dsn`` is a StoreError naming ``what``."""
+    its backends can be told apart in pg_stat_activity, ``lock_timeout`` and
+    ``statement_timeout`` (seconds; None or 0: not set) in ``options``, and for the
+    ``primary``'s connections what :func:`primary_dsn` adds. A fault in ``dsn`` is a
+    StoreError naming ``what``."""
     given = checked_dsn(dsn, what)
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"
+    if primary and "target_session_attrs" not in given:
+        extra["target_session_attrs"] = "read-write"
     settings = [
         f"-c {name}={round(seconds * 1000)}ms"
         for name, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout))
