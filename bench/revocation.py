@@ -118,14 +118,14 @@ async def watch_replica(
     port: int,
     der: bytes,
     t0: float,
-    committed: asyncio.Future[float],
+    committed: float,
     interval: float,
     watch: float,
 ) -> dict[str, Any]:
-    """Poll one replica from t0 until ``watch`` seconds after the commit returned (``committed``,
-    set once it has) and it has answered revoked: when it first did, and every "good" (or other)
-    answer to a poll sent after the commit, as ms after the commit: before that first "revoked"
-    (the notification not handled yet: the answer came from memory), or after it (a stale read)."""
+    """Poll one replica (as ``wait_revoked``: from when the commit returned, ``committed`` s after t0)
+    until ``watch`` seconds after the commit and its first "revoked": when that came, and every
+    "good" (or other) answer, as ms after the commit: before that first "revoked" (the notification
+    not handled yet: the answer came from memory), or after it (a stale read cached again)."""
     first_revoked = float("inf")
     polls = 0
     good_in_flight: list[float] = []
@@ -136,21 +136,17 @@ async def watch_replica(
         status = await ask(session, port, der)
         polls += 1
         now = time.perf_counter()
-        done_at = committed.result() if committed.done() else None
         if status == "revoked":
             first_revoked = min(first_revoked, now - t0)
         elif status == "good":
-            late_ms = (sent - t0 - done_at) * 1000 if done_at is not None else -1.0
-            if first_revoked != float("inf"):
-                good_after_revoked.append(late_ms)
-            elif late_ms > 0:
-                good_in_flight.append(late_ms)
+            late_ms = (sent - t0 - committed) * 1000
+            (good_in_flight if first_revoked == float("inf") else good_after_revoked).append(late_ms)
         else:
             other[status] = other.get(status, 0) + 1
         if first_revoked == float("inf"):
             if now - t0 > TIMEOUT:
                 break  # lost
-        elif done_at is not None and now - t0 > done_at + watch:
+        elif now - t0 > committed + watch:
             break
         pause = interval - (now - sent)
         if pause > 0:
@@ -173,13 +169,12 @@ async def measure_standby(
     gap: float,
     watch: float,
 ) -> list[dict[str, Any]]:
-    """``measure``, each replica watched until ``watch`` seconds after the commit returned."""
+    """``measure``, each replica watched until ``watch`` seconds after the commit (``watch_replica``)."""
     results: list[dict[str, Any]] = []
     sessions = [
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=TIMEOUT))
         for _ in ports
     ]
-    loop = asyncio.get_running_loop()
     try:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
             for serial in serials:
@@ -189,27 +184,22 @@ async def measure_standby(
                         status = await ask(session, port, der)
                         if status != "good":
                             raise RuntimeError(f"replica on {port} answered {status} before the revocation")
-                committed: asyncio.Future[float] = loop.create_future()
                 t0 = time.perf_counter()
-                watchers = [
-                    asyncio.create_task(watch_replica(s, p, der, t0, committed, interval, watch))
-                    for s, p in zip(sessions, ports, strict=True)
-                ]
-                try:
-                    await cur.execute(
-                        "SELECT ocspd_revoke(%s, %s, 'keyCompromise', now())", (bench_pki.issuer_id, f"{serial:x}")
+                await cur.execute(
+                    "SELECT ocspd_revoke(%s, %s, 'keyCompromise', now())", (bench_pki.issuer_id, f"{serial:x}")
+                )
+                committed = time.perf_counter() - t0
+                watched = await asyncio.gather(
+                    *(
+                        watch_replica(s, p, der, t0, committed, interval, watch)
+                        for s, p in zip(sessions, ports, strict=True)
                     )
-                    committed.set_result(time.perf_counter() - t0)
-                    watched = await asyncio.gather(*watchers)
-                finally:
-                    for task in watchers:
-                        task.cancel()
-                    await asyncio.gather(*watchers, return_exceptions=True)
+                )
                 seen = [w["seen_s"] for w in watched]
                 results.append(
                     {
                         "serial": f"{serial:x}",
-                        "commit_ms": committed.result() * 1000,
+                        "commit_ms": committed * 1000,
                         "replicas_ms": [x * 1000 for x in seen],
                         "all_ms": max(seen) * 1000,
                         "polls": [w["polls"] for w in watched],

@@ -94,6 +94,7 @@ def init_app(
             lock_timeout=database.lock_timeout.total_seconds(),
             statement_timeout=database.statement_timeout.total_seconds(),
             read_dsn=database.read_dsn,
+            read_max_lag=database.read_max_lag.total_seconds(),
         )
         sources.update((issuer_id, store) for issuer_id in notified)
     responder = Responder(config, signers, sources, clock, notified=notified, metrics=metrics)
@@ -216,6 +217,11 @@ def update_gauges(app: web.Application) -> None:
         for (target, reason), n in store.take_read_counts().items():
             if n:
                 metrics.status_reads.labels(target, reason).inc(n)
+        read_target = store.read_target
+        if read_target is not None:
+            lag = read_target.lag
+            metrics.read_target_lag.labels("read_dsn").set(float("nan") if lag is None else lag)
+            metrics.read_target_in_use.labels("read_dsn").set(1 if read_target.in_use else 0)
 
 
 async def _gauges(app: web.Application) -> AsyncIterator[None]:
@@ -302,6 +308,8 @@ def database_context(
             asyncio.create_task(listener.run(), name="ocspd-listener"),
             asyncio.create_task(refresh_loop(store, responder, notified, refresh), name="ocspd-refresh"),
         ]
+        if store.read_target is not None:
+            tasks.append(asyncio.create_task(store.watch_read_target(), name="ocspd-read-target"))
         try:
             yield
         finally:

@@ -69,7 +69,10 @@ class DatabaseConfig:
     ``read_dsn`` (optional, e.g. a hot standby): where the request path reads
     statuses, fenced so that a standby behind a notified change is not served
     (store/fence.py); everything else (write-backs, refresh, presign, the CLI,
-    migrations) uses ``dsn``, the primary. Empty: reads use ``dsn`` too.
+    migrations) uses ``dsn``, the primary. Empty: reads use ``dsn`` too. A
+    read_dsn that does not answer, or is more than ``read_max_lag`` behind the
+    primary, is left out (reads go to ``dsn``) until it has caught up
+    (store/readset.py).
 
     ``lock_timeout`` and ``statement_timeout`` are set on the server for the
     request path's connections (0: not set), so that a query waiting on a lock
@@ -84,6 +87,7 @@ class DatabaseConfig:
     dsn: str
     listen_dsn: str = ""
     read_dsn: str = ""
+    read_max_lag: dt.timedelta = dt.timedelta(seconds=5)
     lock_timeout: dt.timedelta = dt.timedelta(seconds=1)
     statement_timeout: dt.timedelta = dt.timedelta(seconds=2)
     timeout: dt.timedelta = dt.timedelta(seconds=3)
@@ -318,7 +322,7 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
                "max_connections": (_int, 1)},
     "admin": {"listen": (_addr, None)},
     "database": {"dsn": (_str, None), "listen_dsn": (_str, None), "read_dsn": (_str, None),
-                 "lock_timeout": (_duration, None),
+                 "read_max_lag": (_duration, None), "lock_timeout": (_duration, None),
                  "statement_timeout": (_duration, None), "timeout": (_duration, None), "pool_size": (_int, 1)},
     "cache": {"max_entries": (_int, 1), "max_bytes": (_size, 1)},
     "responses": {"validity": (_duration, None), "backdate": (_duration, None),
@@ -454,6 +458,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if database.timeout <= dt.timedelta(0):
             # No deadline would let a sick database hold every miss for ever.
             raise _error("must be greater than 0", where("database", "timeout"), source)
+        if database.read_max_lag <= dt.timedelta(0):
+            raise _error("must be greater than 0", where("database", "read_max_lag"), source)
     responses = ResponsesConfig(**_convert("responses", raw["responses"], source))
     validity, backdate = responses.validity, responses.backdate
     if validity <= dt.timedelta(0):

@@ -3,7 +3,8 @@
 Keys are loaded before anything listens, so what remains to check is the
 status sources: every index file loaded, the database reachable. A replica
 whose LISTEN connection is down still answers correctly (from PostgreSQL,
-without its memory tier), so it is ready but *degraded*.
+without its memory tier), so it is ready but *degraded*; so is one whose
+read_dsn is out of the read set (its reads go to the primary).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ async def readiness(index_files: dict[str, IndexFile], store: Store | None, list
         except OcspdError as exc:
             ready = False
             checks.append(f"database: {exc}")
+    if store is not None and store.read_target is not None:
+        # Reads go to the primary meanwhile: correct, but not the topology asked for.
+        degraded = degraded or not store.read_target.in_use
+        checks.append(store.read_target.describe())
     if listener is not None:
         if listener.connected:
             checks.append("listener: connected")

@@ -32,7 +32,14 @@ METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
 # ocspd_status_reads_total's (target, reason) pairs: ocspd/store/source.py's READ_TARGETS.
-STATUS_READS = (("read_dsn", "fresh"), ("primary", "pending"), ("primary", "behind"), ("primary", "read_dsn_failed"))
+STATUS_READS = (
+    ("read_dsn", "fresh"),
+    ("primary", "pending"),
+    ("primary", "behind"),
+    ("primary", "read_dsn_failed"),
+    ("primary", "lagging"),
+    ("primary", "down"),
+)
 # The background loops whose unexpected exceptions are counted (ocspd_background_errors_total).
 BACKGROUND_LOOPS = ("gauges", "refresh", "index_watch")
 # Why the fast HTTP path handed a request to aiohttp: the values of ocspd.web.head.HandOff.
@@ -189,12 +196,29 @@ class Metrics:
             "ocspd_status_reads",
             "Request-path status reads (batches) with a [database] read_dsn, by target and reason: read_dsn/fresh "
             "(served from the read pool), primary/pending, primary/behind (the read pool had not replayed a "
-            "notified change), primary/read_dsn_failed",
+            "notified change), primary/read_dsn_failed, primary/lagging and primary/down (read_dsn out of the "
+            "read set)",
             ["target", "reason"],
             registry=r,
         )
         for target, reason in STATUS_READS:
             self.status_reads.labels(target, reason)  # present (at 0) before the first
+        self.read_target_lag = Gauge(
+            "ocspd_read_target_lag_seconds",
+            "How far behind the primary a read target is (the age of the oldest WAL it has not replayed; NaN "
+            "while it does not answer), checked every second (with several workers: the largest)",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.read_target_in_use = Gauge(
+            "ocspd_read_target_in_use",
+            "1 while the read target is in the read set (answering, and within read_max_lag of the primary; "
+            "with several workers: 1 only if it is in every worker's)",
+            ["target"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.listener_reconnects = Counter(
             "ocspd_listener_reconnects", "LISTEN connections re-established after a loss", registry=r
         )

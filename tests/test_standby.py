@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,9 +22,10 @@ from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.x509 import ocsp
 
-from ocspd.app import LISTENER, METRICS, STORE, update_gauges
+from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness, update_gauges
 from ocspd.config import dump_config
 from ocspd.exceptions import ConfigError, StoreError
+from ocspd.health import Readiness
 from ocspd.metrics import STATUS_READS
 from ocspd.protocol import TRY_LATER
 from ocspd.store import Listener, Store
@@ -312,3 +314,110 @@ def test_read_dsn_is_configured_like_dsn(tmp_path: Path) -> None:
         Store(config.database.dsn, read_dsn="host=standby port=5432 = oops")
     with pytest.raises(ConfigError, match="read_dsn"):
         test_pki.config(OCSPD_DATABASE_READ_DSNN="x")
+
+
+async def in_set(client: TestClient[Any, Any]) -> tuple[bool, float | None, Readiness]:
+    """Whether the replica uses its read_dsn, the lag metric, and its readiness."""
+    verdict = await app_readiness(client.app)  # brings the gauges up to date too
+    registry = client.app[METRICS].registry
+    in_use = registry.get_sample_value("ocspd_read_target_in_use", {"target": "read_dsn"})
+    lag = registry.get_sample_value("ocspd_read_target_lag_seconds", {"target": "read_dsn"})
+    return in_use == 1.0, lag, verdict
+
+
+async def missed(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> Answer:
+    """The answer to ``der`` read from PostgreSQL (the memory tier emptied first)."""
+    client.app[RESPONDER].memory.clear()
+    return await status_of(client, der, test_pki)
+
+
+async def test_a_standby_stopped_then_started_moves_reads_to_the_primary_and_back(
+    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    primary, standby = replication
+    assert standby.control is not None
+    dsn, standby_dsn = await replicated_database(primary, standby)
+    test_pki = build_pki(tmp_path / "pki", database=dsn)
+    [client] = await start_replicas(ocspd_client, test_pki, n=1, env={"OCSPD_DATABASE_READ_DSN": standby_dsn})
+    der = request_der(leaf(test_pki, "good"), test_pki.ca.cert)
+
+    async def using_the_standby() -> bool:
+        in_use, lag, verdict = await in_set(client)
+        return in_use and lag is not None and lag <= 5 and "read_dsn: in use" in verdict.text()
+
+    await eventually(using_the_standby, what="the standby in the read set")
+    await eventually(lambda: _fresh_read(client, der, test_pki), what="a read served by the standby")
+    await asyncio.to_thread(standby.control.stop, "fast")
+    try:
+
+        async def out_of_the_set() -> bool:
+            in_use, lag, verdict = await in_set(client)
+            return not in_use and lag is not None and math.isnan(lag) and "read_dsn: down" in verdict.text()
+
+        await eventually(out_of_the_set, what="the stopped standby out of the read set")
+        _, _, verdict = await in_set(client)
+        assert verdict.ready and verdict.degraded, verdict.text()
+        before = reads(client)
+        for _ in range(3):
+            assert await missed(client, der, test_pki) == Status.GOOD  # from the primary
+        after = reads(client)
+        assert after["primary", "down"] >= before["primary", "down"] + 3, (before, after)
+        assert after["read_dsn", "fresh"] == before["read_dsn", "fresh"]
+    finally:
+        await asyncio.to_thread(standby.control.start)
+    await eventually(using_the_standby, timeout=30, what="the restarted standby back in the read set")
+    _, _, verdict = await in_set(client)
+    assert verdict.ready and not verdict.degraded, verdict.text()
+    await eventually(lambda: _fresh_read(client, der, test_pki), what="reads from the standby again")
+    no_errors(caplog)
+
+
+async def test_a_standby_lagging_past_read_max_lag_leaves_the_read_set_until_it_catches_up(
+    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path
+) -> None:
+    """The standby applies commits APPLY_DELAY late: with a stream of commits on the primary it
+    is that far behind, more than a read_max_lag of half of it."""
+    dsn, standby_dsn = await replicated_database(*replication)
+    test_pki = build_pki(tmp_path / "pki", database=dsn)
+    env = {"OCSPD_DATABASE_READ_DSN": standby_dsn, "OCSPD_DATABASE_READ_MAX_LAG": f"{APPLY_DELAY * 500:.0f}ms"}
+    [client] = await start_replicas(ocspd_client, test_pki, n=1, env=env)
+    der = request_der(leaf(test_pki, "good"), test_pki.ca.cert)
+    await eventually(lambda: _fresh_read(client, der, test_pki), what="a read served by the standby")
+    stop = asyncio.Event()
+
+    async def commits() -> None:
+        serial = 0x5000
+        while not stop.is_set():
+            await asyncio.to_thread(query, dsn, "SELECT ocspd_add_certificate(%s, %s)", ISSUER, f"{serial:x}")
+            serial += 1
+            await asyncio.sleep(0.05)
+
+    writer = asyncio.create_task(commits())
+    try:
+
+        async def lagging() -> bool:
+            in_use, lag, verdict = await in_set(client)
+            return not in_use and lag is not None and lag > APPLY_DELAY / 2 and "out of the read set" in verdict.text()
+
+        await eventually(lagging, what="the lagging standby out of the read set")
+        before = reads(client)
+        assert await missed(client, der, test_pki) == Status.GOOD
+        assert reads(client)["primary", "lagging"] == before["primary", "lagging"] + 1
+    finally:
+        stop.set()
+        await writer
+
+    async def caught_up() -> bool:
+        in_use, lag, _ = await in_set(client)
+        return in_use and lag is not None and lag <= APPLY_DELAY / 2
+
+    await eventually(caught_up, what="the standby back once it caught up")
+    await eventually(lambda: _fresh_read(client, der, test_pki), what="reads from the standby again")
+
+
+async def _fresh_read(client: TestClient[Any, Any], der: bytes, test_pki: TestPki) -> bool:
+    """A miss answered good from the standby (the fence admitted its read)."""
+    before = reads(client)["read_dsn", "fresh"]
+    assert await missed(client, der, test_pki) == Status.GOOD
+    return reads(client)["read_dsn", "fresh"] > before

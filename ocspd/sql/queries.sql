@@ -35,6 +35,14 @@ SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_
 -- name: commit
 COMMIT;
 
+-- name: replay_position
+-- The read target's check (ocspd/store/readset.py): its replay position as
+-- "replay_lsn" gives it, and the age in seconds of the last commit it
+-- replayed (NULL before the first; the primary's commit time against this
+-- server's clock).
+SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint END,
+       EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8;
+
 -- name: current_wal_lsn
 -- The primary's WAL insert position, read by the LISTEN connection after
 -- notifications: a commit that has been notified ends at or before it

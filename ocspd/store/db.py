@@ -4,7 +4,8 @@ One connector (``connector``: the pool, deadlines, the one translation of
 driver errors) and the store's roles on it, each in a module of its own:
 
 - ``source``: the request path's batched reads (``source.py``), on the pool of
-  ``read_dsn`` when there is one, fenced (``fence.py``);
+  ``read_dsn`` when there is one and it is in the read set (``readset.py``),
+  fenced (``fence.py``);
 - ``writes``: the write-behind queue of responses signed on a miss (``writes.py``);
 - ``responses`` and ``certificates``: what refresh, presign and the CLI do
   (``responses.py``, ``certificates.py``);
@@ -23,10 +24,12 @@ from typing import Any
 
 from ocspd.cache import Entry
 from ocspd.sources import Lookup
+from ocspd.store import readset
 from ocspd.store.certificates import Certificates
 from ocspd.store.connector import OPERATION_TIMEOUT, POOL_MAX, Connector, Row
 from ocspd.store.fence import Fence
 from ocspd.store.migrations import PING_BUDGET, Migrator
+from ocspd.store.readset import ReadTarget
 from ocspd.store.responses import DueRow, Responses
 from ocspd.store.source import Source
 from ocspd.store.writes import WriteBehind
@@ -44,10 +47,13 @@ class Store:
         lock_timeout: float | None = None,
         statement_timeout: float | None = None,
         read_dsn: str = "",
+        read_max_lag: float = 5.0,
     ) -> None:
         """See :class:`~ocspd.store.connector.Connector` for the arguments. With ``read_dsn``
         (a hot standby), the request path's status reads use a pool of their own on it,
-        fenced by ``fence``; everything else stays on ``dsn``."""
+        fenced by ``fence``, while ``read_target`` has it in the read set (answering, and
+        at most ``read_max_lag`` seconds behind: ``watch_read_target``); everything else
+        stays on ``dsn``."""
         settings: dict[str, Any] = {
             "maxsize": maxsize,
             "timeout": timeout,
@@ -57,7 +63,8 @@ class Store:
         self.connector = Connector(dsn, **settings)
         self.reader = Connector(read_dsn, what="[database] read_dsn", primary=False, **settings) if read_dsn else None
         self.fence = Fence()
-        self.source = Source(self.connector, self.reader, self.fence)
+        self.read_target = ReadTarget(read_max_lag) if read_dsn else None
+        self.source = Source(self.connector, self.reader, self.fence, self.read_target)
         self.responses = Responses(self.connector)
         # Write-backs are off the request path: queued, and sent in batches.
         self.writes = WriteBehind(self.responses)
@@ -110,6 +117,11 @@ class Store:
     async def ping(self, budget: float = PING_BUDGET) -> None:
         """The readiness check (``Migrator.check``): reachable, answering within ``budget``, our schema."""
         await self.migrations.check(budget)
+
+    async def watch_read_target(self) -> None:
+        """Check the read target every second, forever (readset.py); returns at once without one."""
+        if self.reader is not None and self.read_target is not None:
+            await readset.watch(self.read_target, self.connector, self.reader)
 
     async def refresh_due(
         self, signers: Mapping[str, str], sign: Callable[[DueRow], Entry], *, lead: dt.timedelta, limit: int

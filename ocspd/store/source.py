@@ -1,9 +1,10 @@
 """The request path's reads: status and stored response of a CertID, concurrent ones in one round trip.
 
-With ``[database] read_dsn`` (a hot standby, say), they go to that pool, fenced
-(fence.py): a read the standby made before it had replayed every change this
-process was notified of is read again on the primary (``dsn``), and when
-that fails the answer is tryLater, never the standby's rows.
+With ``[database] read_dsn`` (a hot standby, say), they go to that pool while it
+is in the read set (readset.py), fenced (fence.py): a read the standby made
+before it had replayed every change this process was notified of is read
+again on the primary (``dsn``), and when that fails the answer is tryLater,
+never the standby's rows.
 """
 
 from __future__ import annotations
@@ -17,26 +18,42 @@ from ocspd.status import SERVED_BY_VALUE
 from ocspd.store.batching import Batcher
 from ocspd.store.connector import Connector, Row
 from ocspd.store.fence import Fence
+from ocspd.store.readset import ReadTarget
 from ocspd.store.values import row_status, serial_hex, text_array
 
 # (issuer id, serial hex, CertID hash name, signer fingerprint)
 FetchKey = tuple[str, str, str, str]
 
 # Where the reads went when there is a read_dsn (ocspd_status_reads_total): the
-# read pool's answer served ("read_dsn", "fresh"), or read again on the primary
-# because the fence was pending, the read pool had not replayed up to it, or
-# the read pool failed.
-READ_TARGETS = (("read_dsn", "fresh"), ("primary", "pending"), ("primary", "behind"), ("primary", "read_dsn_failed"))
+# read pool's answer served ("read_dsn", "fresh"), or read on the primary
+# because the fence was pending, the read pool had not replayed up to it, the
+# read pool failed, or it was out of the read set (readset.py: lagging, down).
+READ_TARGETS = (
+    ("read_dsn", "fresh"),
+    ("primary", "pending"),
+    ("primary", "behind"),
+    ("primary", "read_dsn_failed"),
+    ("primary", "lagging"),
+    ("primary", "down"),
+)
 
 
 class Source:
     """Batched ``fetch`` of the status table and the response tier (the query ``fetch``)."""
 
-    def __init__(self, connector: Connector, reader: Connector | None = None, fence: Fence | None = None) -> None:
-        """``reader``: the pool on ``read_dsn``, if any, fenced by ``fence`` (raised by the listener)."""
+    def __init__(
+        self,
+        connector: Connector,
+        reader: Connector | None = None,
+        fence: Fence | None = None,
+        read_target: ReadTarget | None = None,
+    ) -> None:
+        """``reader``: the pool on ``read_dsn``, if any, fenced by ``fence`` (raised by the
+        listener), and used while ``read_target`` says it is in the read set."""
         self._connector = connector
         self._reader = reader
         self.fence = fence if fence is not None else Fence()
+        self.read_target = read_target
         self._read_counts = dict.fromkeys(READ_TARGETS, 0)
         self._windows = windows()  # the stored responses read in one second share their Window
         # Concurrent misses share round trips (see batching.py); at most a batch per pooled connection.
@@ -81,13 +98,20 @@ class Source:
 
     async def _fenced_fetch(self, reader: Connector, params: dict[str, str]) -> list[Row]:
         reason = "pending"
-        if not self.fence.pending:
+        target = self.read_target
+        if target is not None and not target.in_use:
+            reason = target.state.value  # lagging or down: the next check may put it back
+        elif not self.fence.pending:
             try:
                 replayed, rows = await reader.replayed_query("fetch", params)
             except DatabaseBusy:
                 raise  # the deadline is spent: tryLater now, not a second wait on the primary
-            except (SourceUnavailable, StoreError):
-                reason = "read_dsn_failed"  # down, or a query cancelled by a conflict with recovery
+            except SourceUnavailable as exc:
+                reason = "read_dsn_failed"
+                if target is not None:
+                    target.failed(str(exc))  # out until a check finds it answering
+            except StoreError:
+                reason = "read_dsn_failed"  # a query cancelled by a conflict with recovery, say
             else:
                 # The fence as it is now, not as it was when the read began: it only rises.
                 if self.fence.admits(replayed):
