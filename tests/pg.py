@@ -64,6 +64,7 @@ class ClusterControl:
     start_command: list[str]
     stop_command: list[str]
     env: dict[str, str]
+    promote_command: list[str] | None = None
 
     def stop(self, mode: str = "fast") -> None:
         """``fast``: sessions are terminated, as by systemctl stop; ``immediate``: as by a crash."""
@@ -73,6 +74,11 @@ class ClusterControl:
 
     def start(self) -> None:
         subprocess.run(self.start_command, check=True, capture_output=True, env=self.env, timeout=120)
+
+    def promote(self) -> None:
+        """A hot standby becomes a primary (``pg_ctl promote``, waiting until it accepts writes)."""
+        assert self.promote_command is not None
+        subprocess.run(self.promote_command, check=True, capture_output=True, env=self.env, timeout=120)
 
 
 @contextlib.contextmanager
@@ -180,7 +186,7 @@ def _started(
             what,
             workdir,
             port,
-            ClusterControl(start, stop, env),
+            ClusterControl(start, stop, env, _as_server_user([pg_ctl, "-D", data, "-w", "-t", "60", "promote"])),
         )
     finally:
         subprocess.run(stop, capture_output=True, env=env, timeout=60, check=False)
