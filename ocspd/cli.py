@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ocspd import commands, daemon, importer, logs
 from ocspd.commands import UsageError
-from ocspd.config import dump_config, load_config
-from ocspd.exceptions import ConfigError, OcspdError
+from ocspd.config import dump_config, format_duration, load_config
+from ocspd.exceptions import ConfigError, OcspdError, StoreError
+from ocspd.store.values import database_roles
 
 log = logging.getLogger("ocspd")
 
@@ -154,6 +155,16 @@ def _check_config(path: Path | None) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(dump_config(config), end="")
+    if config.database is not None:
+        database = config.database
+        try:
+            roles = database_roles(
+                database.dsn, database.listen_dsn, database.read_dsn, format_duration(database.read_max_lag)
+            )
+        except StoreError as exc:  # a DSN libpq cannot read: the config's fault
+            raise ConfigError(str(exc), file=config.source) from None
+        for line in roles:
+            print(f"# database {line}", file=sys.stderr)
     for issuer_id, signer in signers.items():
         delegated = "delegated responder" if signer.responder_cert is not None else "CA key"
         print(f"# issuer {issuer_id}: {signer.key_type}, signed by the {delegated}", file=sys.stderr)

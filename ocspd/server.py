@@ -21,12 +21,13 @@ from pathlib import Path
 from aiohttp import web
 
 from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness, init_app, reload_app, runner_for
-from ocspd.config import Config, load_config
+from ocspd.config import Config, DatabaseConfig, load_config
 from ocspd.exceptions import OcspdError, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
 from ocspd.signer import Signer
 from ocspd.store import Listener, Store
+from ocspd.store.values import dsn_target
 from ocspd.web.admin import init_admin_app
 
 log = logging.getLogger("ocspd.server")
@@ -74,9 +75,17 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
         postgres_tier="on" if config.database else "off",
         # Where the request path reads statuses (never the DSN itself: it may carry a password).
         status_reads=("read_dsn, fenced" if config.database.read_dsn else "dsn") if config.database else "off",
+        databases=_database_roles(config.database) if config.database else "off",
         validity=str(config.responses.validity),
         nonce=config.responses.nonce,
     )
+
+
+def _database_roles(database: DatabaseConfig) -> str:
+    """Where each role's DSN leads (hosts, database, user: never a password), e.g.
+    ``dsn=ocspd@db1:6432/ocspd listen_dsn=ocspd@db1:5432/ocspd read_dsn=ocspd@db2:5432/ocspd``."""
+    roles = {"dsn": database.dsn, "listen_dsn": database.listen_dsn, "read_dsn": database.read_dsn}
+    return " ".join(f"{role}={dsn_target(dsn, f'[database] {role}')}" for role, dsn in roles.items() if dsn)
 
 
 def files_needed(config: Config) -> int:

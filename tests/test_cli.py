@@ -23,6 +23,47 @@ def test_check_config_prints_the_effective_config(test_pki: TestPki) -> None:
     assert "test-ca" in result.stdout
 
 
+DSNS = {
+    "OCSPD_DATABASE_DSN": "host=pgbouncer.internal port=6432 dbname=ocspd user=ocspd password=s3cret",
+    "OCSPD_DATABASE_LISTEN_DSN": "postgresql://ocspd:s3cret@db1.internal:5432/ocspd",
+    "OCSPD_DATABASE_READ_DSN": "host=db2.internal,db3.internal dbname=ocspd user=ocspd target_session_attrs=standby",
+}
+
+
+def test_check_config_says_what_each_database_dsn_is_for_and_where_it_leads(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki", database="dbname=unused")
+    result = run("check-config", "--config", str(test_pki.config_path), env=DSNS)
+    assert result.returncode == 0, result.stderr
+    roles = [line for line in result.stderr.splitlines() if line.startswith("# database ")]
+    assert [line.split(" (", 1)[0] for line in roles] == [
+        "# database dsn",
+        "# database listen_dsn",
+        "# database read_dsn",
+    ]
+    assert roles[0].endswith(": ocspd@pgbouncer.internal:6432/ocspd"), roles[0]
+    assert roles[1].endswith(": ocspd@db1.internal:5432/ocspd"), roles[1]
+    assert roles[2].endswith(": ocspd@db2.internal:5432,db3.internal:5432/ocspd (standby)"), roles[2]
+    assert "read_max_lag 5s" in roles[2]
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_check_config_without_read_dsn_says_reads_use_dsn(tmp_path: Path) -> None:
+    test_pki = build_pki(tmp_path / "pki", database="host=db1.internal dbname=ocspd")
+    result = run("check-config", "--config", str(test_pki.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "# database listen_dsn (a direct connection to the primary: LISTEN, db migrate): " in result.stderr
+    assert (
+        "(= dsn)" in result.stderr and "# database read_dsn: not set (the request path reads from dsn)" in result.stderr
+    )
+
+
+@pytest.mark.parametrize("role", ["DSN", "LISTEN_DSN", "READ_DSN"])
+def test_check_config_refuses_a_dsn_libpq_cannot_read_in_one_line(tmp_path: Path, role: str) -> None:
+    test_pki = build_pki(tmp_path / "pki", database="dbname=ocspd")
+    result = run("check-config", "--config", str(test_pki.config_path), env={f"OCSPD_DATABASE_{role}": "host=x port"})
+    assert_one_line_error(result, f"[database] {role.lower()}")
+
+
 def test_config_comes_from_ocspd_config_variable(test_pki: TestPki) -> None:
     result = run("check-config", env={"OCSPD_CONFIG": str(test_pki.config_path)})
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,38 @@ def checked_dsn(dsn: str, what: str) -> dict[str, str]:
         raise StoreError(f"{what}: {' '.join(str(exc).split())}") from None
 
 
+def dsn_target(dsn: str, what: str) -> str:
+    """Where ``dsn`` leads, for humans: ``user@host:port[,host:port]/dbname`` (never a password);
+    StoreError naming ``what`` if libpq cannot read it."""
+    given = checked_dsn(dsn, what)
+    hosts = (given.get("host") or given.get("hostaddr") or "local socket").split(",")
+    ports = (given.get("port") or "5432").split(",")
+    ports += [ports[-1]] * (len(hosts) - len(ports))
+    where = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=False))
+    user = f"{given['user']}@" if given.get("user") else ""
+    attrs = f" ({given['target_session_attrs']})" if given.get("target_session_attrs") else ""
+    return f"{user}{where}/{given.get('dbname') or '(default)'}{attrs}"
+
+
+def database_roles(dsn: str, listen_dsn: str, read_dsn: str, read_max_lag: str) -> list[str]:
+    """What each ``[database]`` DSN is used for and where it leads, one line each
+    (``ocspd check-config``, the start-up summary); StoreError for one libpq cannot read."""
+    lines = [
+        f"dsn (the primary, or a pooler in front of it: writes, write-backs, refresh, presign, the CLI): "
+        f"{dsn_target(dsn, '[database] dsn')}",
+        f"listen_dsn (a direct connection to the primary: LISTEN, db migrate): "
+        f"{dsn_target(listen_dsn, '[database] listen_dsn')}" + (" (= dsn)" if listen_dsn == dsn else ""),
+    ]
+    if read_dsn:
+        lines.append(
+            f"read_dsn (the request path's status reads, fenced; left out when down or past read_max_lag "
+            f"{read_max_lag}): {dsn_target(read_dsn, '[database] read_dsn')}"
+        )
+    else:
+        lines.append("read_dsn: not set (the request path reads from dsn)")
+    return lines
+
+
 def primary_dsn(dsn: str, what: str = "[database] dsn") -> str:
     """``dsn`` for what must reach the primary (writes, LISTEN, migrations): unless it says
     otherwise, ``target_session_attrs=read-write``, so that libpq never settles on a hot
