@@ -600,3 +600,17 @@ async def replica(ocspd_client: AppClient, test_pki: TestPki) -> TestClient[Any,
 
 def leaf(test_pki: TestPki, name: str) -> x509.Certificate:
     return test_pki.leaves[name].cert
+
+
+# -- the README ---------------------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_block(heading: str, language: str) -> str:
+    """The first ```language block after the line ``heading``."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(heading + "\n")
+    match = re.compile(rf"^```{language}\n(.*?)^```", re.MULTILINE | re.DOTALL).search(text, start)
+    assert match is not None, f"no ```{language} block after {heading!r}"
+    return match.group(1)

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,12 +288,21 @@ class PgBouncer:
 
 
 @contextlib.contextmanager
-def pgbouncer(server: PgServer, *, pool_mode: str = "transaction", pool_size: int = 20) -> Iterator[PgBouncer]:
+def pgbouncer(
+    server: PgServer,
+    *,
+    pool_mode: str = "transaction",
+    pool_size: int = 20,
+    users: tuple[str, ...] = (),
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[PgBouncer]:
     """PgBouncer (the installed binary: Debian's ``pgbouncer``) in front of ``server``, in
     ``pool_mode``, listening on a unix socket of its own; stopped at the end (by its PID).
 
     RuntimeError("pgbouncer is not installed") without the binary. Every database of
-    the server is reached through it (``* =``), as the server's own user.
+    the server is reached through it (``* =``), as the server's own user or one of
+    ``users`` (roles the server trusts); ``settings``: more of ``[pgbouncer]`` (where
+    to listen and how to authenticate stay this fixture's).
     """
     binary = shutil.which("pgbouncer") or next(
         (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(p, os.X_OK)), None
@@ -313,13 +322,19 @@ def pgbouncer(server: PgServer, *, pool_mode: str = "transaction", pool_size: in
     workdir = _server_directory("ocspd-pgbouncer-")
     port = _free_port()
     pidfile, logfile = f"{workdir}/pgbouncer.pid", Path(workdir) / "pgbouncer.log"
-    (Path(workdir) / "users.txt").write_text(f'"{user}" ""\n')
-    (Path(workdir) / "pgbouncer.ini").write_text(
-        f"[databases]\n* = {where}\n\n[pgbouncer]\nlisten_addr =\nlisten_port = {port}\n"
-        f"unix_socket_dir = {workdir}\nauth_type = trust\nauth_file = {workdir}/users.txt\n"
-        f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
-        f"logfile = {logfile}\npidfile = {pidfile}\n"
-    )
+    (Path(workdir) / "users.txt").write_text("".join(f'"{name}" ""\n' for name in (user, *users)))
+    chosen = {"pool_mode": pool_mode, "default_pool_size": str(pool_size), "max_client_conn": "500", **(settings or {})}
+    own = {
+        "listen_addr": "",
+        "listen_port": str(port),
+        "unix_socket_dir": workdir,
+        "auth_type": "trust",
+        "auth_file": f"{workdir}/users.txt",
+        "logfile": str(logfile),
+        "pidfile": pidfile,
+    }
+    lines = "".join(f"{key} = {value}\n" for key, value in {**chosen, **own}.items())
+    (Path(workdir) / "pgbouncer.ini").write_text(f"[databases]\n* = {where}\n\n[pgbouncer]\n{lines}")
     if os.geteuid() == 0:
         import pwd
 

@@ -10,13 +10,17 @@ PgBouncer's (its backends are not the ones the connections were told of).
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
+import re
 from pathlib import Path
 
 import psycopg2.extensions
 import pytest
 from cryptography.x509 import ocsp
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg2.extensions import parse_dsn
 
 from ocspd.app import STORE, app_readiness
 from ocspd.protocol import TRY_LATER
@@ -29,10 +33,11 @@ from tests.helpers import (
     eventually,
     ocspd,
     query,
+    readme_block,
     request_der,
     status_of,
 )
-from tests.pg import PgBouncer, PgServer
+from tests.pg import PgBouncer, PgServer, pgbouncer
 
 Status = ocsp.OCSPCertStatus
 
@@ -110,3 +115,59 @@ async def test_a_listen_dsn_through_pgbouncer_keeps_the_listener_down_and_says_w
     # Without the channel, answers come from PostgreSQL (through PgBouncer), never from memory.
     der = request_der(test_pki.leaves["revoked"].cert, test_pki.ca.cert)
     assert await status_of(client, der, test_pki) == Status.REVOKED
+
+
+RECIPE_ROLE = "ocspd_recipe"  # the README's role "ocspd", in the test cluster
+
+
+def _readme_dsns(block: str, where: dict[str, tuple[str, int]], dbname: str) -> str:
+    """The README's ``[database]`` block with each DSN's host and port swapped for the test's
+    (``where``: README host -> (socket directory, port)), and its database."""
+
+    def swap(match: re.Match[str]) -> str:
+        params = conninfo_to_dict(match[2])
+        host, port = where[str(params["host"])]
+        params.update(host=host, port=str(port), dbname=dbname, user=RECIPE_ROLE)
+        return f"{match[1]}{json.dumps(make_conninfo(**{k: str(v) for k, v in params.items()}))}"
+
+    return re.sub(r'^(\w*dsn = )"([^"]*)"', swap, block, flags=re.M)
+
+
+async def test_the_readme_pgbouncer_recipe_works_as_written(
+    ocspd_client: AppClient, pg_server: PgServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The "Scaling out" blocks: PgBouncer's settings, the role's timeouts, ocspd's [database]."""
+    ini = configparser.ConfigParser()
+    ini.read_string(readme_block("#### PgBouncer", "ini"))
+    settings = {k: v for k, v in ini["pgbouncer"].items() if k != "listen_port"}
+    assert settings["pool_mode"] == "transaction"
+    name = dbname(pg_dsn)
+    query(pg_server.dsn, f"DO $$BEGIN CREATE ROLE {RECIPE_ROLE} LOGIN; EXCEPTION WHEN duplicate_object THEN END$$")
+    query(pg_dsn, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {RECIPE_ROLE}")
+    query(pg_dsn, f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {RECIPE_ROLE}")
+    sql = readme_block("On the primary, as a superuser:", "sql")
+    query(pg_dsn, re.sub(r"\bROLE ocspd\b", f"ROLE {RECIPE_ROLE}", sql))
+    add_status_rows(pg_dsn)
+    try:
+        with pgbouncer(pg_server, users=(RECIPE_ROLE,), settings=settings) as bouncer:
+            bouncer_dir, bouncer_port = parse_dsn(bouncer.dsn)["host"], int(parse_dsn(bouncer.dsn)["port"])
+            assert pg_server.socket_dir is not None and pg_server.port is not None
+            direct = (pg_server.socket_dir, pg_server.port)
+            where = {"pgbouncer.internal": (bouncer_dir, bouncer_port), "db1.internal": direct, "db2.internal": direct}
+            block = _readme_dsns(readme_block("And in `ocspd.toml`:", "toml"), where, name)
+            test_pki = build_pki(tmp_path / "pki", database="unused")
+            config = test_pki.config_path.read_text()
+            test_pki.config_path.write_text(config.replace('[database]\ndsn = "unused"\n', block))
+            client = await ocspd_client(test_pki)
+            for cert, expected in (("good", Status.GOOD), ("revoked", Status.REVOKED)):
+                der = request_der(test_pki.leaves[cert].cert, test_pki.ca.cert)
+                assert await status_of(client, der, test_pki) == expected
+            async with client.app[STORE].connector.cursor() as cur:
+                assert await through_pooler(cur.connection)
+                await cur.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout')")
+                assert await cur.fetchone() == ("1s", "2s")
+            verdict = await app_readiness(client.app)
+            assert verdict.ready and not verdict.degraded, verdict.text()
+            await client.close()
+    finally:
+        query(pg_server.dsn, f"ALTER ROLE {RECIPE_ROLE} RESET ALL")

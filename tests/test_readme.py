@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import psycopg2
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block after the line ``heading``."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(heading + "\n")
-    match = re.compile(rf"^```{language}\n(.*?)^```", re.MULTILINE | re.DOTALL).search(text, start)
-    assert match is not None, f"no ```{language} block after {heading!r}"
-    return match.group(1)
+from tests.helpers import readme_block
 
 
 def test_sql_for_cas_runs_as_written_and_leaves_what_it_says(pg_dsn: str) -> None:

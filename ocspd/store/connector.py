@@ -222,6 +222,8 @@ class Connector:
                         "lock), and [database] listen_dsn (dsn when not set) reaches a pooler such as PgBouncer: "
                         "point listen_dsn (or OCSPD_DATABASE_LISTEN_DSN) at the primary itself"
                     )
+                # A role's defaults (set there for a pooler's sake) are not a migration's.
+                await conn.execute("SET lock_timeout = 0; SET statement_timeout = 0")
                 yield conn
 
 
