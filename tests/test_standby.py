@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2.extensions
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
@@ -45,7 +46,7 @@ from tests.helpers import (
     start_replicas,
     status_of,
 )
-from tests.pg import PgServer, hot_standby, throwaway_cluster
+from tests.pg import PgBouncer, PgServer, hot_standby, pgbouncer, throwaway_cluster
 from tests.replication import (
     Answer,
     Status,
@@ -86,13 +87,40 @@ def test_the_read_targets_are_the_metric_labels() -> None:
     assert READ_TARGETS == STATUS_READS
 
 
+@pytest.fixture(scope="module")
+def standby_bouncer(replication: tuple[PgServer, PgServer]) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the standby (skipped without it)."""
+    try:
+        with pgbouncer(replication[1]) as bouncer:
+            yield bouncer
+    except RuntimeError as exc:
+        if "not installed" in str(exc):
+            pytest.skip("pgbouncer is not installed (apt-get install pgbouncer): no reads through PgBouncer")
+        raise
+
+
+@pytest.mark.parametrize("read_through", ["direct", "pgbouncer"])
 async def test_a_revocation_is_never_undone_by_a_standby_behind_it(
-    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    replication: tuple[PgServer, PgServer],
+    ocspd_client: AppClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    read_through: str,
 ) -> None:
+    """``read_dsn`` on the standby itself, or through PgBouncer in transaction mode (each
+    fenced read is one transaction, so a pooled backend answers all of it)."""
     caplog.set_level(logging.WARNING)
     dsn, standby_dsn = await replicated_database(*replication)
+    if read_through == "pgbouncer":
+        bouncer: PgBouncer = request.getfixturevalue("standby_bouncer")
+        standby_dsn = bouncer.dsn_for(psycopg2.extensions.parse_dsn(standby_dsn)["dbname"])
+        # No session settings in the startup packet through PgBouncer (README, "Scaling out").
+        timeouts = {"OCSPD_DATABASE_LOCK_TIMEOUT": "0", "OCSPD_DATABASE_STATEMENT_TIMEOUT": "0"}
+    else:
+        timeouts = {}
     test_pki = build_pki(tmp_path / "pki", database=dsn)
-    clients = await start_replicas(ocspd_client, test_pki, env={"OCSPD_DATABASE_READ_DSN": standby_dsn})
+    clients = await start_replicas(ocspd_client, test_pki, env={"OCSPD_DATABASE_READ_DSN": standby_dsn, **timeouts})
     for client in clients:
         assert client.app[STORE].reader is not None
     ders = {name: request_der(leaf(test_pki, name), test_pki.ca.cert) for name in ("good", "unissued")}
