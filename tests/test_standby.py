@@ -37,6 +37,7 @@ from tests.helpers import (
     ISSUER,
     UNISSUED_SERIAL,
     TestPki,
+    assert_refused,
     build_pki,
     eventually,
     ocspd,
@@ -356,3 +357,19 @@ async def _fresh_read(client: TestClient[Any, Any], der: bytes, test_pki: TestPk
     before = reads(client)["read_dsn", "fresh"]
     assert await missed(client, der, test_pki) == Status.GOOD
     return reads(client)["read_dsn", "fresh"] > before
+
+
+async def test_writes_are_never_sent_to_a_standby_named_as_dsn(
+    replication: tuple[PgServer, PgServer], ocspd_client: AppClient, tmp_path: Path
+) -> None:
+    """``dsn`` on the standby by mistake: libpq refuses it for writes (``target_session_attrs``), so
+    the CLI says so in one line and the responder is not ready, instead of a failed write per miss."""
+    _, standby_dsn = await replicated_database(*replication)
+    test_pki = build_pki(tmp_path / "pki", database=standby_dsn)
+    result = await ocspd(test_pki, *revoke_args(GOOD_SERIAL, "keyCompromise"))
+    assert_refused(result, "database unavailable", "read-only")
+    client = await ocspd_client(test_pki)
+    verdict = await app_readiness(client.app)
+    assert not verdict.ready and "read-only" in verdict.text(), verdict.text()
+    der = request_der(leaf(test_pki, "good"), test_pki.ca.cert)
+    assert await status_of(client, der, test_pki) == TRY_LATER
