@@ -32,6 +32,7 @@ UnknownSerial = Literal["unknown", "revoked", "unauthorized"]
 ResponderId = Literal["key", "name"]
 LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+Timestamps = Literal["auto", "on", "off"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ocspd/ocspd.toml")
 
@@ -124,6 +125,8 @@ class LogConfig:
     format: LogFormat = "kv"
     level: LogLevel = "info"
     requests: bool = False  # a transaction line per request (issuer, serial, status, tier, latency)
+    # A time= field first on every line; "auto": unless stderr is the journal, which has its own.
+    timestamps: Timestamps = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +280,16 @@ def _duration(value: object, from_env: bool) -> dt.timedelta:
         raise ValueError(f"bad duration {_show(value)} (use 90s, 24h, 7d, 1h30m)") from None
 
 
+def _timestamps(value: object, from_env: bool) -> str:
+    """``true``/``false`` (TOML booleans, or the words in the environment) or ``"auto"``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    words = {"auto": "auto", "true": "on", "on": "on", "false": "off", "off": "off"}
+    if isinstance(value, str) and value.lower() in words:
+        return words[value.lower()]
+    raise ValueError(f'must be true, false or "auto", got {_show(value)}')
+
+
 def _size(value: object, from_env: bool) -> int:
     try:
         return parse_size(value if isinstance(value, int | str) else "?")
@@ -329,6 +342,7 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
                   "nonce": (_enum(get_args(Nonce)), None), "max_inflight_signatures": (_int, 1),
                   "max_certids_per_request": (_int, 1)},
     "log": {"format": (_enum(get_args(LogFormat)), None), "level": (_enum(get_args(LogLevel)), None),
+            "timestamps": (_timestamps, None),
             "requests": (_bool, None)},
     "issuers": {"id": (_str, None), "ca_cert": (_str, None), "responder_key": (_str, None),
                 "responder_cert": (_str, None), "key_passphrase_file": (_str, None), "index": (_str, None),
@@ -576,6 +590,8 @@ def _toml(value: object, convert: Converter) -> str:
         return "[" + ", ".join(_toml(a, _addr) for a in value) + "]"
     elif convert is _addr and isinstance(value, tuple):
         value = format_addr(value)
+    elif convert is _timestamps and value != "auto":
+        value = value == "on"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):

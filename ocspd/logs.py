@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -66,8 +67,9 @@ class Throttle:
         return held
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {"level": record.levelname.lower(), "logger": record.name}
+def _fields(record: logging.LogRecord, timestamps: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"time": _timestamp(record.created)} if timestamps else {}
+    out.update(level=record.levelname.lower(), logger=record.name)
     name = getattr(record, _EVENT, None)
     if name is not None:
         out["event"] = name
@@ -86,18 +88,44 @@ def _kv_value(value: Any) -> str:
     return text
 
 
+def _timestamp(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds: ``2026-12-02T04:05:06.789Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
 class KeyValueFormatter(logging.Formatter):
-    """``level=info logger=ocspd event=ready issuers=a,b``."""
+    """``time=2026-12-02T04:05:06.789Z level=info logger=ocspd event=ready issuers=a,b`` (``time=`` with
+    ``timestamps``)."""
+
+    def __init__(self, *, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_kv_value(v)}" for k, v in _fields(record).items())
+        return " ".join(f"{k}={_kv_value(v)}" for k, v in _fields(record, self.timestamps).items())
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line."""
+    """One JSON object per line (with a ``time`` member with ``timestamps``)."""
+
+    def __init__(self, *, timestamps: bool = False) -> None:
+        super().__init__()
+        self.timestamps = timestamps
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str, ensure_ascii=False)
+        return json.dumps(_fields(record, self.timestamps), default=str, ensure_ascii=False)
+
+
+def stderr_is_the_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether stderr is systemd's journal stream (``JOURNAL_STREAM`` names its device and
+    inode): the journal stamps every line itself."""
+    stream = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = stream.partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 class ClientErrorFilter(logging.Filter):
@@ -132,7 +160,9 @@ def setup(config: LogConfig | None = None, *, level: str | None = None) -> None:
     """Send ocspd's (and the libraries') logs to stderr in the configured format."""
     config = config or LogConfig()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if config.format == "json" else KeyValueFormatter())
+    stamped = config.timestamps == "on" or (config.timestamps == "auto" and not stderr_is_the_journal())
+    formatter = JsonFormatter if config.format == "json" else KeyValueFormatter
+    handler.setFormatter(formatter(timestamps=stamped))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness, init_app, reload_app, runner_for
-from ocspd.config import Config, DatabaseConfig, load_config
+from ocspd.config import Config, DatabaseConfig, format_addr, format_duration, format_size, load_config
 from ocspd.exceptions import OcspdError, SchemaOutdated, SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
@@ -61,7 +61,7 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
             id=issuer_id,
             key_type=signer.key_type,
             signed_by="delegated responder" if signer.responder_cert is not None else "CA key",
-            status_source=f"index {issuer.index}" if issuer.index else "postgres",
+            status_source=f"index {issuer.index.resolve()}" if issuer.index else "postgres",
             unknown_serial=issuer.unknown_serial,
         )
     event(
@@ -69,14 +69,14 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
         "config",
         source=config.source,
         workers=config.server.workers,
-        listen=",".join(f"{h}:{p}" for h, p in config.server.listen),
-        admin=f"{config.admin.listen[0]}:{config.admin.listen[1]}",
-        memory_tier=f"{config.cache.max_entries} entries/{config.cache.max_bytes} bytes",
+        listen=",".join(format_addr(addr) for addr in config.server.listen),
+        admin=format_addr(config.admin.listen),
+        memory_tier=f"{config.cache.max_entries} entries/{format_size(config.cache.max_bytes)}",
         postgres_tier="on" if config.database else "off",
         # Where the request path reads statuses (never the DSN itself: it may carry a password).
         status_reads=("read_dsn, fenced" if config.database.read_dsn else "dsn") if config.database else "off",
         databases=_database_roles(config.database) if config.database else "off",
-        validity=str(config.responses.validity),
+        validity=format_duration(config.responses.validity),
         nonce=config.responses.nonce,
     )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -13,10 +15,21 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness
-from ocspd.logs import JsonFormatter, KeyValueFormatter, event
+from ocspd.config import load_config
+from ocspd.logs import JsonFormatter, KeyValueFormatter, event, stderr_is_the_journal
 from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
-from tests.helpers import GOOD_SERIAL, Clock, TestPki, counting_signers, eventually, query, request_der, start_replicas
+from tests.helpers import (
+    GOOD_SERIAL,
+    Clock,
+    TestPki,
+    build_pki,
+    counting_signers,
+    eventually,
+    query,
+    request_der,
+    start_replicas,
+)
 
 
 def samples(app: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -197,6 +210,53 @@ def test_logs_are_one_line_key_value_or_json(caplog: pytest.LogCaptureFixture) -
     assert kv.startswith("level=info logger=ocspd.test event=listening address=127.0.0.1:8080 note=")
     parsed = json.loads(JsonFormatter().format(record))
     assert parsed["event"] == "listening" and parsed["note"] == "two words\nand a newline"
+
+
+def test_log_lines_start_with_a_utc_timestamp_when_asked(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("ocspd.test")
+    with caplog.at_level(logging.INFO, logger="ocspd.test"):
+        event(logger, "listening", address="127.0.0.1:8080")
+    record = caplog.records[-1]
+    record.created = 1_800_000_000.25
+    kv = KeyValueFormatter(timestamps=True).format(record)
+    assert kv.startswith("time=2027-01-15T08:00:00.250Z level=info logger=ocspd.test event=listening"), kv
+    assert json.loads(JsonFormatter(timestamps=True).format(record))["time"] == "2027-01-15T08:00:00.250Z"
+
+
+@pytest.mark.parametrize(
+    ("stream", "journal"),
+    [
+        pytest.param("same", True, id="stderr-is-the-journal-stream"),
+        pytest.param("other", False, id="another-stream"),
+        pytest.param("", False, id="no-journal-stream"),
+        pytest.param("garbage", False, id="unreadable-journal-stream"),
+    ],
+)
+def test_timestamps_are_left_to_the_journal_only_when_stderr_is_its_stream(
+    stream: str, journal: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (tmp_path / "stderr").open("w") as stderr:
+        monkeypatch.setattr("sys.stderr", stderr)
+        stat = os.fstat(stderr.fileno())
+        value = {"same": f"{stat.st_dev}:{stat.st_ino}", "other": f"{stat.st_dev}:{stat.st_ino + 1}"}.get(
+            stream, stream
+        )
+        assert stderr_is_the_journal({"JOURNAL_STREAM": value} if value else {}) is journal
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        pytest.param("true", "on", id="toml-true"),
+        pytest.param("false", "off", id="toml-false"),
+        pytest.param('"auto"', "auto", id="auto"),
+    ],
+)
+def test_log_timestamps_setting(tmp_path: Path, value: str, parsed: str) -> None:
+    test_pki = build_pki(tmp_path / "pki")
+    test_pki.config_path.write_text(test_pki.config_path.read_text() + f"\n[log]\ntimestamps = {value}\n")
+    assert load_config(test_pki.config_path, environ={}).log.timestamps == parsed
+    assert load_config(test_pki.config_path, environ={"OCSPD_LOG_TIMESTAMPS": "false"}).log.timestamps == "off"
 
 
 async def test_transaction_log_names_issuer_serial_status_and_tier(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 from pathlib import Path
@@ -16,6 +17,10 @@ import pytest
 from cryptography.x509 import ocsp
 
 from ocspd import pki
+from ocspd.config import load_config
+from ocspd.logs import KeyValueFormatter
+from ocspd.server import summary
+from ocspd.signer import load_signers
 from tests.faults import PgProxy
 from tests.helpers import TestPki, build_pki, post_bytes, read_answer, request_der
 from tests.serving import NotifySocket, ask, start_serve, wait_http
@@ -275,3 +280,22 @@ async def test_a_head_trickling_in_is_closed_after_the_keepalive_timeout(tmp_pat
         writer.close()
     finally:
         assert await served.stop() == 0
+
+
+def test_the_start_up_summary_speaks_in_the_config_s_units(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Durations and sizes as the config writes them, IPv6 in brackets, paths normalised, and
+    where each database DSN leads without its password."""
+    test_pki = build_pki(
+        tmp_path / "pki",
+        database="host=db1.internal dbname=ocspd user=ocspd password=s3cret",
+        database_extra='read_dsn = "host=db2.internal dbname=ocspd user=ocspd password=s3cret"',
+    )
+    config = load_config(test_pki.config_path, environ={"OCSPD_SERVER_LISTEN": "[::1]:8080,127.0.0.1:8080"})
+    with caplog.at_level(logging.INFO, logger="ocspd"):
+        summary(config, load_signers(config))
+    lines = [KeyValueFormatter().format(r) for r in caplog.records]
+    [line] = [line for line in lines if "event=config" in line]
+    assert "listen=[::1]:8080,127.0.0.1:8080" in line and "admin=127.0.0.1:9180" in line, line
+    assert "validity=1d" in line and 'memory_tier="1000000 entries/512MiB"' in line, line
+    assert "ocspd@db1.internal:5432/ocspd" in line and "read_dsn=ocspd@db2.internal:5432/ocspd" in line, line
+    assert "s3cret" not in "\n".join(lines)
