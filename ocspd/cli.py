@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocspd import commands, daemon, importer, logs
+from ocspd import __version__, commands, daemon, importer, logs
 from ocspd.commands import UsageError
 from ocspd.config import dump_config, format_duration, load_config
 from ocspd.exceptions import ConfigError, OcspdError, StoreError
@@ -33,6 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="ocspd", description="OCSP responder daemon (RFC 6960 / RFC 9919)")
+    parser.add_argument("--version", action="version", version=f"ocspd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     config_help = "configuration file (default $OCSPD_CONFIG, else /etc/ocspd/ocspd.toml)"
 

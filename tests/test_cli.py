@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ocspd import pki
+from ocspd import __version__, pki
 from tests.helpers import OCSPD, TestPki, assert_one_line_error, build_pki, run
 
 
@@ -62,6 +62,12 @@ def test_check_config_refuses_a_dsn_libpq_cannot_read_in_one_line(tmp_path: Path
     test_pki = build_pki(tmp_path / "pki", database="dbname=ocspd")
     result = run("check-config", "--config", str(test_pki.config_path), env={f"OCSPD_DATABASE_{role}": "host=x port"})
     assert_one_line_error(result, f"[database] {role.lower()}")
+
+
+def test_version_is_printed_with_exit_0() -> None:
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"ocspd {__version__}\n"
 
 
 def test_config_comes_from_ocspd_config_variable(test_pki: TestPki) -> None:
