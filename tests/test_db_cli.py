@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ocspd import pki
+from ocspd import importer, pki
+from ocspd.config import load_config
 from tests.helpers import GOOD_SERIAL, REVOKED_SERIAL, UNISSUED_SERIAL, TestPki, assert_one_line_error, query, run
 from tests.pg import PgServer
 
@@ -134,6 +135,24 @@ def test_import_pem_and_der_certificates(db_pki: TestPki, tmp_path: Path) -> Non
         assert status_json(db_pki, f"{leaf.serial_number:x}")["status"] == "good"
 
 
+def test_import_reports_reading_files_from_the_first_second_and_leaves_small_imports_unanalysed(
+    db_pki: TestPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"leaf{i}.pem")
+        pki.write_cert(files[-1], pki.make_leaf(db_pki.ca, 0x6000 + i, f"read{i}.example.test").cert)
+    monkeypatch.setattr(importer, "PROGRESS_SECONDS", 0.0)  # every file: a real import says it each second
+    assert importer.cert_import(load_config(db_pki.config_path, environ={}), "test-ca", files) == 0
+    err = capsys.readouterr().err
+    assert [line.split(" (")[0] for line in err.splitlines() if line.startswith("read ")] == [
+        "read 1/4 files",
+        "read 2/4 files",
+        "read 3/4 files",
+    ]
+    assert "imported 4/4" in err and "analysed the table" not in err
+
+
 def test_import_refuses_a_certificate_of_another_ca(db_pki: TestPki, tmp_path: Path) -> None:
     other_ca = pki.make_ca("another CA")
     stray = tmp_path / "stray.pem"
@@ -178,6 +197,9 @@ def test_import_of_100k_index_lines_takes_seconds(db_pki: TestPki, tmp_path: Pat
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "imported 100000/100000" in result.stderr
+    # The planner knows the table's size at once (presign runs at full speed straight after).
+    assert "analysed the table" in result.stderr
+    assert query(pg_dsn, "SELECT reltuples FROM pg_class WHERE relname = 'ocspd_certificates'")[0][0] > 90_000
     print(f"imported 100k certificates in {elapsed:.1f}s")
     assert query(pg_dsn, "SELECT count(*) FROM ocspd_certificates WHERE status = 'revoked'")[0][0] == 2000 + 1
 

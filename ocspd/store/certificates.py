@@ -173,6 +173,10 @@ class Certificates:
             int(stored),
         )
 
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics of the table (after a bulk import)."""
+        await self._connector.query("analyze_certificates", {}, retry=False)
+
     async def count(self, issuer_id: str) -> int:
         rows = await self._connector.query("count_certificates", {"issuer": issuer_id})
         return int(rows[0][0])
