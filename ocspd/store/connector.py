@@ -64,7 +64,11 @@ def translate(exc: psycopg.Error | OSError, *, migration: bool = False) -> Ocspd
             message += f" ({POOLER_HINT})"
         return SourceUnavailable(f"database unavailable: {message}")
     if migration:
-        return StoreError(f"migration failed: {one_line(exc)}")
+        hint = ""
+        if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "schema public" in str(exc):
+            # PostgreSQL 15: only the database's owner may create in its public schema.
+            hint = " (the database must be owned by the role that migrates it: createdb -O <role> <database>)"
+        return StoreError(f"migration failed: {one_line(exc)}{hint}")
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
         # Not an outage of the server, but this replica cannot answer either.
         return SchemaOutdated()
