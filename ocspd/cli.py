@@ -177,12 +177,15 @@ def _demo(directory: Path, port: int) -> int:
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"port {port} out of range 1..65535", key="--port")
-    demo = make_demo(directory.resolve(), port=port, admin_port=port + 1 if port < 65535 else port - 1)
+    admin_port = port + 1 if port < 65535 else port - 1
+    demo = make_demo(directory.resolve(), port=port, admin_port=admin_port)
     url = f"http://127.0.0.1:{port}/"
     print(f"ocspd demo PKI in {demo.directory} (config {demo.config})")
-    print("Try these from another terminal:\n")
-    for command in openssl_commands(demo, url):
-        print(f"  {command}\n")
+    print("Try these from another terminal; each prints 'Response verify OK' and the line after '#':\n")
+    for demo_command in openssl_commands(demo, url):
+        note = f" ({demo_command.note})" if demo_command.note else ""
+        print(f"  # {demo_command.answer}{note}\n  {demo_command.command}\n")
+    print(f"Metrics: http://127.0.0.1:{admin_port}/metrics  (readiness: /readyz)")
     print("Revoke a certificate: edit index.txt (change V to R and add a revocation time);")
     print("the next answer says 'revoked' within about a second. Ctrl-C stops.\n", flush=True)
     return daemon.serve(demo.config, load_config(demo.config, environ={}))

@@ -425,20 +425,36 @@ def make_demo(directory: Path, *, port: int = 8080, admin_port: int = 9180, key_
     return demo
 
 
-def openssl_commands(demo: DemoPki, url: str) -> list[str]:
-    """``openssl ocsp`` commands that query ``url`` for each demo leaf.
+# What ``openssl ocsp`` prints for each demo leaf (besides "Response verify OK").
+DEMO_ANSWERS = {"good": "good", "revoked": "revoked", "unissued": "unknown"}
+
+
+@dataclass(frozen=True)
+class DemoCommand:
+    """An ``openssl ocsp`` command for the demo, and the line it should print."""
+
+    command: str
+    answer: str  # e.g. "/tmp/ocspd-demo/good.pem: good"
+    note: str = ""
+
+
+def openssl_commands(demo: DemoPki, url: str) -> list[DemoCommand]:
+    """``openssl ocsp`` commands that query ``url`` for each demo leaf, with what each answers.
 
     One command per leaf, then one for the first leaf with ``-no_nonce``
-    (the form whose answer can come from the cache).
+    (the form whose answer can come from the cache). No ``-resp_text``: the
+    status line is the one to look at.
     """
     q = shlex.quote
     ca = q(str(demo.ca_cert))
 
     def command(leaf: Path, *extra: str) -> str:
         args = ["-issuer", ca, "-cert", q(str(leaf)), "-url", q(url), "-CAfile", ca]
-        return " ".join(["openssl", "ocsp", *args, *extra, "-resp_text"])
+        return " ".join(["openssl", "ocsp", *args, *extra])
 
-    commands = [command(path) for path in demo.leaves.values()]
+    commands = [DemoCommand(command(path), f"{path}: {DEMO_ANSWERS[name]}") for name, path in demo.leaves.items()]
     if demo.leaves:
-        commands.append(command(next(iter(demo.leaves.values())), "-no_nonce"))
+        name, path = next(iter(demo.leaves.items()))
+        note = "no nonce: the same signed answer for everyone, from the cache after the first"
+        commands.append(DemoCommand(command(path, "-no_nonce"), f"{path}: {DEMO_ANSWERS[name]}", note))
     return commands

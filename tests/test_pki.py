@@ -372,15 +372,16 @@ def test_openssl_commands_cover_each_leaf_and_no_nonce(tmp_path: Path) -> None:
     demo = pki.make_demo(tmp_path / "with space")
     commands = pki.openssl_commands(demo, "http://127.0.0.1:8080/")
     assert len(commands) == len(demo.leaves) + 1
-    parsed = [shlex.split(c) for c in commands]
-    for argv, path in zip(parsed, demo.leaves.values(), strict=False):
+    parsed = [shlex.split(c.command) for c in commands]
+    for argv, (name, path), command in zip(parsed, demo.leaves.items(), commands, strict=False):
         assert argv[:2] == ["openssl", "ocsp"]
         assert argv[argv.index("-cert") + 1] == str(path)
         assert argv[argv.index("-issuer") + 1] == str(demo.ca_cert)
         assert argv[argv.index("-CAfile") + 1] == str(demo.ca_cert)
         assert argv[argv.index("-url") + 1] == "http://127.0.0.1:8080/"
-        assert "-resp_text" in argv and "-no_nonce" not in argv
-    assert "-no_nonce" in parsed[-1]
+        assert "-resp_text" not in argv and "-no_nonce" not in argv
+        assert command.answer == f"{path}: {pki.DEMO_ANSWERS[name]}"
+    assert "-no_nonce" in parsed[-1] and commands[-1].note
 
 
 @needs_openssl
