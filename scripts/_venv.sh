@@ -26,12 +26,24 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 
-# Reinstall only when the package metadata changed since the last install.
+# Install only when the package metadata (or the tools' pinned versions) changed since
+# the last install, or when an extra is wanted that is not installed yet: the demo's
+# extras are a subset of the tests', so switching between the two reinstalls nothing,
+# and nothing is fetched from the network when nothing changed.
 stamp="$venv/.ocspd-installed"
-want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1) ${OCSPD_EXTRAS:-}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+digest="$(cat "$root/setup.cfg" "$root/pyproject.toml" "$root/scripts/constraints.txt" | sha256sum | cut -d' ' -f1)"
+installed_digest="" installed_extras=""
+if [ -f "$stamp" ]; then read -r installed_digest installed_extras <"$stamp" || true; fi
+extras="$installed_extras"
+if [ "$installed_digest" != "$digest" ]; then extras=""; fi
+missing=no
+extras_wanted="${OCSPD_EXTRAS:-}"
+for extra in ${extras_wanted//,/ }; do
+    case ",$extras," in *",$extra,"*) ;; *) missing=yes; extras="${extras:+$extras,}$extra" ;; esac
+done
+if [ "$installed_digest" != "$digest" ] || [ "$missing" = yes ]; then
     echo "ocspd: installing into $venv ..." >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root${OCSPD_EXTRAS:+[$OCSPD_EXTRAS]}" >&2
-    echo "$want" >"$stamp"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -c "$root/scripts/constraints.txt" -e "$root${extras:+[$extras]}" >&2
+    echo "$digest $extras" >"$stamp"
 fi

@@ -3,5 +3,5 @@
 # Usage: scripts/demo.sh [--dir DIR] [--port N]
 OCSPD_EXTRAS=""
 source "$(dirname "$0")/_venv.sh"
-cd "$root"
+# From the caller's directory: a relative --dir is where they are, not the checkout.
 exec "$venv/bin/ocspd" demo "$@"
