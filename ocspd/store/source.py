@@ -9,10 +9,11 @@ never the standby's rows.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from ocspd.cache import Entry, windows
-from ocspd.exceptions import DatabaseBusy, SourceUnavailable, StoreError
+from ocspd.exceptions import DatabaseBusy, OcspdError, SourceUnavailable, StoreError
 from ocspd.sources import Lookup
 from ocspd.status import SERVED_BY_VALUE
 from ocspd.store.batching import Batcher
@@ -20,6 +21,8 @@ from ocspd.store.connector import Connector, Row
 from ocspd.store.fence import Fence
 from ocspd.store.readset import ReadTarget
 from ocspd.store.values import row_status, serial_hex, text_array
+
+FAR_AHEAD = 1 << 62  # the replay position of a read target not in recovery: never behind a fence
 
 # (issuer id, serial hex, CertID hash name, signer fingerprint)
 FetchKey = tuple[str, str, str, str]
@@ -54,6 +57,8 @@ class Source:
         self._reader = reader
         self.fence = fence if fence is not None else Fence()
         self.read_target = read_target
+        # The furthest replay position a read of reader (or a check of it) has seen.
+        self._seen_replay = 0
         self._read_counts = dict.fromkeys(READ_TARGETS, 0)
         self._windows = windows()  # the stored responses read in one second share their Window
         # Concurrent misses share round trips (see batching.py); at most a batch per pooled connection.
@@ -102,6 +107,10 @@ class Source:
         if target is not None and not target.in_use:
             reason = target.state.value  # lagging or down: the next check may put it back
         elif not self.fence.pending:
+            if self._seen_replay < self.fence.lsn:
+                # Known to be behind the fence (just after a notification, say): ask both at
+                # once rather than one after the other, and take the standby's if it caught up.
+                return await self._raced_fetch(reader, params)
             try:
                 replayed, rows = await reader.replayed_query("fetch", params)
             except DatabaseBusy:
@@ -113,6 +122,7 @@ class Source:
             except StoreError:
                 reason = "read_dsn_failed"  # a query cancelled by a conflict with recovery, say
             else:
+                self._saw(replayed)
                 # The fence as it is now, not as it was when the read began: it only rises.
                 if self.fence.admits(replayed):
                     self._read_counts["read_dsn", "fresh"] += 1
@@ -121,3 +131,29 @@ class Source:
         self._read_counts["primary", reason] += 1
         # The primary or nothing: its failure is the caller's tryLater.
         return await self._connector.query("fetch", params)
+
+    async def _raced_fetch(self, reader: Connector, params: dict[str, str]) -> list[Row]:
+        """The standby's and the primary's answer, asked together: the standby's if the fence
+        admits it, else the primary's (whose failure is the caller's tryLater)."""
+        standby, primary = await asyncio.gather(
+            reader.replayed_query("fetch", params), self._connector.query("fetch", params), return_exceptions=True
+        )
+        if isinstance(standby, BaseException):
+            if isinstance(standby, SourceUnavailable) and self.read_target is not None:
+                self.read_target.failed(str(standby))
+            if not isinstance(standby, OcspdError):
+                raise standby  # cancelled, or a bug
+        else:
+            replayed, rows = standby
+            self._saw(replayed)
+            if self.fence.admits(replayed):
+                self._read_counts["read_dsn", "fresh"] += 1
+                return rows
+        self._read_counts["primary", "behind"] += 1
+        if isinstance(primary, BaseException):
+            raise primary
+        return primary
+
+    def _saw(self, replayed: int | None) -> None:
+        """How far the standby had replayed at a read (None: not in recovery, current)."""
+        self._seen_replay = max(self._seen_replay, FAR_AHEAD if replayed is None else replayed)
