@@ -527,6 +527,8 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
         for key in ("ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index"):
             if values.get(key):  # "" means "not set", as in the SPEC example
                 values[key] = base / values[key]  # an absolute path replaces base
+                if key == "key_passphrase_file" and credential_outside_the_service(values[key]):
+                    continue  # only the running service has it: the signer reads it there
                 _check_file(values[key], key in ("responder_key", "key_passphrase_file"), f"{name}.{key}", source)
             elif key in ("ca_cert", "responder_key"):
                 raise _error("required: a file path", f"{name}.{key}", source)
@@ -550,6 +552,22 @@ def _is_credential(path: Path) -> bool:
         roots.append(Path(os.environ["CREDENTIALS_DIRECTORY"]))
     resolved = path.resolve()
     return any(resolved.is_relative_to(root.resolve()) for root in roots)
+
+
+def credential_outside_the_service(path: Path) -> bool:
+    """A systemd credential that cannot be read here: LoadCredential= puts it in
+    /run/credentials/<unit>/ for the running service only, so the CLI run by hand
+    (check-config, db migrate, revoke, ...) works without it; ``ocspd serve``'s
+    signer still refuses to start without it."""
+    if not _is_credential(path):
+        return False
+    try:
+        with path.open("rb"):
+            return False
+    except (FileNotFoundError, PermissionError):
+        return True
+    except OSError:  # a directory, say: the usual check says what is wrong
+        return False
 
 
 def _check_file(path: Path, private: bool, key: str, source: str) -> None:

@@ -7,6 +7,7 @@ missing those tests are skipped, the static checks still run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from ocspd import pki
 from ocspd.config import _KEYS, Config, DatabaseConfig, ServerConfig
 from ocspd.server import files_needed
+from tests.helpers import TestPki, assert_one_line_error, build_pki, run
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "ocspd.service"
+PASSPHRASE_DROP_IN = ROOT / "systemd" / "passphrase.conf"
 EXAMPLE_CONFIG = ROOT / "systemd" / "ocspd.toml"
 SYSUSERS = ROOT / "systemd" / "ocspd.sysusers.conf"
 TMPFILES = ROOT / "systemd" / "ocspd.tmpfiles.conf"
@@ -108,14 +112,26 @@ def test_unit_runs_as_the_sysusers_account(unit: dict[str, list[tuple[str, str]]
     assert ["d", "/etc/ocspd", "0750", "root", "ocspd", "-"] in tmpfiles
 
 
-def test_unit_hands_the_passphrase_over_as_a_credential(unit: dict[str, list[tuple[str, str]]]) -> None:
-    credential = one(unit, "Service", "LoadCredential")
-    name, _, source = credential.partition(":")
+def uncommented_passphrase_config() -> str:
+    """The example config as the README leaves it for an encrypted key (its sed uncomments the line)."""
+    text = EXAMPLE_CONFIG.read_text()
+    assert text.count("\n#key_passphrase_file = ") == 1
+    return text.replace("\n#key_passphrase_file = ", "\nkey_passphrase_file = ")
+
+
+def test_the_passphrase_credential_is_a_drop_in_for_encrypted_keys_only(unit: dict[str, list[tuple[str, str]]]) -> None:
+    # LoadCredential= with a missing source fails the start (243/CREDENTIALS): not in the unit itself.
+    assert not values(unit, "Service", "LoadCredential")
+    drop_in = parse_unit(PASSPHRASE_DROP_IN.read_text())
+    assert list(drop_in) == ["Service"] and [k for k, _ in drop_in["Service"]] == ["LoadCredential"]
+    name, _, source = one(drop_in, "Service", "LoadCredential").partition(":")
     assert name == "responder-key-passphrase"
     assert source.startswith("/etc/ocspd/")
-    # The example config reads it where systemd puts it for this unit.
+    # The example config reads it where systemd puts it for this unit, once uncommented.
     config = tomllib.loads(EXAMPLE_CONFIG.read_text())
-    passphrase_files = [i.get("key_passphrase_file") for i in config["issuers"]]
+    assert all("key_passphrase_file" not in i for i in config["issuers"])
+    encrypted = tomllib.loads(uncommented_passphrase_config())
+    passphrase_files = [i.get("key_passphrase_file") for i in encrypted["issuers"]]
     assert f"/run/credentials/{UNIT.name}/{name}" in passphrase_files
 
 
@@ -149,14 +165,14 @@ def test_example_config_is_toml_with_every_section() -> None:
         assert {"id", "ca_cert", "responder_key"} <= set(issuer)
     delegated = [i for i in issuers if i.get("responder_cert")]
     assert delegated, "the example shows a delegated responder"
-    assert delegated[0]["key_passphrase_file"] == "/run/credentials/ocspd.service/responder-key-passphrase"
+    assert "key_passphrase_file" not in delegated[0], "an unencrypted key by default (no credential to install)"
 
 
 # --- systemd-analyze ---
 
 
 def _verifiable_copy(tmp_path: Path) -> Path:
-    """The unit, with ExecStart= pointing at a program that exists here (ocspd is not installed in /usr/bin).
+    """The unit, with ExecStart= pointing at a program that exists here (ocspd is not installed in /opt).
 
     ``systemd-analyze verify`` checks that every Exec*= program exists; that
     is the one finding about this machine rather than about the unit.
@@ -164,8 +180,8 @@ def _verifiable_copy(tmp_path: Path) -> Path:
     text = UNIT.read_text()
     installed = Path(sys.executable).with_name("ocspd")
     stand_in = installed if installed.is_file() and os.access(installed, os.X_OK) else Path("/bin/true")
-    assert "ExecStart=/usr/bin/ocspd " in text
-    text = text.replace("ExecStart=/usr/bin/ocspd ", f"ExecStart={stand_in} ")
+    assert "ExecStart=/opt/ocspd/.venv/bin/ocspd " in text
+    text = text.replace("ExecStart=/opt/ocspd/.venv/bin/ocspd ", f"ExecStart={stand_in} ")
     if not Path("/bin/kill").exists():  # procps missing (slim images): not the unit's fault
         text = text.replace("ExecReload=/bin/kill ", "ExecReload=/bin/true ")
     copy = tmp_path / UNIT.name
@@ -190,6 +206,17 @@ def _verify_findings(path: Path) -> tuple[int, list[str]]:
 @needs_analyze
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     returncode, findings = _verify_findings(_verifiable_copy(tmp_path))
+    assert findings == []
+    assert returncode == 0
+
+
+@needs_analyze
+def test_systemd_analyze_verify_with_the_passphrase_drop_in(tmp_path: Path) -> None:
+    # verify reads drop-ins from <unit>.d/ beside a unit given by path, as systemd does in /etc/systemd/system.
+    unit = _verifiable_copy(tmp_path)
+    (tmp_path / f"{UNIT.name}.d").mkdir()
+    shutil.copy(PASSPHRASE_DROP_IN, tmp_path / f"{UNIT.name}.d" / PASSPHRASE_DROP_IN.name)
+    returncode, findings = _verify_findings(unit)
     assert findings == []
     assert returncode == 0
 
@@ -276,3 +303,109 @@ def test_unit_file_limit_covers_the_connection_limit(unit: dict[str, list[tuple[
         # (the unit's system call filter may refuse it).
         assert soft >= files_needed(config), (soft, files_needed(config))
     assert soft >= 2 * ServerConfig().max_connections  # room to raise max_connections a little without an edit
+
+
+# --- check-config by hand, outside the service: the passphrase credential is not there ---
+
+CREDENTIAL_PASSPHRASE = b"s3cret"
+
+
+def encrypted_pki(tmp_path: Path, passphrase_file: Path) -> TestPki:
+    """An encrypted responder key whose key_passphrase_file is ``passphrase_file``."""
+    test_pki = build_pki(tmp_path / "pki")
+    assert test_pki.responder is not None
+    pki.write_key(test_pki.key_path, test_pki.responder.key, passphrase=CREDENTIAL_PASSPHRASE)
+    text = test_pki.config_path.read_text()
+    test_pki.config_path.write_text(text.replace("index = ", f'key_passphrase_file = "{passphrase_file}"\nindex = '))
+    return test_pki
+
+
+def credential_roots(tmp_path: Path) -> list[tuple[Path, dict[str, str]]]:
+    """A missing credential under each root ocspd takes for systemd's: /run/credentials/, $CREDENTIALS_DIRECTORY."""
+    run_credentials = Path(f"/run/credentials/ocspd-test-{os.getpid()}-{tmp_path.name}.service")
+    assert not run_credentials.exists()
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    return [
+        (run_credentials / "responder-key-passphrase", {}),
+        (directory / "responder-key-passphrase", {"CREDENTIALS_DIRECTORY": str(directory)}),
+    ]
+
+
+@pytest.mark.parametrize("root", ["/run/credentials", "$CREDENTIALS_DIRECTORY"])
+def test_check_config_outside_the_service_skips_the_key_behind_a_credential(tmp_path: Path, root: str) -> None:
+    passphrase_file, env = credential_roots(tmp_path)[0 if root == "/run/credentials" else 1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    result = run("check-config", "--config", str(test_pki.config_path), env=env)
+    assert result.returncode == 0, result.stderr
+    # One line says which check was left to the service, and why.
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("# issuer test-ca:")]
+    assert "key not checked" in line and "systemd credential" in line and str(passphrase_file) in line, line
+    assert "systemctl start ocspd" in line
+    assert "Traceback" not in result.stderr
+    # The effective config is the file's, the passphrase file included.
+    assert result.stdout.startswith(f"# effective configuration of {test_pki.config_path}\n")
+    assert f'key_passphrase_file = "{passphrase_file}"' in result.stdout
+    assert f'ca_cert = "{test_pki.ca_path}"' in result.stdout  # relative paths resolved as usual
+    # The service itself stays strict: no passphrase, no start.
+    serve = run("serve", "--config", str(test_pki.config_path), env=env)
+    assert_one_line_error(serve, str(test_pki.config_path), "issuers[0].key_passphrase_file", str(passphrase_file))
+
+
+def test_check_config_with_the_credential_there_checks_the_key(tmp_path: Path) -> None:
+    passphrase_file, env = credential_roots(tmp_path)[1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    passphrase_file.write_bytes(CREDENTIAL_PASSPHRASE + b"\n")
+    passphrase_file.chmod(0o440)  # as newer systemd leaves it (an ACL mask): accepted for a credential
+    result = run("check-config", "--config", str(test_pki.config_path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "# issuer test-ca: ecdsa-secp256r1, signed by the delegated responder" in result.stderr.splitlines()
+    passphrase_file.write_bytes(b"wrong\n")
+    assert_one_line_error(run("check-config", "--config", str(test_pki.config_path), env=env), "wrong passphrase")
+
+
+def test_check_config_outside_the_service_still_refuses_an_unencrypted_key_with_a_passphrase(tmp_path: Path) -> None:
+    # The service would fail at start (a passphrase for a key that has none): check-config can tell already.
+    passphrase_file, env = credential_roots(tmp_path)[1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    assert test_pki.responder is not None
+    pki.write_key(test_pki.key_path, test_pki.responder.key)
+    result = run("check-config", "--config", str(test_pki.config_path), env=env)
+    assert_one_line_error(result, str(test_pki.config_path), "issuers[0].key_passphrase_file", "not encrypted")
+
+
+def test_check_config_outside_the_service_still_checks_the_certificates(tmp_path: Path) -> None:
+    passphrase_file, env = credential_roots(tmp_path)[1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    test_pki.ca_path.write_text("not a certificate\n")
+    result = run("check-config", "--config", str(test_pki.config_path), env=env)
+    assert_one_line_error(result, str(test_pki.config_path), "issuers[0].ca_cert", "not a PEM or DER certificate")
+
+
+def test_check_config_outside_the_service_reports_later_mistakes_against_the_file(tmp_path: Path) -> None:
+    passphrase_file, env = credential_roots(tmp_path)[1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    with test_pki.config_path.open("a") as config:
+        config.write('\n[[issuers]]\nid = "second"\nca_cert = "missing.pem"\nresponder_key = "signer.key"\n')
+        config.write('index = "index.txt"\n')
+    result = run("check-config", "--config", str(test_pki.config_path), env=env)
+    assert_one_line_error(
+        result, f"{test_pki.config_path}: issuers[1].ca_cert: no such file: {tmp_path}/pki/missing.pem"
+    )
+
+
+def test_check_config_refuses_a_missing_passphrase_file_that_is_no_credential(tmp_path: Path) -> None:
+    test_pki = encrypted_pki(tmp_path, tmp_path / "nowhere" / "passphrase")
+    result = run("check-config", "--config", str(test_pki.config_path))
+    assert_one_line_error(result, "issuers[0].key_passphrase_file", "no such file")
+
+
+def test_the_database_commands_run_by_hand_without_the_service_s_credential(tmp_path: Path, pg_dsn: str) -> None:
+    """An upgrade's ``db migrate`` (or a revoke) with the service stopped: no key is needed, so a
+    passphrase only the service can read does not stand in the way."""
+    passphrase_file, env = credential_roots(tmp_path)[1]
+    test_pki = encrypted_pki(tmp_path, passphrase_file)
+    text = test_pki.config_path.read_text().replace('index = "index.txt"\n', "")
+    test_pki.config_path.write_text(text + f"\n[database]\ndsn = {json.dumps(pg_dsn)}\n")
+    result = run("db", "migrate", "--config", str(test_pki.config_path), env=env)
+    assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
