@@ -91,13 +91,20 @@ FOR UPDATE OF r SKIP LOCKED;
 -- name: presign_batch
 -- Certificates of one issuer without a fresh stored response for hash_alg,
 -- in serial order after a cursor (keyset pagination, no OFFSET scans).
+-- The stored response is probed per certificate by its primary key (a
+-- LATERAL subquery with LIMIT 1 is never turned into a join): the table that
+-- presign itself fills has no statistics yet, and with NOT EXISTS the planner
+-- then chose an anti-join reading every stored response of the hash for each
+-- batch (presign of 100k certificates fell to ~400/s until autovacuum's
+-- analyze; bench/README.md, issue 14).
 SELECT c.serial, c.status, c.revoked_at, c.reason, c.version
 FROM ocspd_certificates c
-WHERE c.issuer_id = %(issuer)s AND c.serial > %(after)s
-  AND NOT EXISTS (
-      SELECT 1 FROM ocspd_responses r
-      WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.hash_alg = %(hash_alg)s
-        AND r.cert_version = c.version AND r.signer = %(signer)s AND r.refresh_at > now())
+LEFT JOIN LATERAL (
+    SELECT true AS fresh FROM ocspd_responses r
+    WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.hash_alg = %(hash_alg)s
+      AND r.cert_version = c.version AND r.signer = %(signer)s AND r.refresh_at > now()
+    LIMIT 1) stored ON true
+WHERE c.issuer_id = %(issuer)s AND c.serial > %(after)s AND stored.fresh IS NULL
 ORDER BY c.serial
 LIMIT %(limit)s;
 
@@ -110,11 +117,10 @@ SELECT coalesce(max(version), 0) FROM ocspd_migrations;
 SELECT count(*) FROM ocspd_certificates WHERE issuer_id = %(issuer)s;
 
 -- name: analyze_certificates
--- After a bulk import: fresh planner statistics at once, so that presign and
--- the request path's lookups are planned for the table's real size, not for
--- the empty table autovacuum last saw (presign of 100k rows ran at ~0.7k/s
--- until autovacuum's analyze, ~6k/s after). Needs the table's owner (the
--- role that ran db migrate); anyone else gets a WARNING, not an error.
+-- After a bulk import: fresh planner statistics at once, so that the scans
+-- of the table (presign's, refresh's) are planned for its real size, not for
+-- the empty table autovacuum last saw. Needs the table's owner (the role
+-- that ran db migrate); anyone else gets a WARNING, not an error.
 ANALYZE ocspd_certificates;
 
 -- name: import_certificates
