@@ -238,4 +238,13 @@ async def test_a_query_past_ocspds_deadline_is_cancelled_on_the_server(
 def test_the_pool_dsn_carries_the_session_settings(
     dsn: str, lock_timeout: float | None, statement_timeout: float | None, expected: dict[str, str]
 ) -> None:
-    assert parse_dsn(session_dsn(dsn, lock_timeout=lock_timeout, statement_timeout=statement_timeout)) == expected
+    # A read pool's DSN (primary=False): only the session settings are added.
+    def pool_dsn(given: str, primary: bool) -> dict[str, str]:
+        made = session_dsn(given, lock_timeout=lock_timeout, statement_timeout=statement_timeout, primary=primary)
+        return dict(parse_dsn(made))
+
+    assert pool_dsn(dsn, primary=False) == expected
+    # The primary's pool never settles on a hot standby (issue 13), unless the DSN says otherwise.
+    assert pool_dsn(dsn, primary=True) == {**expected, "target_session_attrs": "read-write"}
+    explicit = f"{dsn}&target_session_attrs=any" if dsn.startswith("postgresql:") else f"{dsn} target_session_attrs=any"
+    assert pool_dsn(explicit, primary=True)["target_session_attrs"] == "any"
