@@ -170,16 +170,7 @@ def _started(
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"could not start a {what}: {exc}") from exc
     stop = _as_server_user([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"])
-    # If this process is killed (a timeout, Ctrl-C twice), the finally below
-    # never runs: a watchdog in its own session stops the server then.
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    watchdog = _watchdog(workdir, stop, env)
     try:
         yield PgServer(
             f"host={host} port={port} user=postgres dbname=postgres",
@@ -193,6 +184,19 @@ def _started(
         shutil.rmtree(workdir, ignore_errors=True)
         watchdog.terminate()
         watchdog.wait(timeout=10)
+
+
+def _watchdog(workdir: str, stop: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    """If this process is killed (a timeout, Ctrl-C twice), its finally blocks never run: a
+    watchdog in its own session runs ``stop`` then, and removes ``workdir``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 # argv: parent pid, cluster directory, the command that stops the cluster.
@@ -352,13 +356,7 @@ def pgbouncer(
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         raise RuntimeError(f"could not start pgbouncer: {exc}") from exc
-    watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), workdir, *stop],
-        start_new_session=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    watchdog = _watchdog(workdir, stop, None)
     bouncer = PgBouncer(f"host={workdir} port={port} user={user} dbname=postgres", pool_mode, logfile)
     try:
         _wait_until_connects(bouncer.dsn, what="pgbouncer")
