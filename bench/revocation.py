@@ -31,6 +31,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -70,9 +71,16 @@ async def wait_revoked(
             await asyncio.sleep(pause)
 
 
-async def measure(
-    dsn: str, ports: list[int], bench_pki: common.BenchPki, serials: list[int], interval: float, gap: float
+# How one replica is watched after a commit: (session, port, request, t0, commit seconds) ->
+# {"seen_s": seconds from t0 to its first "revoked", "polls": n, and what else it records}.
+Follow = Callable[[aiohttp.ClientSession, int, bytes, float, float], Awaitable[dict[str, Any]]]
+
+
+async def revoke_each(
+    dsn: str, ports: list[int], bench_pki: common.BenchPki, serials: list[int], gap: float, follow: Follow
 ) -> list[dict[str, Any]]:
+    """For each serial: every replica answers "good" from memory, the revocation commits, and
+    ``follow`` watches each replica; one row per revocation (``follow``'s other keys, per replica)."""
     results: list[dict[str, Any]] = []
     sessions = [
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=TIMEOUT))
@@ -93,24 +101,35 @@ async def measure(
                     "SELECT ocspd_revoke(%s, %s, 'keyCompromise', now())", (bench_pki.issuer_id, f"{serial:x}")
                 )
                 committed = time.perf_counter() - t0
-                waits = await asyncio.gather(
-                    *(wait_revoked(s, p, der, t0, interval) for s, p in zip(sessions, ports, strict=True))
+                watched = await asyncio.gather(
+                    *(follow(s, p, der, t0, committed) for s, p in zip(sessions, ports, strict=True))
                 )
-                seen = [w[0] for w in waits]
-                results.append(
-                    {
-                        "serial": f"{serial:x}",
-                        "commit_ms": committed * 1000,
-                        "replicas_ms": [x * 1000 for x in seen],
-                        "all_ms": max(seen) * 1000,
-                        "polls": [w[1] for w in waits],
-                    }
-                )
+                seen = [w["seen_s"] for w in watched]
+                row = {
+                    "serial": f"{serial:x}",
+                    "commit_ms": committed * 1000,
+                    "replicas_ms": [x * 1000 for x in seen],
+                    "all_ms": max(seen) * 1000,
+                }
+                row.update({key: [w[key] for w in watched] for key in watched[0] if key != "seen_s"})
+                results.append(row)
                 await asyncio.sleep(gap)
     finally:
         for session in sessions:
             await session.close()
     return results
+
+
+async def measure(
+    dsn: str, ports: list[int], bench_pki: common.BenchPki, serials: list[int], interval: float, gap: float
+) -> list[dict[str, Any]]:
+    """Time from the revocation to every replica's first "revoked" (``wait_revoked``)."""
+
+    async def follow(session: aiohttp.ClientSession, port: int, der: bytes, t0: float, _: float) -> dict[str, Any]:
+        seen, polls = await wait_revoked(session, port, der, t0, interval)
+        return {"seen_s": seen, "polls": polls}
+
+    return await revoke_each(dsn, ports, bench_pki, serials, gap, follow)
 
 
 async def watch_replica(
@@ -156,7 +175,7 @@ async def watch_replica(
         "polls": polls,
         "good_in_flight_ms": good_in_flight,
         "good_after_revoked_ms": good_after_revoked,
-        "other": other,
+        "other_answers": other,
     }
 
 
@@ -170,49 +189,13 @@ async def measure_standby(
     watch: float,
 ) -> list[dict[str, Any]]:
     """``measure``, each replica watched until ``watch`` seconds after the commit (``watch_replica``)."""
-    results: list[dict[str, Any]] = []
-    sessions = [
-        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=TIMEOUT))
-        for _ in ports
-    ]
-    try:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-            for serial in serials:
-                der = bench_pki.request_for(serial)
-                for session, port in zip(sessions, ports, strict=True):
-                    for _ in range(2):
-                        status = await ask(session, port, der)
-                        if status != "good":
-                            raise RuntimeError(f"replica on {port} answered {status} before the revocation")
-                t0 = time.perf_counter()
-                await cur.execute(
-                    "SELECT ocspd_revoke(%s, %s, 'keyCompromise', now())", (bench_pki.issuer_id, f"{serial:x}")
-                )
-                committed = time.perf_counter() - t0
-                watched = await asyncio.gather(
-                    *(
-                        watch_replica(s, p, der, t0, committed, interval, watch)
-                        for s, p in zip(sessions, ports, strict=True)
-                    )
-                )
-                seen = [w["seen_s"] for w in watched]
-                results.append(
-                    {
-                        "serial": f"{serial:x}",
-                        "commit_ms": committed * 1000,
-                        "replicas_ms": [x * 1000 for x in seen],
-                        "all_ms": max(seen) * 1000,
-                        "polls": [w["polls"] for w in watched],
-                        "good_in_flight_ms": [w["good_in_flight_ms"] for w in watched],
-                        "good_after_revoked_ms": [w["good_after_revoked_ms"] for w in watched],
-                        "other_answers": [w["other"] for w in watched],
-                    }
-                )
-                await asyncio.sleep(gap)
-    finally:
-        for session in sessions:
-            await session.close()
-    return results
+
+    async def follow(
+        session: aiohttp.ClientSession, port: int, der: bytes, t0: float, committed: float
+    ) -> dict[str, Any]:
+        return await watch_replica(session, port, der, t0, committed, interval, watch)
+
+    return await revoke_each(dsn, ports, bench_pki, serials, gap, follow)
 
 
 def main(argv: list[str] | None = None) -> int:
