@@ -1,0 +1,89 @@
+"""CRLs for the tests (issue 15), built with cryptography as a CA would issue them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from ocspd import pki
+
+T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    """One entry: a serial, when, and a reason (None: no reasonCode)."""
+
+    serial: int
+    reason: x509.ReasonFlags | None = x509.ReasonFlags.key_compromise
+    at: dt.datetime = T0 - dt.timedelta(days=1)
+    certificate_issuer: x509.Name | None = None
+
+
+def make_crl(
+    ca: pki.Identity,
+    entries: Sequence[Revoked] = (),
+    *,
+    number: int | None = 1,
+    delta_of: int | None = None,
+    signer: pki.Identity | None = None,
+    issuer: x509.Name | None = None,
+    this_update: dt.datetime = T0,
+    next_update: dt.datetime | None = T0 + dt.timedelta(days=7),
+    distribution_point: x509.IssuingDistributionPoint | None = None,
+) -> x509.CertificateRevocationList:
+    """A CRL of ``ca`` (signed by ``signer``'s key if given): a delta CRL with ``delta_of``."""
+    key = (signer or ca).key
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer or ca.cert.subject)
+        .last_update(this_update)
+        .next_update(next_update or this_update + dt.timedelta(days=3650))
+    )
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), critical=False)
+    if delta_of is not None:
+        builder = builder.add_extension(x509.DeltaCRLIndicator(delta_of), critical=True)
+    if distribution_point is not None:
+        builder = builder.add_extension(distribution_point, critical=True)
+    for entry in entries:
+        revoked = x509.RevokedCertificateBuilder().serial_number(entry.serial).revocation_date(entry.at)
+        if entry.reason is not None:
+            revoked = revoked.add_extension(x509.CRLReason(entry.reason), critical=False)
+        if entry.certificate_issuer is not None:
+            general = x509.CertificateIssuer([x509.DirectoryName(entry.certificate_issuer)])
+            revoked = revoked.add_extension(general, critical=True)
+        builder = builder.add_revoked_certificate(revoked.build())
+    return builder.sign(key, pki.sign_hash(key))
+
+
+def crl_signer(ca: pki.Identity, *, crl_sign: bool = True) -> pki.Identity:
+    """A separate CRL signing key certified by ``ca`` under the CA's own name."""
+    key = pki.new_key("p256")
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca.cert.subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0 - dt.timedelta(days=1))
+        .not_valid_after(T0 + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(ca.key, pki.sign_hash(ca.key))
+    )
+    return pki.Identity(cert, key)
