@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from ocspd.exceptions import OcspdError
 from ocspd.logs import event
 from ocspd.store.connector import through_pooler
 from ocspd.store.fence import Fence
@@ -34,7 +35,7 @@ log = logging.getLogger("ocspd.listener")
 CHANNEL = "ocspd_status_v1"
 
 
-class ListenerMisconfigured(Exception):
+class ListenerMisconfigured(OcspdError):
     """``listen_dsn`` cannot carry notifications (it reaches a pooler)."""
 
 
