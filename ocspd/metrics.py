@@ -31,7 +31,7 @@ STATUSES = (
 METHODS = ("GET", "POST")
 INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
-# ocspd_status_reads_total's (target, reason) pairs: ocspd/store/source.py's READ_TARGETS.
+# ocspd_status_reads_total's (target, reason) pairs, the ones ocspd/store/source.py counts by.
 STATUS_READS = (
     ("read_dsn", "fresh"),
     ("primary", "pending"),

@@ -26,11 +26,9 @@ from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, app_readiness
 from ocspd.config import dump_config
 from ocspd.exceptions import ConfigError, StoreError
 from ocspd.health import Readiness
-from ocspd.metrics import STATUS_READS
 from ocspd.protocol import TRY_LATER
 from ocspd.store import Listener, Store
 from ocspd.store.fence import Fence
-from ocspd.store.source import READ_TARGETS
 from tests.conftest import AppClient
 from tests.helpers import (
     GOOD_SERIAL,
@@ -82,10 +80,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])  # closed again when the block ends: connections are refused
-
-
-def test_the_read_targets_are_the_metric_labels() -> None:
-    assert READ_TARGETS == STATUS_READS
 
 
 @pytest.fixture(scope="module")

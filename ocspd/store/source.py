@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ocspd.cache import Entry, windows
 from ocspd.exceptions import DatabaseBusy, OcspdError, SourceUnavailable, StoreError
+from ocspd.metrics import STATUS_READS
 from ocspd.sources import Lookup
 from ocspd.status import SERVED_BY_VALUE
 from ocspd.store.batching import Batcher
@@ -27,18 +28,12 @@ FAR_AHEAD = 1 << 62  # the replay position of a read target not in recovery: nev
 # (issuer id, serial hex, CertID hash name, signer fingerprint)
 FetchKey = tuple[str, str, str, str]
 
-# Where the reads went when there is a read_dsn (ocspd_status_reads_total): the
-# read pool's answer served ("read_dsn", "fresh"), or read on the primary
-# because the fence was pending, the read pool had not replayed up to it, the
-# read pool failed, or it was out of the read set (readset.py: lagging, down).
-READ_TARGETS = (
-    ("read_dsn", "fresh"),
-    ("primary", "pending"),
-    ("primary", "behind"),
-    ("primary", "read_dsn_failed"),
-    ("primary", "lagging"),
-    ("primary", "down"),
-)
+# Where the reads went when there is a read_dsn (ocspd_status_reads_total, whose
+# labels are this table): the read pool's answer served ("read_dsn", "fresh"),
+# or read on the primary because the fence was pending, the read pool had not
+# replayed up to it, the read pool failed, or it was out of the read set
+# (readset.py: lagging, down).
+READ_TARGETS = STATUS_READS
 
 
 class Source:

@@ -76,12 +76,12 @@ def session_dsn(
     ``statement_timeout`` (seconds; None or 0: not set) in ``options``, and for the
     ``primary``'s connections what :func:`primary_dsn` adds. A fault in ``dsn`` is a
     StoreError naming ``what``."""
+    if primary:
+        dsn = primary_dsn(dsn, what)
     given = checked_dsn(dsn, what)
     extra: dict[str, str] = {}
     if "application_name" not in given:
         extra["application_name"] = "ocspd"
-    if primary and "target_session_attrs" not in given:
-        extra["target_session_attrs"] = "read-write"
     settings = [
         f"-c {name}={round(seconds * 1000)}ms"
         for name, seconds in (("lock_timeout", lock_timeout), ("statement_timeout", statement_timeout))
