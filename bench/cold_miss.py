@@ -91,17 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sign-seconds", type=float, default=2.0, help="length of each raw-signing measurement")
     parser.add_argument("--dsn", help="PostgreSQL server to create the database on (default: see above)")
-    parser.add_argument(
-        "--standby",
-        action="store_true",
-        help="read statuses from a hot standby of a throwaway primary ([database] read_dsn, issue 13)",
-    )
-    parser.add_argument(
-        "--apply-delay",
-        type=common.apply_delay_ms,
-        default="0",
-        help="--standby: the standby's recovery_min_apply_delay (default 0)",
-    )
+    what = "read statuses from a hot standby of a throwaway primary ([database] read_dsn, issue 13)"
+    common.add_standby_args(parser, what=what, apply_delay="0")
     args = parser.parse_args(argv)
     if args.standby and args.dsn:
         parser.error("--standby makes its own primary and standby (tests/pg.py): --dsn is not used with it")

@@ -441,6 +441,17 @@ def apply_delay_ms(text: str) -> int:
     return round(float(match.group(1)) * scale)
 
 
+def add_standby_args(parser: Any, *, what: str, apply_delay: str) -> None:
+    """``--standby`` (``what`` says what it does in this script) and ``--apply-delay`` (its default)."""
+    parser.add_argument("--standby", action="store_true", help=what)
+    parser.add_argument(
+        "--apply-delay",
+        type=apply_delay_ms,
+        default=apply_delay,
+        help=f"--standby: the standby's recovery_min_apply_delay (default {apply_delay})",
+    )
+
+
 @contextlib.contextmanager
 def replication(delay_ms: int) -> Iterator[tuple[Postgres, Postgres]]:
     """A throwaway primary and a streaming hot standby of it replaying commits ``delay_ms`` late

@@ -206,17 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-ms", type=float, default=1.0, help="poll interval per replica (default 1 ms)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="pause between revocations (default 20 ms)")
     parser.add_argument("--dsn", help="PostgreSQL server to create the database on (default: see cold_miss.py)")
-    parser.add_argument(
-        "--standby",
-        action="store_true",
-        help="read_dsn on a hot standby of a throwaway primary, replaying --apply-delay late (issue 13)",
-    )
-    parser.add_argument(
-        "--apply-delay",
-        type=common.apply_delay_ms,
-        default="1s",
-        help="--standby: the standby's recovery_min_apply_delay (default 1s)",
-    )
+    what = "read_dsn on a hot standby of a throwaway primary, replaying --apply-delay late (issue 13)"
+    common.add_standby_args(parser, what=what, apply_delay="1s")
     parser.add_argument(
         "--watch-ms",
         type=float,
