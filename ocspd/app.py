@@ -26,8 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ocspd import crlshared, crlsource
 from ocspd.cache import Entry
 from ocspd.config import Config
+from ocspd.crlfetch import CrlFetcher, FetchLimits
+from ocspd.crlsource import CrlState
 from ocspd.exceptions import ConfigError, SourceUnavailable, StoreError
 from ocspd.health import Readiness, readiness
 from ocspd.index import IndexFile
@@ -35,7 +38,7 @@ from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
 from ocspd.responder import Responder
 from ocspd.signer import Signer, load_signers
-from ocspd.sources import IndexSource, StatusSource
+from ocspd.sources import CrlSource, IndexSource, StatusSource
 from ocspd.store import DueRow, Listener, Store
 from ocspd.web.handlers import OcspHandlers
 from ocspd.web.runner import OcspRunner
@@ -46,6 +49,7 @@ replication_log = logging.getLogger("ocspd.replication")
 RESPONDER = web.AppKey("responder", Responder)
 METRICS = web.AppKey("metrics", Metrics)
 INDEX_FILES = web.AppKey("index_files", dict[str, IndexFile])
+CRLS = web.AppKey("crls", dict[str, CrlState])
 HANDLERS = web.AppKey("handlers", OcspHandlers)
 STORE = web.AppKey("store", Store)
 LISTENER = web.AppKey("listener", Listener)
@@ -78,11 +82,19 @@ def init_app(
     metrics = metrics if metrics is not None else Metrics()
     index_files = {issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None}
     sources: dict[str, StatusSource] = {}
-    if index_files:
-        index_source = IndexSource(index_files)
-        sources.update((issuer_id, index_source) for issuer_id in index_files)
+    index_source = IndexSource(index_files)
+    sources.update((issuer_id, index_source) for issuer_id in index_files)
+    # CRLs kept in memory: paired with an index.txt, or unlisted-means-good without a database.
+    crls = {
+        issuer.id: crlsource.state_for(issuer, signers[issuer.id].ca_cert)
+        for issuer in config.issuers
+        if issuer.crl and (issuer.index is not None or config.database is None)
+    }
+    if crls:
+        crl_source = CrlSource(crls, index_source)
+        sources.update((issuer_id, crl_source) for issuer_id in crls)
     store: Store | None = None
-    notified = frozenset(issuer.id for issuer in config.issuers if issuer.id not in index_files)
+    notified = frozenset(issuer.id for issuer in config.issuers if issuer.id not in sources)
     if notified:
         if config.database is None:  # config validation makes this unreachable
             raise ConfigError("issuers without `index` need a [database]", key="issuers", file=config.source)
@@ -97,12 +109,19 @@ def init_app(
             read_max_lag=database.read_max_lag.total_seconds(),
         )
         sources.update((issuer_id, store) for issuer_id in notified)
-    responder = Responder(config, signers, sources, clock, notified=notified, metrics=metrics)
+    # CRLs merged into the database by one replica a round (crlshared.py).
+    crls.update(
+        (issuer.id, crlsource.state_for(issuer, signers[issuer.id].ca_cert))
+        for issuer in config.issuers
+        if issuer.crl and issuer.id in notified
+    )
+    responder = Responder(config, signers, sources, clock, notified=notified, metrics=metrics, crls=crls)
 
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[RESPONDER] = responder
     app[METRICS] = metrics
     app[INDEX_FILES] = index_files
+    app[CRLS] = crls
     app.cleanup_ctx.append(_index_watchers(index_poll))
     app.cleanup_ctx.append(_gauges)
     if store is not None:
@@ -116,6 +135,7 @@ def init_app(
                 heartbeat=heartbeat,
             )
         )
+    app.cleanup_ctx.append(_crl_pollers)  # after the database's: a shared CRL round needs the pool
     handlers = OcspHandlers(responder, metrics, config, clock)
     app[HANDLERS] = handlers
     # ocspd serves these through web.runner.OcspRunner (runner_for), which calls the
@@ -192,6 +212,40 @@ def _index_watchers(
     return watchers
 
 
+async def _crl_pollers(app: web.Application) -> AsyncIterator[None]:
+    """Keep each issuer's CRLs current (crlsource.poll); a changed serial is dropped from memory."""
+    responder, metrics, config = app[RESPONDER], app[METRICS], app[RESPONDER].config.crl
+    limits = FetchLimits(config.timeout.total_seconds(), config.max_bytes, config.max_redirects)
+    fetcher = CrlFetcher(limits)
+
+    def count(issuer_id: str, kind: crlsource.Kind, outcome: crlsource.Outcome) -> None:
+        metrics.crl_fetches.labels(issuer_id, kind.value, outcome.value).inc()
+
+    tasks = []
+    for issuer_id, state in app[CRLS].items():
+
+        def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
+            dropped = responder.invalidate(issuer_id, serials, "crl")
+            event(log, "crl_invalidated", issuer=issuer_id, changed=len(serials), invalidated=dropped)
+
+        on_bug = metrics.background_errors.labels("crl_poll").inc
+        if responder.issuers[issuer_id].needs_channel:  # served from the database: one replica fetches a round
+            rows = app[STORE].crls
+            poller = crlshared.poll_shared(
+                state, fetcher, rows, config, count=count, on_bug=on_bug, clock=responder.clock
+            )
+        else:
+            poller = crlsource.poll(
+                state, fetcher, config, on_change, count=count, on_bug=on_bug, clock=responder.clock
+            )
+        tasks.append(asyncio.create_task(poller, name=f"ocspd-crl-{issuer_id}"))
+    try:
+        yield
+    finally:
+        await _cancel(tasks)
+        await fetcher.close()
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     """Stop a context's background tasks, and wait until they have."""
     for task in tasks:
@@ -209,6 +263,13 @@ def update_gauges(app: web.Application) -> None:
     listener = app.get(LISTENER)
     if listener is not None:
         metrics.listener_connected.set(1 if listener.connected else 0)
+    for issuer_id, state in app[CRLS].items():
+        for kind, in_force in ((crlsource.Kind.BASE, state.base), (crlsource.Kind.DELTA, state.delta)):
+            if in_force is not None:
+                metrics.crl_number.labels(issuer_id, kind.value).set(in_force.number)
+                metrics.crl_entries.labels(issuer_id, kind.value).set(len(in_force.entries))
+                next_update = in_force.next_update.timestamp() if in_force.next_update else float("inf")
+                metrics.crl_next_update.labels(issuer_id, kind.value).set(next_update)
     store = app.get(STORE)
     if store is not None:
         for result, n in store.take_write_back_counts().items():
@@ -251,7 +312,7 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
 def app_readiness(app: web.Application) -> asyncio.Future[Readiness]:
     """Readiness of one OCSP app (keys, index files, database, listener)."""
     update_gauges(app)
-    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER)))
+    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER), app[CRLS]))
 
 
 # -- the database: pool, LISTEN and the shared refresh -------------------------------------

@@ -33,6 +33,8 @@ ResponderId = Literal["key", "name"]
 LogFormat = Literal["kv", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 Timestamps = Literal["auto", "on", "off"]
+CrlUnlisted = Literal["issuance", "good"]
+CrlStale = Literal["trylater", "serve"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/ocspd/ocspd.toml")
 
@@ -130,6 +132,25 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CrlConfig:
+    """``[crl]``: how the CRLs of issuers with ``crl`` are fetched, and what a stale one gives.
+
+    A CRL is fetched again every ``poll``, and shortly before its nextUpdate;
+    while a fetch fails or the CRL is past its nextUpdate, every ``retry``.
+    ``stale``: what answers become once the CRL in force is past its
+    nextUpdate without a newer one: ``"trylater"``, or ``"serve"`` (signed
+    from it still, valid for ``retry`` only, and counted).
+    """
+
+    poll: dt.timedelta = dt.timedelta(minutes=5)
+    retry: dt.timedelta = dt.timedelta(seconds=30)
+    timeout: dt.timedelta = dt.timedelta(seconds=30)
+    max_bytes: int = 256 * 1024 * 1024
+    max_redirects: int = 3
+    stale: CrlStale = "trylater"
+
+
+@dataclass(frozen=True, slots=True)
 class IssuerConfig:
     """One ``[[issuers]]`` entry; paths are absolute (relative ones resolved against the config dir)."""
 
@@ -141,6 +162,14 @@ class IssuerConfig:
     index: Path | None = None
     unknown_serial: UnknownSerial = "unknown"
     responder_id: ResponderId = "key"
+    # The CA's CRLs (issue 15): where the base CRL is published (mirrors, in
+    # order), where the delta CRL is (None: the base CRL's Freshest CRL
+    # extension; empty: none), a CRL signer certificate if the CA's own key
+    # does not sign them, and what a serial the CRL does not list is.
+    crl: tuple[str, ...] = ()
+    delta_crl: tuple[str, ...] | None = None
+    crl_signer: Path | None = None
+    crl_unlisted: CrlUnlisted = "issuance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +182,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     responses: ResponsesConfig = ResponsesConfig()
     log: LogConfig = LogConfig()
+    crl: CrlConfig = CrlConfig()
     issuers: tuple[IssuerConfig, ...] = ()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -326,6 +356,14 @@ def _listen(value: object, from_env: bool) -> tuple[tuple[str, int], ...]:
     return tuple(_addr(item, from_env) for item in value)
 
 
+def _locations(value: object, from_env: bool) -> tuple[str, ...]:
+    """One location (a string) or several (an array of strings): http(s) URLs or file paths."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+        raise _wrong_type("a URL or path, or an array of them", value)
+    return tuple(str(item).strip() for item in items)
+
+
 # Every key, its converter and (for numbers) its minimum. The env override names,
 # the "unknown key" suggestions and dump_config all come from this one table.
 _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
@@ -344,10 +382,14 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
     "log": {"format": (_enum(get_args(LogFormat)), None), "level": (_enum(get_args(LogLevel)), None),
             "timestamps": (_timestamps, None),
             "requests": (_bool, None)},
+    "crl": {"poll": (_duration, None), "retry": (_duration, None), "timeout": (_duration, None),
+            "max_bytes": (_size, 1), "max_redirects": (_int, 0), "stale": (_enum(get_args(CrlStale)), None)},
     "issuers": {"id": (_str, None), "ca_cert": (_str, None), "responder_key": (_str, None),
                 "responder_cert": (_str, None), "key_passphrase_file": (_str, None), "index": (_str, None),
                 "unknown_serial": (_enum(get_args(UnknownSerial)), None),
-                "responder_id": (_enum(get_args(ResponderId)), None)},
+                "responder_id": (_enum(get_args(ResponderId)), None), "crl": (_locations, None),
+                "delta_crl": (_locations, None), "crl_signer": (_str, None),
+                "crl_unlisted": (_enum(get_args(CrlUnlisted)), None)},
 }  # fmt: skip
 _ISSUER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 # CA/Browser Forum Baseline Requirements bound OCSP validity; a private PKI may
@@ -483,6 +525,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     if backdate >= validity:
         message = f"{format_duration(backdate)} must be shorter than validity ({format_duration(validity)})"
         raise _error(message, where("responses", "backdate"), source)
+    crl = CrlConfig(**_convert("crl", raw["crl"], source))
+    for key in ("poll", "retry", "timeout"):
+        if getattr(crl, key) <= dt.timedelta(0):
+            raise _error("must be greater than 0", where("crl", key), source)
     warnings = []
     if not _CABF_MIN <= validity <= _CABF_MAX:
         warnings.append(
@@ -496,6 +542,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         cache=CacheConfig(**_convert("cache", raw["cache"], source)),
         responses=responses,
         log=LogConfig(**_convert("log", raw["log"], source)),
+        crl=crl,
         issuers=_load_issuers(doc.get("issuers"), source, cfg_path.absolute().parent, database is not None),
         source=source,
         warnings=tuple(warnings),
@@ -524,7 +571,7 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
         if ident in seen:
             raise _error(f"duplicate issuer id {_show(ident)} (also issuers[{seen[ident]}])", f"{name}.id", source)
         seen[ident] = i
-        for key in ("ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index"):
+        for key in ("ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index", "crl_signer"):
             if values.get(key):  # "" means "not set", as in the SPEC example
                 values[key] = base / values[key]  # an absolute path replaces base
                 if key == "key_passphrase_file" and credential_outside_the_service(values[key]):
@@ -534,11 +581,42 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
                 raise _error("required: a file path", f"{name}.{key}", source)
             else:
                 values[key] = None
-        if values["index"] is None and not have_db:
-            message = f"issuer {_show(ident)} has no status source: set index or configure [database]"
+        for key in ("crl", "delta_crl"):
+            if key in values:  # a file path is relative to the config's directory, as every path here
+                values[key] = tuple(loc if _is_url(loc) else str(base / loc) for loc in values[key])
+        _check_crl_policy(values, name, source, have_db)
+        if values["index"] is None and not have_db and not values.get("crl"):
+            message = f"issuer {_show(ident)} has no status source: set index or crl, or configure [database]"
             raise _error(message, f"{name}.index", source)
         issuers.append(IssuerConfig(**values))
     return tuple(issuers)
+
+
+def _is_url(location: str) -> bool:
+    return bool(re.match(r"(?i)https?://", location))
+
+
+def _check_crl_policy(values: dict[str, Any], name: str, source: str, have_db: bool) -> None:
+    """A CRL lists revoked certificates only: what answers for the serials it does not list must be chosen."""
+    crl, unlisted = values.get("crl", ()), values.get("crl_unlisted", "issuance")
+    scheme = next(
+        (loc for loc in crl + values.get("delta_crl", ()) if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", loc)), None
+    )
+    if scheme is not None and not _is_url(scheme):
+        raise _error(f"unsupported location {_show(scheme)}: use an http(s) URL or a file path", f"{name}.crl", source)
+    if not crl:
+        for key in ("delta_crl", "crl_signer", "crl_unlisted"):
+            if values.get(key) not in (None, (), "issuance"):
+                raise _error("needs crl (the base CRL's location)", f"{name}.{key}", source)
+        return
+    if unlisted == "issuance" and values["index"] is None and not have_db:
+        message = (
+            "a CRL does not say which serials were issued: pair it with an issuance list (index, or "
+            'configure [database]), or answer "good" for every serial it does not list (crl_unlisted = "good")'
+        )
+        raise _error(message, f"{name}.crl_unlisted", source)
+    if unlisted == "good" and values["index"] is not None:
+        raise _error('"good" ignores the issuance list in index: set one or the other', f"{name}.crl_unlisted", source)
 
 
 def _is_credential(path: Path) -> bool:
@@ -606,6 +684,8 @@ def _toml(value: object, convert: Converter) -> str:
         value = format_size(value)
     elif convert is _listen and isinstance(value, tuple):
         return "[" + ", ".join(_toml(a, _addr) for a in value) + "]"
+    elif convert is _locations and isinstance(value, tuple):
+        return "[" + ", ".join(_toml(location, _str) for location in value) + "]"
     elif convert is _addr and isinstance(value, tuple):
         value = format_addr(value)
     elif convert is _timestamps and value != "auto":
@@ -630,5 +710,8 @@ def dump_config(config: Config) -> str:
             out += ["", "[[issuers]]" if section == "issuers" else f"[{section}]"]
             for key, (convert, _) in keys.items():
                 value = getattr(table, key)
+                if key == "delta_crl" and value is None:
+                    out.append("# delta_crl: where the base CRL's Freshest CRL extension says (if it does)")
+                    continue
                 out.append(f"{key} = {_toml(_mask_dsn(value) if key.endswith('dsn') else value, convert)}")
     return "\n".join(out) + "\n"

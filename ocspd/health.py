@@ -9,9 +9,12 @@ read_dsn is out of the read set (its reads go to the primary).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ocspd.crlsource import CrlState, describe
 from ocspd.exceptions import OcspdError
 
 if TYPE_CHECKING:  # the web layer imports Readiness without the store's driver
@@ -32,9 +35,21 @@ class Readiness:
         return "\n".join([head, *self.checks]) + "\n"
 
 
-async def readiness(index_files: dict[str, IndexFile], store: Store | None, listener: Listener | None) -> Readiness:
+async def readiness(
+    index_files: dict[str, IndexFile],
+    store: Store | None,
+    listener: Listener | None,
+    crls: Mapping[str, CrlState] | None = None,
+) -> Readiness:
     """Check the status sources of one OCSP app."""
     ready, degraded, checks = True, False, ["keys: loaded"]
+    now = time.time()
+    for state in (crls or {}).values():
+        # Without a CRL in force nothing can be answered; one past its nextUpdate or
+        # failing to renew still answers (or gives tryLater), but needs an operator.
+        ready = ready and state.base is not None
+        degraded = degraded or bool(state.last_error) or state.stale(now)
+        checks.append(describe(state, now))
     for issuer_id, index in index_files.items():
         if index.loaded:
             checks.append(f"index {issuer_id}: loaded ({len(index)} certificates)")

@@ -29,7 +29,7 @@ STATUSES = (
     "body_cut_short",
 )
 METHODS = ("GET", "POST")
-INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload")
+INVALIDATION_CAUSES = ("notify", "local", "channel_loss", "index_reload", "crl")
 WRITE_BACK_RESULTS = ("written", "refused", "failed", "dropped")
 # ocspd_status_reads_total's (target, reason) pairs, the ones ocspd/store/source.py counts by.
 STATUS_READS = (
@@ -41,7 +41,7 @@ STATUS_READS = (
     ("primary", "down"),
 )
 # The background loops whose unexpected exceptions are counted (ocspd_background_errors_total).
-BACKGROUND_LOOPS = ("gauges", "refresh", "index_watch")
+BACKGROUND_LOOPS = ("gauges", "refresh", "index_watch", "crl_poll")
 # Why the fast HTTP path handed a request to aiohttp: the values of ocspd.web.head.HandOff.
 HANDOFF_REASONS = (
     "request_line",
@@ -252,6 +252,40 @@ class Metrics:
         )
         for loop in BACKGROUND_LOOPS:
             self.background_errors.labels(loop)  # present (at 0) before the first
+        self.crl_fetches = Counter(
+            "ocspd_crl_fetches",
+            "Fetches of an issuer's base or delta CRL, by result: applied (a newer CRL, checked, now in force), "
+            "unchanged (the one in force again), not_modified (HTTP 304, or the file unchanged), refused (failed "
+            "a check: the one in force stays), failed (no location answered)",
+            ["issuer", "crl", "result"],
+            registry=r,
+        )
+        self.crl_number = Gauge(
+            "ocspd_crl_number",
+            "CRL number of the base or delta CRL in force (with several workers: the lowest)",
+            ["issuer", "crl"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.crl_next_update = Gauge(
+            "ocspd_crl_next_update_timestamp_seconds",
+            "nextUpdate of the base or delta CRL in force, as a POSIX time (with several workers: the earliest)",
+            ["issuer", "crl"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.crl_entries = Gauge(
+            "ocspd_crl_entries",
+            "Entries of the base or delta CRL in force",
+            ["issuer", "crl"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.crl_stale_answers = Counter(
+            "ocspd_crl_stale_answers",
+            'Answers signed from a CRL past its nextUpdate ([crl] stale = "serve"; otherwise they are tryLater)',
+            registry=r,
+        )
         self.build_info = Gauge(
             "ocspd_build_info",
             "Always 1; the version label says which ocspd runs",

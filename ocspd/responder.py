@@ -19,12 +19,13 @@ from typing import NamedTuple
 
 from ocspd.cache import Entry, Flight, MemoryTier, Singleflight, Window
 from ocspd.config import Config, IssuerConfig
+from ocspd.crlsource import CrlState
 from ocspd.exceptions import MalformedRequest, Overloaded, TryLater, Unauthorized
 from ocspd.logs import event
 from ocspd.metrics import Metrics
 from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
 from ocspd.signer import EXTENDED_REVOKE_TIME, Answer, Signer
-from ocspd.sources import IndexSource, StatusSource
+from ocspd.sources import CrlSource, IndexSource, StatusSource
 from ocspd.status import HOLD, SERVED, CertStatus, Served, Status
 
 log = logging.getLogger("ocspd.engine")  # the name logs have always carried
@@ -64,8 +65,10 @@ class Issuer:
     # Its status changes arrive over LISTEN/NOTIFY: while that channel is down,
     # memory answers for it cannot be trusted (SPEC §3.3).
     needs_channel: bool = False
-    # Its source answers without suspending (index.txt): see _Slot.
+    # Its source answers without suspending (index.txt, CRLs in memory): see _Slot.
     answers_inline: bool = False
+    # Its CRLs, when its status comes from them: they bound every answer's nextUpdate.
+    crl: CrlState | None = None
 
 
 class Cacheable(NamedTuple):
@@ -95,14 +98,17 @@ class Responder:
         *,
         notified: frozenset[str] = frozenset(),
         metrics: Metrics | None = None,
+        crls: Mapping[str, CrlState] | None = None,
     ) -> None:
-        """``notified``: ids of issuers whose changes come over LISTEN/NOTIFY."""
+        """``notified``: ids of issuers whose changes come over LISTEN/NOTIFY; ``crls``: the
+        CRLs in force of the issuers whose status comes from them."""
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
         self.memory = MemoryTier(config.cache.max_entries, config.cache.max_bytes, clock)
         self.flights: Singleflight[tuple[Entry, str]] = Singleflight()
         self._notified = notified
         self._sources = dict(sources)
+        self._crls = dict(crls or {})
         # Until the listener has connected, nothing for notified issuers may be
         # served from memory.
         self.channel_up = not notified
@@ -120,7 +126,8 @@ class Responder:
                 self._sources[ic.id],
                 n,
                 ic.id in self._notified,
-                isinstance(self._sources[ic.id], IndexSource),
+                isinstance(self._sources[ic.id], IndexSource | CrlSource),
+                self._crls.get(ic.id),
             )
             for n, ic in enumerate(config.issuers)
         }
@@ -138,6 +145,7 @@ class Responder:
         self._echo_nonce = config.responses.nonce == "echo"
         self._max_certids = config.responses.max_certids_per_request
         self._max_signing = config.responses.max_inflight_signatures
+        self._crl_config = config.crl
         config_issuers = self.issuers.values()
         self._signed = {i.config.id: self.metrics.signing(i.config.id, i.signer.key_type) for i in config_issuers}
 
@@ -270,7 +278,7 @@ class Responder:
             for issuer, certid in zip(issuers, certids, strict=True):
                 lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
                 answers.append(self._answer(issuer, lookup.status))
-            produced_at, this_update, next_update, window = self._window()
+            produced_at, this_update, next_update, window = self._window(issuers)
             der = self._sign(issuers[0], certids, answers, produced_at, this_update, next_update, nonce)
             status = SERVED[answers[0].status] if len(answers) == 1 else Served.MIXED
             return Entry(der, status, window)
@@ -278,7 +286,7 @@ class Responder:
     def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
         """Sign a cacheable (nonce-free, one-CertID) response for this status."""
         answer = self._answer(issuer, status)
-        produced_at, this_update, next_update, window = self._window()
+        produced_at, this_update, next_update, window = self._window((issuer,))
         der = self._sign(issuer, (certid,), (answer,), produced_at, this_update, next_update, None)
         return Entry(der, SERVED[answer.status], window)
 
@@ -315,8 +323,26 @@ class Responder:
             raise Overloaded("too many signatures in flight")
         return _Slot(self, inline)
 
-    def _window(self) -> tuple[dt.datetime, dt.datetime, dt.datetime, Window]:
-        """producedAt, thisUpdate, nextUpdate and their memory-tier Window, for the clock's second."""
+    def _window(self, issuers: Iterable[Issuer]) -> tuple[dt.datetime, dt.datetime, dt.datetime, Window]:
+        """producedAt, thisUpdate, nextUpdate and their memory-tier Window, for the clock's second.
+
+        An answer derived from CRLs claims no more freshness than they do: its
+        nextUpdate is at most theirs (TryLater past it, CrlState.bound).
+        """
+        times = self._times()
+        bounds = [i.crl.bound(self.clock(), self._crl_config) for i in issuers if i.crl is not None]
+        bound = min((b for b in bounds if b is not None), default=None)
+        if bound is None or bound >= times[2].timestamp():
+            return times
+        if any(i.crl is not None and i.crl.stale(self.clock()) for i in issuers):
+            self.metrics.crl_stale_answers.inc()
+        produced_at, this_update = times[0], times[1]
+        next_update = dt.datetime.fromtimestamp(int(bound), dt.UTC)
+        window = self.memory.windows[(this_update.timestamp(), next_update.timestamp())]
+        return produced_at, this_update, next_update, window
+
+    def _times(self) -> tuple[dt.datetime, dt.datetime, dt.datetime, Window]:
+        """``_window`` without a bound: the same for every answer signed in one second."""
         # Whole seconds: the DER holds whole seconds, and the HTTP headers
         # (Last-Modified, Expires) must say the same as the DER.
         now = int(self.clock())
@@ -336,6 +362,8 @@ class Responder:
             return Answer(Status.GOOD)
         if status.status is Status.REVOKED:
             return Answer(Status.REVOKED, status.revoked_at, status.reason)
+        if issuer.config.crl and issuer.config.crl_unlisted == "good":
+            return Answer(Status.GOOD)  # the operator's choice: not on the CRL means good (issue 15)
         policy = issuer.config.unknown_serial
         if policy == "revoked":
             return Answer(Status.REVOKED, EXTENDED_REVOKE_TIME, HOLD.flag, extended_revoke=True)

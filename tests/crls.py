@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.utils import formatdate
 
+from aiohttp import web
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ocspd import pki
 
@@ -34,6 +39,7 @@ def make_crl(
     this_update: dt.datetime = T0,
     next_update: dt.datetime | None = T0 + dt.timedelta(days=7),
     distribution_point: x509.IssuingDistributionPoint | None = None,
+    extensions: Sequence[x509.ExtensionType] = (),
 ) -> x509.CertificateRevocationList:
     """A CRL of ``ca`` (signed by ``signer``'s key if given): a delta CRL with ``delta_of``."""
     key = (signer or ca).key
@@ -49,6 +55,8 @@ def make_crl(
         builder = builder.add_extension(x509.DeltaCRLIndicator(delta_of), critical=True)
     if distribution_point is not None:
         builder = builder.add_extension(distribution_point, critical=True)
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
     for entry in entries:
         revoked = x509.RevokedCertificateBuilder().serial_number(entry.serial).revocation_date(entry.at)
         if entry.reason is not None:
@@ -87,3 +95,54 @@ def crl_signer(ca: pki.Identity, *, crl_sign: bool = True) -> pki.Identity:
         .sign(ca.key, pki.sign_hash(ca.key))
     )
     return pki.Identity(cert, key)
+
+
+def der(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+class CrlServer:
+    """A CA's CRL distribution point on 127.0.0.1: serves what ``publish`` put at a path, with an
+    ETag and Last-Modified, answers conditional requests with 304, and counts the requests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: dict[str, int] = {}
+        self.full_answers: dict[str, int] = {}  # 200s
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._times: dict[str, str] = {}
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}"
+
+    def publish(self, path: str, crl: x509.CertificateRevocationList | bytes) -> None:
+        self.files[path] = crl if isinstance(crl, bytes) else der(crl)
+        self._times[path] = formatdate(time.time(), usegmt=True)
+
+    async def start(self) -> CrlServer:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self._get)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _get(self, request: web.Request) -> web.Response:
+        path = request.match_info["path"]
+        self.requests[path] = self.requests.get(path, 0) + 1
+        body = self.files.get(path)
+        if body is None:
+            return web.Response(status=404)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        self.full_answers[path] = self.full_answers.get(path, 0) + 1
+        headers = {"ETag": etag, "Last-Modified": self._times[path], "Content-Type": "application/pkix-crl"}
+        return web.Response(body=body, headers=headers)

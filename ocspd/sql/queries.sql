@@ -192,3 +192,40 @@ SELECT c.status, c.revoked_at, c.reason, c.not_after, c.version, c.updated_at,
         WHERE r.issuer_id = c.issuer_id AND r.serial = c.serial AND r.cert_version = c.version) AS stored_responses
 FROM ocspd_certificates c
 WHERE c.issuer_id = %(issuer)s AND c.serial = %(serial)s;
+
+-- name: ensure_crl_row
+INSERT INTO ocspd_crl_sources (issuer_id) VALUES (%(issuer)s) ON CONFLICT (issuer_id) DO NOTHING;
+
+-- name: claim_crl
+-- One replica a round fetches an issuer's CRLs: the one whose UPDATE finds
+-- the row due and unclaimed (row lock: concurrent claims wait, then see it
+-- claimed). ``force``: due now (ocspd crl sync).
+UPDATE ocspd_crl_sources SET claimed_until = now() + make_interval(secs => %(lease)s)
+WHERE issuer_id = %(issuer)s AND claimed_until < now() AND (next_fetch_at <= now() OR %(force)s)
+RETURNING issuer_id;
+
+-- name: crl_in_force
+SELECT base_number, base_this_update, base_next_update, base_entries, base_source,
+       delta_number, delta_this_update, delta_next_update, delta_entries, delta_source,
+       last_error, applied_at, fetched_at, next_fetch_at
+FROM ocspd_crl_sources WHERE issuer_id = %(issuer)s;
+
+-- name: record_crl
+-- What the claiming replica now has in force, and when the next round is due; the claim ends.
+UPDATE ocspd_crl_sources SET
+    base_number = %(base_number)s, base_this_update = %(base_this_update)s,
+    base_next_update = %(base_next_update)s, base_entries = %(base_entries)s, base_source = %(base_source)s,
+    delta_number = %(delta_number)s, delta_this_update = %(delta_this_update)s,
+    delta_next_update = %(delta_next_update)s, delta_entries = %(delta_entries)s, delta_source = %(delta_source)s,
+    last_error = %(last_error)s, fetched_at = now(),
+    applied_at = CASE WHEN %(applied)s THEN now() ELSE applied_at END,
+    next_fetch_at = now() + make_interval(secs => %(delay)s), claimed_until = '-infinity'
+WHERE issuer_id = %(issuer)s;
+
+-- name: held_serials
+SELECT serial FROM ocspd_certificates
+WHERE issuer_id = %(issuer)s AND status = 'revoked' AND reason = 'certificateHold';
+
+-- name: release_holds
+-- Holds the CRLs in force no longer list (the CA released them).
+SELECT count(ocspd_unhold(%(issuer)s, s)) FROM unnest(%(serials)s::text[]) AS s;

@@ -27,6 +27,7 @@ from ocspd.sources import Lookup
 from ocspd.store import readset
 from ocspd.store.certificates import Certificates
 from ocspd.store.connector import OPERATION_TIMEOUT, POOL_MAX, Connector, Row
+from ocspd.store.crls import CrlRows
 from ocspd.store.fence import Fence
 from ocspd.store.migrations import PING_BUDGET, Migrator
 from ocspd.store.readset import ReadTarget
@@ -69,6 +70,7 @@ class Store:
         # Write-backs are off the request path: queued, and sent in batches.
         self.writes = WriteBehind(self.responses)
         self.certificates = Certificates(self.connector)
+        self.crls = CrlRows(self.connector, self.certificates)
         self.migrations = Migrator(self.connector)
 
     @property

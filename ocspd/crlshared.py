@@ -1,0 +1,166 @@
+"""CRLs with a database: one replica a round fetches and merges them, every replica learns (issue 15).
+
+For an issuer served from PostgreSQL whose status comes from its CA's CRLs,
+each replica runs :func:`poll_shared`. A round that finds the issuer's row
+in ``ocspd_crl_sources`` due claims it (a row-level claim with a lease, no
+session state: it works through PgBouncer), runs :func:`ocspd.crlsource.sync`
+and merges what changed into ``ocspd_certificates``: revocations by the
+import's merge (never a downgrade), released holds by ``ocspd_unhold``. The
+table's triggers delete the stale stored responses and NOTIFY every replica
+of each changed serial, as for any other writer. The other replicas only
+read the row: what is in force, for the nextUpdate that bounds their
+answers and for /readyz. A replica that claims a round without the CRLs'
+entries in memory (it did not apply the last ones) fetches them in full
+and merges all of them (unchanged rows are not written, so nothing is
+notified for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ocspd import crl
+from ocspd.config import CrlConfig
+from ocspd.crlfetch import CrlFetcher
+from ocspd.crlsource import MIN_DELAY, Counter, CrlState, Kind, log, sync
+from ocspd.exceptions import SourceUnavailable, StoreError
+from ocspd.logs import event
+from ocspd.status import Status
+from ocspd.store.certificates import CertRecord
+from ocspd.store.crls import CrlRecord, CrlRow, CrlRows
+
+# A claim outlives a round that hangs this long past its fetch timeout (then another replica may claim).
+LEASE_MARGIN = 60.0
+
+
+async def shared_round(
+    state: CrlState,
+    fetcher: CrlFetcher,
+    rows: CrlRows,
+    config: CrlConfig,
+    count: Counter | None = None,
+    *,
+    force: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """One round for one issuer; whether this replica claimed it (and fetched)."""
+    lease = 2 * config.timeout.total_seconds() + LEASE_MARGIN
+    if not await rows.claim(state.issuer_id, lease, force=force):
+        _adopt(state, await rows.in_force(state.issuer_id))
+        return False
+    full = state.hollow or state.base is None
+    if full:
+        state.validators.clear()  # the entries are needed, not only "not modified"
+    before = None if full else state.pair()
+    result = await sync(state, fetcher, count)
+    after = state.pair()
+    applied = after is not None and (full or after != before)
+    if full and after is not None and all(o.value != "failed" for o in result.outcomes.values()):
+        state.hollow = False
+    if after is not None and not state.hollow and (full or result.changed):
+        base, delta = after
+        serials = set(base.entries) | (set(delta.entries) if delta is not None else set()) if full else result.changed
+        revoked = []
+        for serial in serials:
+            status = crl.status(base, delta, serial)
+            if status is not None and status.status is Status.REVOKED:
+                revoked.append(CertRecord(serial, Status.REVOKED, status.revoked_at, status.reason))
+        counts, released = await rows.merge(state.issuer_id, revoked, _Listed(base, delta))
+        event(
+            log,
+            "crl_merged",
+            issuer=state.issuer_id,
+            revocations=len(revoked),
+            new=counts.new,
+            revoked=counts.revoked,
+            kept=counts.kept + counts.conflict,
+            unchanged=counts.unchanged,
+            released=released,
+        )
+    error = "; ".join(f"{k.value}: {e}" for k, e in state.last_error.items()) or None
+    await rows.record(
+        state.issuer_id,
+        _as_record(state.base, state.source.get(Kind.BASE, "")),
+        _as_record(state.delta, state.source.get(Kind.DELTA, "")),
+        last_error=error,
+        applied=applied,
+        delay=state.delay(clock(), config),
+    )
+    return True
+
+
+class _Listed:
+    """Whether the CRLs in force list a serial (a hold they list stays held)."""
+
+    def __init__(self, base: crl.TrustedCrl, delta: crl.TrustedCrl | None) -> None:
+        self._base, self._delta = base, delta
+
+    def __contains__(self, serial: object) -> bool:
+        return isinstance(serial, int) and crl.effective(self._base, self._delta, serial) is not None
+
+
+def _as_record(trusted: crl.TrustedCrl | None, source: str) -> CrlRecord | None:
+    if trusted is None:
+        return None
+    return CrlRecord(trusted.number, trusted.this_update, trusted.next_update, len(trusted.entries), source)
+
+
+def _adopt(state: CrlState, row: CrlRow | None) -> None:
+    """What another replica put in force: its numbers and times, without the entries (hollow)."""
+    if row is None:
+        return
+    for kind, record in ((Kind.BASE, row.base), (Kind.DELTA, row.delta)):
+        current = state.base if kind is Kind.BASE else state.delta
+        if record is None:
+            if current is not None and kind is Kind.DELTA:
+                state.delta = None
+            continue
+        if current is not None and current.number == record.number:
+            continue
+        hollow = crl.TrustedCrl(
+            record.number,
+            record.this_update,
+            record.next_update,
+            None if kind is Kind.BASE else 0,
+            {},
+        )
+        if kind is Kind.BASE:
+            state.base = hollow
+        else:
+            state.delta = hollow
+        state.source[kind] = record.source
+        state.hollow = True
+    state.last_error = {Kind.BASE: row.last_error} if row.last_error else {}
+
+
+async def poll_shared(
+    state: CrlState,
+    fetcher: CrlFetcher,
+    rows: CrlRows,
+    config: CrlConfig,
+    *,
+    count: Counter | None = None,
+    on_bug: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Rounds of :func:`shared_round` for ever: due ones claimed by one replica, the row read by the others."""
+    failing = False
+    while True:
+        delay = min(config.poll, config.retry).total_seconds()
+        try:
+            claimed = await shared_round(state, fetcher, rows, config, count, clock=clock)
+            if claimed:
+                delay = state.delay(clock(), config)
+            failing = False
+        except (SourceUnavailable, StoreError) as exc:
+            level = logging.DEBUG if failing else logging.WARNING
+            event(log, "crl_round_skipped", level, issuer=state.issuer_id, reason=str(exc))
+            failing = True
+        except Exception:  # a bug: what is in force stays, the next round tries again
+            log.exception("crl round error issuer=%s", state.issuer_id)
+            if on_bug is not None:
+                on_bug()
+        await asyncio.sleep(max(MIN_DELAY, delay))

@@ -1,0 +1,132 @@
+"""CRLs with PostgreSQL (issue 15): one replica a round fetches and merges an issuer's CRLs into the
+status table, and every replica learns each changed serial through the table's NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+
+from ocspd.app import CRLS
+from tests.conftest import AppClient
+from tests.crls import CrlServer, Revoked, make_crl
+from tests.helpers import (
+    GOOD,
+    REVOKED_AT,
+    REVOKED_SERIAL,
+    UNKNOWN,
+    TestPki,
+    answer,
+    becomes,
+    build_pki,
+    eventually,
+    revoked,
+    row,
+    start_replicas,
+    stays,
+)
+
+F = x509.ReasonFlags
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+AT = NOW - dt.timedelta(days=2)
+POLL = {"OCSPD_CRL_POLL": "500ms", "OCSPD_CRL_RETRY": "500ms"}
+
+
+@pytest.fixture
+async def crl_server() -> AsyncIterator[CrlServer]:
+    server = await CrlServer().start()
+    yield server
+    await server.close()
+
+
+def publish(server: CrlServer, test_pki: TestPki, entries: list[Revoked], number: int, **kwargs: Any) -> None:
+    path = "delta.crl" if kwargs.get("delta_of") is not None else "ca.crl"
+    server.publish(
+        path,
+        make_crl(
+            test_pki.ca, entries, number=number, this_update=NOW, next_update=NOW + dt.timedelta(days=1), **kwargs
+        ),
+    )
+
+
+def db_crl_pki(directory: Path, pg_dsn: str, server: CrlServer, extra: str = "") -> TestPki:
+    test_pki = build_pki(directory, database=pg_dsn)
+    delta = f'delta_crl = "{server.url("delta.crl")}"\n'
+    with test_pki.config_path.open("a") as f:
+        f.write(f'crl = "{server.url("ca.crl")}"\n{delta}{extra}')
+    return test_pki
+
+
+async def replicas(ocspd_client: AppClient, test_pki: TestPki, n: int = 2) -> list[TestClient[Any, Any]]:
+    clients = await start_replicas(ocspd_client, test_pki, n=n, env=POLL)
+
+    async def in_force() -> bool:
+        return all(c.app[CRLS]["test-ca"].base is not None for c in clients)
+
+    await eventually(in_force, timeout=10, what="a CRL in force on every replica")
+    return clients
+
+
+async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetching_a_round(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
+    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
+    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    clients = await replicas(ocspd_client, test_pki)
+    leaf = test_pki.leaves
+    for client in clients:
+        await stays(client, test_pki, leaf["revoked"].cert, revoked(F.key_compromise, REVOKED_AT))
+        # paired with the table: a serial it does not list is unknown (no "good" for unissued serials)
+        assert await answer(client, test_pki, leaf["good"].cert) == UNKNOWN
+    requests_before = crl_server.requests.get("ca.crl", 0)
+    await asyncio.sleep(3)  # six rounds of 0.5 s
+    per_round = (crl_server.requests["ca.crl"] - requests_before) / 6
+    assert per_round <= 1.5, per_round  # one replica fetches a round, not each of them
+    publish(crl_server, test_pki, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
+    for client in clients:
+        await becomes(client, test_pki, leaf["good"].cert, revoked(F.superseded, AT))
+    stored = await row(pg_dsn, 0x1001)
+    assert stored is not None and stored.status == "revoked"
+
+
+async def test_a_hold_released_by_a_delta_is_released_in_the_table_for_every_replica(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
+    publish(crl_server, test_pki, [Revoked(0x1001, F.certificate_hold, AT)], number=1)
+    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    clients = await replicas(ocspd_client, test_pki)
+    cert = test_pki.leaves["good"].cert
+    for client in clients:
+        await becomes(client, test_pki, cert, revoked(F.certificate_hold, AT))
+    publish(crl_server, test_pki, [Revoked(0x1001, F.remove_from_crl, NOW)], number=3, delta_of=1)
+    for client in clients:
+        await becomes(client, test_pki, cert, GOOD)
+
+
+async def test_a_revocation_the_crl_drops_later_is_never_undone_in_the_table(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server, extra='crl_unlisted = "good"\n')
+    publish(crl_server, test_pki, [Revoked(0x1001, F.key_compromise, AT)], number=1)
+    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    (client,) = await replicas(ocspd_client, test_pki, n=1)
+    cert = test_pki.leaves["good"].cert
+    await becomes(client, test_pki, cert, revoked(F.key_compromise, AT))
+    assert await answer(client, test_pki, test_pki.leaves["unissued"].cert) == GOOD  # crl_unlisted = "good"
+    publish(crl_server, test_pki, [], number=4)  # the certificate expired, the CA dropped its entry
+    publish(crl_server, test_pki, [], number=5, delta_of=4)
+
+    async def new_base() -> bool:
+        base = client.app[CRLS]["test-ca"].base
+        return base is not None and base.number == 4
+
+    await eventually(new_base, timeout=10, what="base CRL 4 in force")
+    await stays(client, test_pki, cert, revoked(F.key_compromise, AT))
