@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocspd import __version__, commands, daemon, importer, logs
+from ocspd import __version__, commands, crlcommands, daemon, importer, logs
 from ocspd.commands import UsageError
 from ocspd.config import IssuerConfig, credential_outside_the_service, dump_config, format_duration, load_config
 from ocspd.exceptions import ConfigError, OcspdError, StoreError
@@ -92,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--serial", required=True)
     st.add_argument("--json", action="store_true", help="one JSON object")
 
+    crl = sub.add_parser("crl", help="the CRLs of issuers whose status comes from them")
+    crl_sub = crl.add_subparsers(dest="crl_command", required=True, parser_class=_Parser)
+    show = crl_sub.add_parser("show", help="what is in force: CRL numbers, thisUpdate/nextUpdate, entries, source")
+    sync = crl_sub.add_parser("sync", help="fetch, check and apply the CRLs now (one round; systemd timer friendly)")
+    for crl_command in (show, sync):
+        crl_command.add_argument("--config", type=Path, help=config_help)
+        crl_command.add_argument("--issuer", action="append", default=[], help="only this issuer (repeatable)")
+
     pre = sub.add_parser("presign", help="fill the Postgres response tier ahead of traffic")
     pre.add_argument("--config", type=Path, help=config_help)
     pre.add_argument("--issuer", action="append", help="only this issuer (repeatable; default: all)")
@@ -139,6 +147,9 @@ def _database_command(args: argparse.Namespace) -> int:
         return commands.unhold(config, args.issuer, args.serial)
     if args.command == "status":
         return commands.status(config, args.issuer, args.serial, args.json)
+    if args.command == "crl":
+        crl_command = crlcommands.crl_show if args.crl_command == "show" else crlcommands.crl_sync
+        return crl_command(config, args.issuer)
     if args.command == "presign":
         # By default every issuer whose status lives in the database (index.txt ones have no stored tier).
         return commands.presign(config, args.issuer or [i.id for i in config.issuers if i.index is None])

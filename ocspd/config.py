@@ -583,13 +583,16 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
                 values[key] = None
         for key in ("crl", "delta_crl"):
             if key in values:  # a file path is relative to the config's directory, as every path here
-                values[key] = tuple(loc if _is_url(loc) else str(base / loc) for loc in values[key])
+                values[key] = tuple(loc if _SCHEME.match(loc) else str(base / loc) for loc in values[key])
         _check_crl_policy(values, name, source, have_db)
         if values["index"] is None and not have_db and not values.get("crl"):
             message = f"issuer {_show(ident)} has no status source: set index or crl, or configure [database]"
             raise _error(message, f"{name}.index", source)
         issuers.append(IssuerConfig(**values))
     return tuple(issuers)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
 def _is_url(location: str) -> bool:
@@ -599,9 +602,7 @@ def _is_url(location: str) -> bool:
 def _check_crl_policy(values: dict[str, Any], name: str, source: str, have_db: bool) -> None:
     """A CRL lists revoked certificates only: what answers for the serials it does not list must be chosen."""
     crl, unlisted = values.get("crl", ()), values.get("crl_unlisted", "issuance")
-    scheme = next(
-        (loc for loc in crl + values.get("delta_crl", ()) if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", loc)), None
-    )
+    scheme = next((loc for loc in crl + values.get("delta_crl", ()) if _SCHEME.match(loc)), None)
     if scheme is not None and not _is_url(scheme):
         raise _error(f"unsupported location {_show(scheme)}: use an http(s) URL or a file path", f"{name}.crl", source)
     if not crl:

@@ -83,8 +83,8 @@ async def shared_round(
     error = "; ".join(f"{k.value}: {e}" for k, e in state.last_error.items()) or None
     await rows.record(
         state.issuer_id,
-        _as_record(state.base, state.source.get(Kind.BASE, "")),
-        _as_record(state.delta, state.source.get(Kind.DELTA, "")),
+        as_record(state.base, state.source.get(Kind.BASE, "")),
+        as_record(state.delta, state.source.get(Kind.DELTA, "")),
         last_error=error,
         applied=applied,
         delay=state.delay(clock(), config),
@@ -102,7 +102,7 @@ class _Listed:
         return isinstance(serial, int) and crl.effective(self._base, self._delta, serial) is not None
 
 
-def _as_record(trusted: crl.TrustedCrl | None, source: str) -> CrlRecord | None:
+def as_record(trusted: crl.TrustedCrl | None, source: str) -> CrlRecord | None:
     if trusted is None:
         return None
     return CrlRecord(trusted.number, trusted.this_update, trusted.next_update, len(trusted.entries), source)

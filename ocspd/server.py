@@ -17,6 +17,7 @@ import resource
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -55,14 +56,22 @@ def summary(config: Config, signers: Mapping[str, Signer]) -> None:
     """The start-up summary: issuers, key types, listeners, tiers (never a key or passphrase)."""
     for issuer_id, signer in signers.items():
         issuer = next(i for i in config.issuers if i.id == issuer_id)
+        source = f"index {issuer.index.resolve()}" if issuer.index else "postgres"
+        crl: dict[str, Any] = {}
+        if issuer.crl:
+            # Not on the CRL is not proof of issuance: say which choice this issuer made (issue 15).
+            unlisted = "good (not CA/Browser Forum compliant)" if issuer.crl_unlisted == "good" else f"{source}"
+            crl = {"crl": ",".join(issuer.crl), "crl_unlisted": unlisted}
+            source = "crl" if issuer.crl_unlisted == "good" and not config.database else f"crl+{source}"
         event(
             log,
             "issuer",
             id=issuer_id,
             key_type=signer.key_type,
             signed_by="delegated responder" if signer.responder_cert is not None else "CA key",
-            status_source=f"index {issuer.index.resolve()}" if issuer.index else "postgres",
+            status_source=source,
             unknown_serial=issuer.unknown_serial,
+            **crl,
         )
     event(
         log,

@@ -607,10 +607,10 @@ def leaf(test_pki: TestPki, name: str) -> x509.Certificate:
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block after the line ``heading``."""
+def readme_block(heading: str, language: str, *, after: str = "") -> str:
+    """The first ```language block after the line ``heading`` (and then after the text ``after``)."""
     text = README.read_text(encoding="utf-8")
-    start = text.index(heading + "\n")
+    start = text.index(after, text.index(heading + "\n"))
     match = re.compile(rf"^```{language}\n(.*?)^```", re.MULTILINE | re.DOTALL).search(text, start)
     assert match is not None, f"no ```{language} block after {heading!r}"
     return match.group(1)
