@@ -9,6 +9,7 @@ app, with a database and a ``read_dsn`` so that every family shows, exposes on /
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ocspd.app import METRICS, STORE, app_readiness
 from ocspd.web.admin import init_admin_app
 from tests.conftest import AppClient
+from tests.crls import der, make_crl
 from tests.helpers import TestPki, eventually, request_der, start_replicas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +263,14 @@ async def exposed_families(
     aiohttp_client: Any, ocspd_client: AppClient, db_pki: TestPki, pg_dsn: str
 ) -> dict[str, set[str]]:
     """Sample names by family, as /metrics of an app with a database and a read_dsn exposes them."""
+    # A CRL too (a file), so that the ocspd_crl_* series exist.
+    crl_path = db_pki.directory / "ca.crl"
+    now = dt.datetime.now(dt.UTC)
+    crl_path.write_bytes(
+        der(make_crl(db_pki.ca, [], number=1, this_update=now, next_update=now + dt.timedelta(days=1)))
+    )
+    with db_pki.config_path.open("a") as f:
+        f.write(f'crl = "{crl_path}"\n')
     # read_dsn on the primary itself: in the read set, lag 0 (a server not in recovery is current).
     [client] = await start_replicas(ocspd_client, db_pki, n=1, env={"OCSPD_DATABASE_READ_DSN": pg_dsn})
     app = client.app
@@ -274,7 +284,8 @@ async def exposed_families(
         response = await admin.get("/metrics")
         assert response.status == 200
         text = await response.text()
-        return "\nocspd_read_target_in_use{" in text  # set by the gauges loop, once a second
+        # set by the gauges loop, once a second
+        return "\nocspd_read_target_in_use{" in text and "\nocspd_crl_number{" in text
 
     await eventually(scraped_with_the_read_target, what="the read target's gauges on /metrics")
     return {family.name: {sample.name for sample in family.samples} for family in text_string_to_metric_families(text)}
