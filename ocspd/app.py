@@ -28,7 +28,7 @@ from aiohttp import web
 
 from ocspd import crlshared, crlsource
 from ocspd.cache import Entry
-from ocspd.config import Config
+from ocspd.config import Config, IssuerConfig
 from ocspd.crlfetch import CrlFetcher, FetchLimits
 from ocspd.crlsource import CrlState
 from ocspd.exceptions import ConfigError, SourceUnavailable, StoreError
@@ -162,8 +162,9 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
         "database": old.database != config.database,
         "cache": old.cache != config.cache,
         "log": old.log != config.log,
-        "issuers (ids or index files)": [(i.id, i.index) for i in old.issuers]
-        != [(i.id, i.index) for i in config.issuers],
+        "crl": old.crl != config.crl,
+        "issuers (ids, index files or CRL settings)": [_sources_of(i) for i in old.issuers]
+        != [_sources_of(i) for i in config.issuers],
     }
     needs_restart = [name for name, differs in restart_only.items() if differs]
     if needs_restart:
@@ -172,6 +173,11 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     changed = app[RESPONDER].reload(config, signers)
     app[HANDLERS].forget_requests()  # what a raw request means may have changed with the config
     return changed
+
+
+def _sources_of(issuer: IssuerConfig) -> tuple[object, ...]:
+    """What an issuer's status sources are built from (at start-up only)."""
+    return (issuer.id, issuer.index, issuer.crl, issuer.delta_crl, issuer.crl_signer, issuer.crl_unlisted)
 
 
 def runner_for(app: web.Application, **kwargs: Any) -> OcspRunner:
@@ -223,6 +229,9 @@ async def _crl_pollers(app: web.Application) -> AsyncIterator[None]:
 
     tasks = []
     for issuer_id, state in app[CRLS].items():
+        for kind in crlsource.Kind:
+            for outcome in crlsource.Outcome:
+                metrics.crl_fetches.labels(issuer_id, kind.value, outcome.value)  # present (at 0) before the first
 
         def on_change(serials: set[int], issuer_id: str = issuer_id) -> None:
             dropped = responder.invalidate(issuer_id, serials, "crl")
