@@ -330,3 +330,27 @@ async def test_openssl_verifies_crl_derived_answers_within_the_crls_next_update(
         assert "Reason: certificateHold" in output, output
     shown = next(line for line in output.splitlines() if "Next Update:" in line).split("Next Update:")[1].strip()
     assert dt.datetime.strptime(shown, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC) <= next_update
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda url: f'crl = "{url}2"\n', id="crl-location"),
+        pytest.param(lambda url: f'crl = "{url}"\ndelta_crl = []\n', id="delta-crl"),
+    ],
+)
+async def test_a_reload_that_changes_crl_settings_needs_a_restart_and_keeps_serving(
+    ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer, change: Any
+) -> None:
+    from ocspd.app import reload_app
+    from ocspd.exceptions import ConfigError
+
+    test_pki = crl_pki(tmp_path / "pki", crl_server)
+    publish(crl_server, test_pki, [], number=1)
+    client = await started(ocspd_client, test_pki)
+    url = crl_server.url("ca.crl")
+    text = test_pki.config_path.read_text()
+    test_pki.config_path.write_text(text.replace(f'crl = "{url}"\n', change(url)))
+    with pytest.raises(ConfigError, match="need a restart"):
+        reload_app(client.app, test_pki.config())
+    assert await answer(client, test_pki, cert(test_pki, "good"), live=True) == GOOD
