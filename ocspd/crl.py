@@ -44,8 +44,8 @@ class CrlRefused(OcspdError):
 
 # An entry is one int: the revocation time (POSIX seconds: CRL times are whole
 # seconds) times 16 plus the reason's code (15: no reasonCode). A dict of
-# serial -> int costs about 110 bytes an entry, a record object twice that
-# (bench/crl.py measures it at 1M entries).
+# serial -> int costs about 140 bytes of RSS an entry at 1M entries, a record
+# object would add some 64 more (bench/crl.py).
 _NO_REASON = 15
 _CODES: dict[x509.ReasonFlags | None, int] = {r.flag: r.code for r in REASONS}
 _CODES[None] = _NO_REASON
@@ -190,9 +190,8 @@ def changed_serials(
     if old_base is new_base:
         candidates: set[int] = set()
     else:
-        before, after = old_base.entries, new_base.entries
-        candidates = {s for s in after if before.get(s) != after[s]}
-        candidates.update(s for s in before if s not in after)
+        # Item views compare in C: four times faster than a loop at 1M entries (bench/crl.py).
+        candidates = {serial for serial, _ in old_base.entries.items() ^ new_base.entries.items()}
     for delta in (old_delta, new_delta):
         if delta is not None:
             candidates.update(delta.entries)

@@ -187,7 +187,9 @@ async def sync(state: CrlState, fetcher: CrlFetcher, count: Counter | None = Non
     if all(o is not Outcome.FAILED for o in outcomes.values()):
         state.fetched_at = time.time()
     after = state.pair()
-    changed = set() if after is None or after == before else crl.changed_serials(before, after)
+    changed: set[int] = set()
+    if after is not None and after != before:  # 0.1-0.2 s at 1M entries: off the loop too
+        changed = await asyncio.get_running_loop().run_in_executor(None, crl.changed_serials, before, after)
     return SyncResult(outcomes, changed)
 
 
