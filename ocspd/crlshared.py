@@ -18,14 +18,18 @@ notified for them).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import secrets
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ocspd import crl
 from ocspd.config import CrlConfig
-from ocspd.crlfetch import CrlFetcher
-from ocspd.crlsource import MIN_DELAY, Counter, CrlState, Kind, log, sync
+from ocspd.crlfetch import CrlFetcher, Validators
+from ocspd.crlsource import MIN_DELAY, Counter, CrlState, Kind, Outcome, log, sync
 from ocspd.exceptions import SourceUnavailable, StoreError
 from ocspd.logs import event
 from ocspd.status import Status
@@ -34,6 +38,16 @@ from ocspd.store.crls import CrlRecord, CrlRow, CrlRows
 
 # A claim outlives a round that hangs this long past its fetch timeout (then another replica may claim).
 LEASE_MARGIN = 60.0
+
+
+def replica_id() -> str:
+    """Who a poller is in ocspd_crl_sources.applier (one per app: in-process replicas differ too)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _grace(config: CrlConfig) -> float:
+    """How overdue a round must be before a replica other than the last applier claims it."""
+    return 2 * min(config.poll, config.retry).total_seconds() + 1.0
 
 
 async def shared_round(
@@ -45,41 +59,35 @@ async def shared_round(
     *,
     force: bool = False,
     clock: Callable[[], float] = time.time,
+    me: str = "",
 ) -> bool:
     """One round for one issuer; whether this replica claimed it (and fetched)."""
     lease = 2 * config.timeout.total_seconds() + LEASE_MARGIN
-    if not await rows.claim(state.issuer_id, lease, force=force):
-        _adopt(state, await rows.in_force(state.issuer_id))
+    claimed = await rows.claim(state.issuer_id, me or replica_id(), lease=lease, grace=_grace(config), force=force)
+    row = await rows.in_force(state.issuer_id)
+    _adopt(state, row)  # also for the claimer: a CRL older than the one in force is refused
+    if not claimed:
         return False
     full = state.hollow or state.base is None
-    if full:
-        state.validators.clear()  # the entries are needed, not only "not modified"
+    if full and row is not None:
+        state.validators = {loc: _validators(v) for loc, v in row.validators.items()}
     before = None if full else state.pair()
     result = await sync(state, fetcher, count)
+    if state.hollow and any(o is Outcome.APPLIED for o in result.outcomes.values()):
+        # Something changed, and this replica lacks the entries of what did not: all of them, once more.
+        state.validators.clear()
+        result = await sync(state, fetcher, count)
     after = state.pair()
-    applied = after is not None and (full or after != before)
-    if full and after is not None and all(o.value != "failed" for o in result.outcomes.values()):
+    if state.hollow and after is not None and all(o is Outcome.APPLIED for o in result.outcomes.values()):
         state.hollow = False
-    if after is not None and not state.hollow and (full or result.changed):
+    applied = after is not None and after != before and not state.hollow
+    if applied and after is not None:
         base, delta = after
-        serials = set(base.entries) | (set(delta.entries) if delta is not None else set()) if full else result.changed
-        revoked = []
-        for serial in serials:
-            status = crl.status(base, delta, serial)
-            if status is not None and status.status is Status.REVOKED:
-                revoked.append(CertRecord(serial, Status.REVOKED, status.revoked_at, status.reason))
-        counts, released = await rows.merge(state.issuer_id, revoked, _Listed(base, delta))
-        event(
-            log,
-            "crl_merged",
-            issuer=state.issuer_id,
-            revocations=len(revoked),
-            new=counts.new,
-            revoked=counts.revoked,
-            kept=counts.kept + counts.conflict,
-            unchanged=counts.unchanged,
-            released=released,
-        )
+        if before is None:
+            serials: set[int] = set(base.entries) | (set(delta.entries) if delta is not None else set())
+        else:
+            serials = result.changed
+        await _merge(state, rows, base, delta, serials)
     error = "; ".join(f"{k.value}: {e}" for k, e in state.last_error.items()) or None
     await rows.record(
         state.issuer_id,
@@ -88,8 +96,44 @@ async def shared_round(
         last_error=error,
         applied=applied,
         delay=state.delay(clock(), config),
+        validators={loc: dataclasses.asdict(v) for loc, v in state.validators.items()},
     )
     return True
+
+
+async def _merge(
+    state: CrlState, rows: CrlRows, base: crl.TrustedCrl, delta: crl.TrustedCrl | None, serials: set[int]
+) -> None:
+    """Merge the revocations among ``serials`` into the table; release the holds the CRLs no longer list."""
+    revoked = []
+    for serial in serials:
+        status = crl.status(base, delta, serial)
+        if status is not None and status.status is Status.REVOKED:
+            revoked.append(CertRecord(serial, Status.REVOKED, status.revoked_at, status.reason))
+    started = time.perf_counter()
+    counts, released = await rows.merge(state.issuer_id, revoked, _Listed(base, delta))
+    event(
+        log,
+        "crl_merged",
+        issuer=state.issuer_id,
+        revocations=len(revoked),
+        new=counts.new,
+        revoked=counts.revoked,
+        kept=counts.kept + counts.conflict,
+        unchanged=counts.unchanged,
+        released=released,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _validators(raw: Mapping[str, object]) -> Validators:
+    etag, modified, stat = raw.get("etag"), raw.get("last_modified"), raw.get("file_stat")
+    file_stat = None
+    if isinstance(stat, list) and len(stat) == 3 and all(isinstance(n, int) for n in stat):
+        file_stat = (int(stat[0]), int(stat[1]), int(stat[2]))
+    return Validators(
+        etag if isinstance(etag, str) else None, modified if isinstance(modified, str) else None, file_stat
+    )
 
 
 class _Listed:
@@ -147,11 +191,11 @@ async def poll_shared(
     clock: Callable[[], float] = time.time,
 ) -> None:
     """Rounds of :func:`shared_round` for ever: due ones claimed by one replica, the row read by the others."""
-    failing = False
+    failing, me = False, replica_id()
     while True:
         delay = min(config.poll, config.retry).total_seconds()
         try:
-            claimed = await shared_round(state, fetcher, rows, config, count, clock=clock)
+            claimed = await shared_round(state, fetcher, rows, config, count, clock=clock, me=me)
             if claimed:
                 delay = state.delay(clock(), config)
             failing = False

@@ -28,6 +28,7 @@ from tests.helpers import (
     eventually,
     revoked,
     row,
+    sql,
     start_replicas,
     stays,
 )
@@ -86,7 +87,11 @@ async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetch
         # paired with the table: a serial it does not list is unknown (no "good" for unissued serials)
         assert await answer(client, test_pki, leaf["good"].cert) == UNKNOWN
     requests_before = crl_server.requests.get("ca.crl", 0)
-    await asyncio.sleep(3)  # six rounds of 0.5 s
+    appliers = set()
+    for _ in range(6):  # six rounds of 0.5 s
+        await asyncio.sleep(0.5)
+        appliers.update(a for (a,) in await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources"))
+    assert len(appliers) == 1, appliers  # the replica holding the entries keeps the rounds
     per_round = (crl_server.requests["ca.crl"] - requests_before) / 6
     assert per_round <= 1.25, per_round  # one replica fetches a round, not each of them
     publish(crl_server, test_pki, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
@@ -130,3 +135,52 @@ async def test_a_revocation_the_crl_drops_later_is_never_undone_in_the_table(
 
     await eventually(new_base, timeout=10, what="base CRL 4 in force")
     await stays(client, test_pki, cert, revoked(F.key_compromise, AT))
+
+
+async def test_when_the_applying_replica_stops_another_takes_over_and_applies_the_next_crl(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
+    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
+    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    clients = await replicas(ocspd_client, test_pki)
+    [(applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
+    # which client is it? the one whose CRL state holds the entries (the others' are hollow)
+    holding = [c for c in clients if not c.app[CRLS]["test-ca"].hollow]
+    assert len(holding) == 1, [c.app[CRLS]["test-ca"].hollow for c in clients]
+    await holding[0].close()
+    (survivor,) = [c for c in clients if c is not holding[0]]
+    publish(crl_server, test_pki, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
+    await becomes(survivor, test_pki, test_pki.leaves["good"].cert, revoked(F.superseded, AT))
+    await stays(survivor, test_pki, test_pki.leaves["revoked"].cert, revoked(F.key_compromise, REVOKED_AT))
+    [(new_applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
+    assert new_applier != applier
+    assert not survivor.app[CRLS]["test-ca"].hollow  # it fetched the entries in full
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["round", "crl-sync"])
+async def test_the_last_applier_claims_a_due_round_first_and_another_only_once_it_is_overdue(
+    pg_dsn: str, force: bool
+) -> None:
+    from ocspd.store import Store
+
+    store = Store(pg_dsn)
+    await store.open()
+    try:
+        rows = store.crls
+        assert await rows.claim("ca", "a", lease=60, grace=0.4)
+        assert not await rows.claim("ca", "b", lease=60, grace=0.4)  # claimed
+        await rows.record("ca", None, None, last_error=None, applied=False, delay=0, validators={})
+        # due, but a applied last: b only claims it by force
+        assert await rows.claim("ca", "b", lease=60, grace=0.4, force=force) is force
+        if force:  # ocspd crl sync runs now, and leaves the round to the applier
+            await rows.record("ca", None, None, last_error=None, applied=False, delay=0, validators={})
+            [(applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
+            assert applier == "a"
+            return
+        assert await rows.claim("ca", "a", lease=60, grace=0.4)
+        await rows.record("ca", None, None, last_error=None, applied=False, delay=0, validators={})
+        await asyncio.sleep(0.5)  # a missed its round by more than the grace
+        assert await rows.claim("ca", "b", lease=60, grace=0.4)
+    finally:
+        await store.close()

@@ -199,15 +199,22 @@ INSERT INTO ocspd_crl_sources (issuer_id) VALUES (%(issuer)s) ON CONFLICT (issue
 -- name: claim_crl
 -- One replica a round fetches an issuer's CRLs: the one whose UPDATE finds
 -- the row due and unclaimed (row lock: concurrent claims wait, then see it
--- claimed). ``force``: due now (ocspd crl sync).
-UPDATE ocspd_crl_sources SET claimed_until = now() + make_interval(secs => %(lease)s)
-WHERE issuer_id = %(issuer)s AND claimed_until < now() AND (next_fetch_at <= now() OR %(force)s)
+-- claimed), the last applier first (it holds the entries: it merges only what
+-- changed); anyone once the round is ``grace`` seconds overdue. ``force``:
+-- due now, and the applier stays (ocspd crl sync).
+UPDATE ocspd_crl_sources
+SET claimed_until = now() + make_interval(secs => %(lease)s),
+    applier = CASE WHEN %(force)s THEN applier ELSE %(me)s END
+WHERE issuer_id = %(issuer)s AND claimed_until < now()
+  AND (%(force)s OR (next_fetch_at <= now()
+                     AND (applier IS NULL OR applier = %(me)s
+                          OR next_fetch_at <= now() - make_interval(secs => %(grace)s))))
 RETURNING issuer_id;
 
 -- name: crl_in_force
 SELECT base_number, base_this_update, base_next_update, base_entries, base_source,
        delta_number, delta_this_update, delta_next_update, delta_entries, delta_source,
-       last_error, applied_at, fetched_at, next_fetch_at
+       last_error, applied_at, fetched_at, next_fetch_at, validators, applier
 FROM ocspd_crl_sources WHERE issuer_id = %(issuer)s;
 
 -- name: record_crl
@@ -217,9 +224,9 @@ UPDATE ocspd_crl_sources SET
     base_next_update = %(base_next_update)s, base_entries = %(base_entries)s, base_source = %(base_source)s,
     delta_number = %(delta_number)s, delta_this_update = %(delta_this_update)s,
     delta_next_update = %(delta_next_update)s, delta_entries = %(delta_entries)s, delta_source = %(delta_source)s,
-    last_error = %(last_error)s, fetched_at = now(),
+    last_error = %(last_error)s, fetched_at = now(), validators = %(validators)s::jsonb,
     applied_at = CASE WHEN %(applied)s THEN now() ELSE applied_at END,
-    next_fetch_at = now() + make_interval(secs => %(delay)s), claimed_until = '-infinity'
+    next_fetch_at = now() + make_interval(secs => %(delay)s), claimed_until = 'epoch'
 WHERE issuer_id = %(issuer)s;
 
 -- name: held_serials

@@ -12,8 +12,9 @@ others only read the row (:meth:`CrlRows.in_force`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Container
-from dataclasses import dataclass
+import json
+from collections.abc import Collection, Container, Mapping
+from dataclasses import dataclass, field
 
 from ocspd.store.certificates import Certificates, CertRecord, ImportCounts
 from ocspd.store.connector import Connector
@@ -43,6 +44,9 @@ class CrlRow:
     applied_at: dt.datetime | None
     fetched_at: dt.datetime | None
     next_fetch_at: dt.datetime | None
+    # By location, what makes the next fetch conditional (crlfetch.Validators' fields, as JSON).
+    validators: dict[str, dict[str, object]] = field(default_factory=dict)
+    applier: str | None = None  # the replica that claimed last (ocspd crl sync leaves it)
 
 
 class CrlRows:
@@ -52,18 +56,19 @@ class CrlRows:
         self._connector = connector
         self._certificates = certificates
 
-    async def claim(self, issuer_id: str, lease: float, *, force: bool = False) -> bool:
-        """Whether this replica fetches the issuer's CRLs this round (the row is due and unclaimed)."""
+    async def claim(self, issuer_id: str, me: str, *, lease: float, grace: float, force: bool = False) -> bool:
+        """Whether replica ``me`` runs the issuer's round now: the row is due and unclaimed, and
+        ``me`` applied last, or the round is ``grace`` seconds overdue (or ``force``)."""
         await self._connector.query("ensure_crl_row", {"issuer": issuer_id})
-        rows = await self._connector.query("claim_crl", {"issuer": issuer_id, "lease": lease, "force": force})
-        return bool(rows)
+        params = {"issuer": issuer_id, "me": me, "lease": lease, "grace": grace, "force": force}
+        return bool(await self._connector.query("claim_crl", params))
 
     async def in_force(self, issuer_id: str) -> CrlRow | None:
         rows = await self._connector.query("crl_in_force", {"issuer": issuer_id})
         if not rows:
             return None
         row = rows[0]
-        return CrlRow(_record(row[0:5]), _record(row[5:10]), row[10], row[11], row[12], row[13])
+        return CrlRow(_record(row[0:5]), _record(row[5:10]), row[10], row[11], row[12], row[13], row[14] or {}, row[15])
 
     async def record(
         self,
@@ -74,9 +79,16 @@ class CrlRows:
         last_error: str | None,
         applied: bool,
         delay: float,
+        validators: Mapping[str, Mapping[str, object]],
     ) -> None:
         """What is in force now; the next round is due in ``delay`` seconds; the claim ends."""
-        params: dict[str, object] = {"issuer": issuer_id, "last_error": last_error, "applied": applied, "delay": delay}
+        params: dict[str, object] = {
+            "issuer": issuer_id,
+            "last_error": last_error,
+            "applied": applied,
+            "delay": delay,
+            "validators": json.dumps(validators),
+        }
         for kind, record in (("base", base), ("delta", delta)):
             params.update(
                 {

@@ -5,7 +5,12 @@
 -- hold it), fetches and checks the CRLs, merges them into ocspd_certificates
 -- (whose triggers notify every replica of each serial that changed) and
 -- records here what is now in force; the others read the row for the
--- nextUpdate that bounds their answers. CRL numbers are up to 20 octets.
+-- nextUpdate that bounds their answers. The replica that applied last
+-- (applier) keeps the CRLs' entries in memory, so it claims the next rounds
+-- first and merges only what changed; another takes over when it is late.
+-- validators: per location, what makes the next fetch conditional (ETag,
+-- Last-Modified, a file's stat), for whichever replica claims. CRL numbers
+-- are up to 20 octets.
 CREATE TABLE ocspd_crl_sources (
     issuer_id         text        PRIMARY KEY,
     base_number       numeric,
@@ -21,7 +26,9 @@ CREATE TABLE ocspd_crl_sources (
     last_error        text,
     applied_at        timestamptz,
     fetched_at        timestamptz,
-    next_fetch_at     timestamptz NOT NULL DEFAULT '-infinity',
-    claimed_until     timestamptz NOT NULL DEFAULT '-infinity',
+    validators        jsonb       NOT NULL DEFAULT '{}',
+    applier           text,
+    next_fetch_at     timestamptz NOT NULL DEFAULT 'epoch',
+    claimed_until     timestamptz NOT NULL DEFAULT 'epoch',
     CONSTRAINT ocspd_crl_delta_has_base CHECK (delta_number IS NULL OR base_number IS NOT NULL)
 );
