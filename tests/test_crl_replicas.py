@@ -87,7 +87,7 @@ async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetch
         # paired with the table: a serial it does not list is unknown (no "good" for unissued serials)
         assert await answer(client, test_pki, leaf["good"].cert) == UNKNOWN
     requests_before = crl_server.requests.get("ca.crl", 0)
-    appliers = set()
+    appliers: set[str] = set()
     for _ in range(6):  # six rounds of 0.5 s
         await asyncio.sleep(0.5)
         appliers.update(a for (a,) in await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources"))
