@@ -29,6 +29,7 @@ from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import CRLEntryExtensionOID
 
 from ocspd.exceptions import OcspdError
 from ocspd.status import REASONS, CertStatus, Status
@@ -229,18 +230,19 @@ def _refuse_partitions(crl: x509.CertificateRevocationList) -> None:
 
 
 def _entries(crl: x509.CertificateRevocationList) -> dict[int, int]:
+    # The hot loop of a large CRL: one pass over each entry's extensions, by OID
+    # (get_extension_for_class raises on every entry that lacks the one asked for).
     entries: dict[int, int] = {}
-    codes = _CODES
-    no_reason = _NO_REASON
+    codes, no_reason = _CODES, _NO_REASON
+    reason_oid, issuer_oid = CRLEntryExtensionOID.CRL_REASON, CRLEntryExtensionOID.CERTIFICATE_ISSUER
     for revoked in crl:
-        extensions = revoked.extensions
         code = no_reason
-        if len(extensions):
-            if _extension(revoked, x509.CertificateIssuer) is not None:
+        for extension in revoked.extensions:
+            oid = extension.oid
+            if oid == reason_oid:
+                code = codes[extension.value.reason]
+            elif oid == issuer_oid:
                 raise CrlRefused(f"entry {revoked.serial_number:X} names another certificate issuer (indirect CRL)")
-            reason = _extension(revoked, x509.CRLReason)
-            if reason is not None:
-                code = codes[reason.reason]
         entries[revoked.serial_number] = int(revoked.revocation_date_utc.timestamp()) * 16 + code
     return entries
 
