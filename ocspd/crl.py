@@ -196,7 +196,19 @@ def changed_serials(
     for delta in (old_delta, new_delta):
         if delta is not None:
             candidates.update(delta.entries)
-    return {s for s in candidates if effective(old_base, old_delta, s) != effective(new_base, new_delta, s)}
+    return {s for s in candidates if _answer(old_base, old_delta, s) != _answer(new_base, new_delta, s)}
+
+
+_RELEASED = -1  # not a packed entry: those are non-negative for any time since 1970
+
+
+def _answer(base: TrustedCrl, delta: TrustedCrl | None, serial: int) -> int | None:
+    """What :func:`status` answers, as one comparable value: the packed entry, _RELEASED
+    (good: a delta released its hold, so it was issued) or None (not listed)."""
+    packed = effective(base, delta, serial)
+    if packed is None and delta is not None and serial in delta.entries:
+        return _RELEASED
+    return packed
 
 
 def _checked_signer(signer: x509.Certificate, ca: x509.Certificate) -> x509.Certificate:
