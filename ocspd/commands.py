@@ -256,15 +256,24 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     """``ocspd presign``: sign and store responses for every listed certificate ahead of traffic."""
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
+    from ocspd import crlshared, crlsource
     from ocspd.responder import Responder
     from ocspd.signer import load_signers
 
     signers = load_signers(config)
     store = _store(config)
-    # The responder knows how to sign a stored row; it serves no requests here.
-    responder = Responder(config, signers, {i.id: store for i in config.issuers})
 
     async def work(store: Store) -> None:
+        # The responder knows how to sign a stored row; it serves no requests here. An
+        # issuer whose status comes from CRLs signs within the nextUpdate of those in force.
+        crls = {}
+        for issuer in config.issuers:
+            if issuer.crl and issuer.id in issuer_ids:
+                crls[issuer.id] = state = crlsource.state_for(issuer, signers[issuer.id].ca_cert)
+                crlshared.adopt(state, await store.crls.in_force(issuer.id))
+                if state.base is None:
+                    raise UsageError(f"presign: issuer {issuer.id!r} has no CRL in force yet; run `ocspd crl sync`")
+        responder = Responder(config, signers, {i.id: store for i in config.issuers}, crls=crls)
         started = time.monotonic()
         for issuer_id in issuer_ids:
             total = await store.certificates.count(issuer_id)

@@ -65,7 +65,7 @@ async def shared_round(
     lease = 2 * config.timeout.total_seconds() + LEASE_MARGIN
     claimed = await rows.claim(state.issuer_id, me or replica_id(), lease=lease, grace=_grace(config), force=force)
     row = await rows.in_force(state.issuer_id)
-    _adopt(state, row)  # also for the claimer: a CRL older than the one in force is refused
+    adopt(state, row)  # also for the claimer: a CRL older than the one in force is refused
     if not claimed:
         return False
     full = state.hollow or state.base is None
@@ -83,11 +83,7 @@ async def shared_round(
     applied = after is not None and after != before and not state.hollow
     if applied and after is not None:
         base, delta = after
-        if before is None:
-            serials: set[int] = set(base.entries) | (set(delta.entries) if delta is not None else set())
-        else:
-            serials = result.changed
-        await _merge(state, rows, base, delta, serials)
+        await _merge(state, rows, base, delta, None if before is None else result.changed)
     error = "; ".join(f"{k.value}: {e}" for k, e in state.last_error.items()) or None
     await rows.record(
         state.issuer_id,
@@ -102,15 +98,12 @@ async def shared_round(
 
 
 async def _merge(
-    state: CrlState, rows: CrlRows, base: crl.TrustedCrl, delta: crl.TrustedCrl | None, serials: set[int]
+    state: CrlState, rows: CrlRows, base: crl.TrustedCrl, delta: crl.TrustedCrl | None, serials: set[int] | None
 ) -> None:
-    """Merge the revocations among ``serials`` into the table; release the holds the CRLs no longer list."""
-    revoked = []
-    for serial in serials:
-        status = crl.status(base, delta, serial)
-        if status is not None and status.status is Status.REVOKED:
-            revoked.append(CertRecord(serial, Status.REVOKED, status.revoked_at, status.reason))
+    """Merge the revocations among ``serials`` (None: every listed one) into the table; release the
+    holds the CRLs no longer list. The records are built in a worker thread (a million take seconds)."""
     started = time.perf_counter()
+    revoked = await asyncio.get_running_loop().run_in_executor(None, _revocations, base, delta, serials)
     counts, released = await rows.merge(state.issuer_id, revoked, _Listed(base, delta))
     event(
         log,
@@ -124,6 +117,17 @@ async def _merge(
         released=released,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _revocations(base: crl.TrustedCrl, delta: crl.TrustedCrl | None, serials: set[int] | None) -> list[CertRecord]:
+    if serials is None:
+        serials = set(base.entries) | (set(delta.entries) if delta is not None else set())
+    revoked = []
+    for serial in serials:
+        status = crl.status(base, delta, serial)
+        if status is not None and status.status is Status.REVOKED:
+            revoked.append(CertRecord(serial, Status.REVOKED, status.revoked_at, status.reason))
+    return revoked
 
 
 def _validators(raw: Mapping[str, object]) -> Validators:
@@ -152,7 +156,7 @@ def as_record(trusted: crl.TrustedCrl | None, source: str) -> CrlRecord | None:
     return CrlRecord(trusted.number, trusted.this_update, trusted.next_update, len(trusted.entries), source)
 
 
-def _adopt(state: CrlState, row: CrlRow | None) -> None:
+def adopt(state: CrlState, row: CrlRow | None) -> None:
     """What another replica put in force: its numbers and times, without the entries (hollow)."""
     if row is None:
         return

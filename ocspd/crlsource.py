@@ -37,7 +37,7 @@ from cryptography import x509
 from ocspd import crl
 from ocspd.config import CrlConfig, IssuerConfig
 from ocspd.crlfetch import CrlFetcher, CrlFetchFailed, Fetched, Validators
-from ocspd.exceptions import ConfigError, SourceUnavailable, TryLater
+from ocspd.exceptions import ConfigError, SourceUnavailable
 from ocspd.logs import event
 from ocspd.status import CertStatus
 
@@ -113,8 +113,9 @@ class CrlState:
     def bound(self, now: float, config: CrlConfig) -> float | None:
         """The latest nextUpdate an answer signed now may carry (None: no bound).
 
-        Raises TryLater before the first CRL, and past the nextUpdate of the
-        CRL in force unless ``config.stale`` is "serve" (then: now + retry).
+        Raises SourceUnavailable (tryLater) before the first CRL, and past the
+        nextUpdate of the CRL in force unless ``config.stale`` is "serve" (then:
+        now + retry).
         """
         if self.base is None:
             raise SourceUnavailable(f"no CRL in force yet for issuer {self.issuer.id}")
@@ -123,7 +124,7 @@ class CrlState:
             return next_update
         if config.stale == "serve":
             return now + config.retry.total_seconds()
-        raise TryLater(f"the CRL in force for issuer {self.issuer.id} is past its nextUpdate")
+        raise SourceUnavailable(f"the CRL in force for issuer {self.issuer.id} is past its nextUpdate")
 
     def delay(self, now: float, config: CrlConfig) -> float:
         """Seconds until the next round: ``poll``, shortly before nextUpdate, ``retry`` while failing or stale."""

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from tests.crls import CrlServer, Revoked, make_crl
-from tests.helpers import TestPki, assert_ok, assert_one_line_error, build_pki, ocspd, row, run
+from tests.helpers import TestPki, assert_ok, assert_one_line_error, build_pki, ocspd, row, run, sql
 
 F = x509.ReasonFlags
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -67,3 +67,19 @@ async def test_crl_sync_without_a_database_checks_and_says_what_is_wrong(tmp_pat
     assert result.returncode == 1 and "HTTP 404" in result.stdout, result.stdout + result.stderr
     crl_server.publish("ca.crl", make_crl(test_pki.ca, [], number=3, this_update=NOW))
     assert_ok(await ocspd(test_pki, "crl", "sync"), "CRL number 3, 0 entries", "nothing changed")
+
+
+async def test_presign_for_a_crl_issuer_signs_within_the_crls_next_update(
+    tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = with_crl(build_pki(tmp_path / "pki", database=pg_dsn), f'crl = "{crl_server.url("ca.crl")}"\n')
+    next_update = NOW + dt.timedelta(hours=2)  # sooner than thisUpdate + validity (24h)
+    crl = make_crl(test_pki.ca, [Revoked(0x77, F.key_compromise, NOW - dt.timedelta(days=1))], number=7,
+                   this_update=NOW, next_update=next_update)  # fmt: skip
+    crl_server.publish("ca.crl", crl)
+    result = await ocspd(test_pki, "presign")
+    assert result.returncode == 2 and "no CRL in force yet" in result.stderr, result.stderr
+    assert_ok(await ocspd(test_pki, "crl", "sync"))
+    assert_ok(await ocspd(test_pki, "presign"), "stored=1")
+    [(latest,)] = await sql(pg_dsn, "SELECT max(next_update) FROM ocspd_responses")
+    assert latest <= next_update
