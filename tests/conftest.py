@@ -17,6 +17,7 @@ from aiohttp.web_runner import BaseRunner
 
 from ocspd.app import init_app, runner_for
 from ocspd.store import Store
+from tests.crls import CrlServer
 from tests.faults import PgProxy
 from tests.helpers import GOOD_SERIAL, REVOKED_AT, REVOKED_SERIAL, TestPki, build_pki, query
 from tests.pg import PgBouncer, PgServer, pgbouncer, postgres_server, socket_path
@@ -179,3 +180,11 @@ def add_status_rows(pg_dsn: str) -> None:
             cur.execute("SELECT ocspd_revoke('test-ca', %s, 'keyCompromise', %s)", (f"{REVOKED_SERIAL:x}", REVOKED_AT))
     finally:
         conn.close()
+
+
+@pytest.fixture
+async def crl_server() -> AsyncIterator[CrlServer]:
+    """A CA's CRL distribution point on 127.0.0.1 (tests/crls.py), closed afterwards."""
+    server = await CrlServer().start()
+    yield server
+    await server.close()

@@ -146,3 +146,13 @@ class CrlServer:
         self.full_answers[path] = self.full_answers.get(path, 0) + 1
         headers = {"ETag": etag, "Last-Modified": self._times[path], "Content-Type": "application/pkix-crl"}
         return web.Response(body=body, headers=headers)
+
+
+def publish(server: CrlServer, ca: pki.Identity, entries: Sequence[Revoked], number: int, **kwargs: object) -> None:
+    """Publish a CRL of ``ca`` at ``server``'s ``ca.crl`` (``delta.crl`` with ``delta_of``), current
+    now (thisUpdate a minute ago, nextUpdate in a day) unless ``kwargs`` say otherwise."""
+    path = "delta.crl" if kwargs.get("delta_of") is not None else "ca.crl"
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    kwargs.setdefault("this_update", now - dt.timedelta(minutes=1))
+    kwargs.setdefault("next_update", now + dt.timedelta(days=1))
+    server.publish(path, make_crl(ca, entries, number=number, **kwargs))  # type: ignore[arg-type]

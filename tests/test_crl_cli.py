@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from tests.helpers import TestPki, assert_ok, assert_one_line_error, build_pki, 
 
 F = x509.ReasonFlags
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-async def crl_server() -> AsyncIterator[CrlServer]:
-    server = await CrlServer().start()
-    yield server
-    await server.close()
 
 
 def with_crl(test_pki: TestPki, lines: str, *, drop_index: bool = False) -> TestPki:

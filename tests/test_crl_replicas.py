@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from cryptography import x509
 
 from ocspd.app import CRLS
 from tests.conftest import AppClient
-from tests.crls import CrlServer, Revoked, make_crl
+from tests.crls import CrlServer, Revoked, publish
 from tests.helpers import (
     GOOD,
     REVOKED_AT,
@@ -37,23 +36,6 @@ F = x509.ReasonFlags
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 AT = NOW - dt.timedelta(days=2)
 POLL = {"OCSPD_CRL_POLL": "500ms", "OCSPD_CRL_RETRY": "500ms"}
-
-
-@pytest.fixture
-async def crl_server() -> AsyncIterator[CrlServer]:
-    server = await CrlServer().start()
-    yield server
-    await server.close()
-
-
-def publish(server: CrlServer, test_pki: TestPki, entries: list[Revoked], number: int, **kwargs: Any) -> None:
-    path = "delta.crl" if kwargs.get("delta_of") is not None else "ca.crl"
-    server.publish(
-        path,
-        make_crl(
-            test_pki.ca, entries, number=number, this_update=NOW, next_update=NOW + dt.timedelta(days=1), **kwargs
-        ),
-    )
 
 
 def db_crl_pki(directory: Path, pg_dsn: str, server: CrlServer, extra: str = "") -> TestPki:
@@ -78,8 +60,8 @@ async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetch
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
     test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
-    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
-    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
+    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
     clients = await replicas(ocspd_client, test_pki)
     leaf = test_pki.leaves
     for client in clients:
@@ -94,7 +76,7 @@ async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetch
     assert len(appliers) == 1, appliers  # the replica holding the entries keeps the rounds
     per_round = (crl_server.requests["ca.crl"] - requests_before) / 6
     assert per_round <= 1.25, per_round  # one replica fetches a round, not each of them
-    publish(crl_server, test_pki, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
     for client in clients:
         await becomes(client, test_pki, leaf["good"].cert, revoked(F.superseded, AT))
     stored = await row(pg_dsn, 0x1001)
@@ -105,13 +87,13 @@ async def test_a_hold_released_by_a_delta_is_released_in_the_table_for_every_rep
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
     test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
-    publish(crl_server, test_pki, [Revoked(0x1001, F.certificate_hold, AT)], number=1)
-    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.certificate_hold, AT)], number=1)
+    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
     clients = await replicas(ocspd_client, test_pki)
     cert = test_pki.leaves["good"].cert
     for client in clients:
         await becomes(client, test_pki, cert, revoked(F.certificate_hold, AT))
-    publish(crl_server, test_pki, [Revoked(0x1001, F.remove_from_crl, NOW)], number=3, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.remove_from_crl, NOW)], number=3, delta_of=1)
     for client in clients:
         await becomes(client, test_pki, cert, GOOD)
 
@@ -120,14 +102,14 @@ async def test_a_revocation_the_crl_drops_later_is_never_undone_in_the_table(
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
     test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server, extra='crl_unlisted = "good"\n')
-    publish(crl_server, test_pki, [Revoked(0x1001, F.key_compromise, AT)], number=1)
-    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.key_compromise, AT)], number=1)
+    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
     (client,) = await replicas(ocspd_client, test_pki, n=1)
     cert = test_pki.leaves["good"].cert
     await becomes(client, test_pki, cert, revoked(F.key_compromise, AT))
     assert await answer(client, test_pki, test_pki.leaves["unissued"].cert) == GOOD  # crl_unlisted = "good"
-    publish(crl_server, test_pki, [], number=4)  # the certificate expired, the CA dropped its entry
-    publish(crl_server, test_pki, [], number=5, delta_of=4)
+    publish(crl_server, test_pki.ca, [], number=4)  # the certificate expired, the CA dropped its entry
+    publish(crl_server, test_pki.ca, [], number=5, delta_of=4)
 
     async def new_base() -> bool:
         base = client.app[CRLS]["test-ca"].base
@@ -141,8 +123,8 @@ async def test_when_the_applying_replica_stops_another_takes_over_and_applies_th
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
     test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
-    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
-    publish(crl_server, test_pki, [], number=2, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
+    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
     clients = await replicas(ocspd_client, test_pki)
     [(applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
     # which client is it? the one whose CRL state holds the entries (the others' are hollow)
@@ -150,7 +132,7 @@ async def test_when_the_applying_replica_stops_another_takes_over_and_applies_th
     assert len(holding) == 1, [c.app[CRLS]["test-ca"].hollow for c in clients]
     await holding[0].close()
     (survivor,) = [c for c in clients if c is not holding[0]]
-    publish(crl_server, test_pki, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
     await becomes(survivor, test_pki, test_pki.leaves["good"].cert, revoked(F.superseded, AT))
     await stays(survivor, test_pki, test_pki.leaves["revoked"].cert, revoked(F.key_compromise, REVOKED_AT))
     [(new_applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ocspd import pki
 from ocspd.app import CRLS, METRICS, app_readiness
 from ocspd.protocol import TRY_LATER
 from tests.conftest import AppClient
-from tests.crls import CrlServer, Revoked, make_crl
+from tests.crls import CrlServer, Revoked, make_crl, publish
 from tests.helpers import (
     GOOD,
     REVOKED_SERIAL,
@@ -41,13 +40,6 @@ AT = NOW - dt.timedelta(days=2)
 POLL = {"OCSPD_CRL_POLL": "300ms", "OCSPD_CRL_RETRY": "300ms"}
 
 
-@pytest.fixture
-async def crl_server() -> AsyncIterator[CrlServer]:
-    server = await CrlServer().start()
-    yield server
-    await server.close()
-
-
 def crl_pki(directory: Path, server: CrlServer, *, index: bool = False, extra: str = "") -> TestPki:
     """A PKI whose issuer's status comes from the CRL at ``server``'s ``ca.crl`` (and ``delta.crl``);
     with ``index``, paired with its index.txt (which lists "good" and "revoked"), else unlisted is good."""
@@ -57,13 +49,6 @@ def crl_pki(directory: Path, server: CrlServer, *, index: bool = False, extra: s
         text = text.replace('index = "index.txt"\n', 'crl_unlisted = "good"\n')
     test_pki.config_path.write_text(text + f'crl = "{server.url("ca.crl")}"\n{extra}')
     return test_pki
-
-
-def publish(server: CrlServer, test_pki: TestPki, entries: list[Revoked], number: int, **kwargs: Any) -> None:
-    path = "delta.crl" if kwargs.get("delta_of") is not None else "ca.crl"
-    kwargs.setdefault("this_update", NOW - dt.timedelta(minutes=1))
-    kwargs.setdefault("next_update", NOW + dt.timedelta(days=1))
-    server.publish(path, make_crl(test_pki.ca, entries, number=number, **kwargs))
 
 
 def cert(test_pki: TestPki, name: str) -> x509.Certificate:
@@ -105,7 +90,7 @@ async def test_crl_entries_are_revoked_with_their_date_and_reason_and_unlisted_i
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.superseded, AT)], number=1)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.superseded, AT)], number=1)
     client = await started(ocspd_client, test_pki)
     assert await answer(client, test_pki, cert(test_pki, "revoked")) == revoked(F.superseded, AT)
     assert await answer(client, test_pki, cert(test_pki, "good")) == GOOD
@@ -125,7 +110,7 @@ async def test_a_crl_paired_with_an_issuance_list_keeps_unissued_serials_unknown
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server, index=True)
     # index.txt has "revoked" revoked too, at another time: the CRL's entry is what is served
-    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.key_compromise, AT)], number=1)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, AT)], number=1)
     client = await started(ocspd_client, test_pki)
     assert await answer(client, test_pki, cert(test_pki, name)) == expected
 
@@ -134,10 +119,10 @@ async def test_a_revocation_published_in_a_new_crl_is_served_within_one_poll(
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [], number=1)
+    publish(crl_server, test_pki.ca, [], number=1)
     client = await started(ocspd_client, test_pki, OCSPD_CRL_POLL="1s")
     assert await answer(client, test_pki, cert(test_pki, "good")) == GOOD  # now in the memory tier
-    publish(crl_server, test_pki, [Revoked(0x1001, F.key_compromise, AT)], number=2)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.key_compromise, AT)], number=2)
     seconds = await served_within(client, test_pki, "good", revoked(F.key_compromise, AT), limit=5)
     assert seconds <= 1.0 + 0.5  # one poll, and a margin for a loaded machine
     assert fetches(client, "base", "applied") == 2
@@ -147,14 +132,14 @@ async def test_a_revocation_in_a_delta_crl_and_a_hold_released_by_one(
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server, extra=f'delta_crl = "{crl_server.url("delta.crl")}"\n')
-    publish(crl_server, test_pki, [Revoked(REVOKED_SERIAL, F.certificate_hold, AT)], number=10)
-    publish(crl_server, test_pki, [], number=11, delta_of=10)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.certificate_hold, AT)], number=10)
+    publish(crl_server, test_pki.ca, [], number=11, delta_of=10)
     client = await started(ocspd_client, test_pki)
     assert await answer(client, test_pki, cert(test_pki, "revoked")) == revoked(F.certificate_hold, AT)
     assert await answer(client, test_pki, cert(test_pki, "good")) == GOOD
     publish(
         crl_server,
-        test_pki,
+        test_pki.ca,
         [Revoked(REVOKED_SERIAL, F.remove_from_crl, NOW), Revoked(0x1001, F.ca_compromise, AT)],
         number=12,
         delta_of=10,
@@ -168,8 +153,8 @@ async def test_the_delta_named_by_the_base_crls_freshest_crl_extension_is_follow
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
     point = x509.DistributionPoint([x509.UniformResourceIdentifier(crl_server.url("delta.crl"))], None, None, None)
-    publish(crl_server, test_pki, [], number=5, extensions=[x509.FreshestCRL([point])])
-    publish(crl_server, test_pki, [Revoked(0x1001, F.key_compromise, AT)], number=6, delta_of=5)
+    publish(crl_server, test_pki.ca, [], number=5, extensions=[x509.FreshestCRL([point])])
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.key_compromise, AT)], number=6, delta_of=5)
     client = await started(ocspd_client, test_pki)
     await served_within(client, test_pki, "good", revoked(F.key_compromise, AT), limit=5)
 
@@ -196,7 +181,7 @@ async def test_a_crl_that_fails_a_check_is_not_applied_and_is_counted(
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer, bad: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [], number=4)
+    publish(crl_server, test_pki.ca, [], number=4)
     client = await started(ocspd_client, test_pki)
     crl_server.publish("ca.crl", bad(test_pki))
 
@@ -221,8 +206,8 @@ async def test_a_delta_for_a_base_not_in_force_is_not_applied(
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server, extra=f'delta_crl = "{crl_server.url("delta.crl")}"\n')
-    publish(crl_server, test_pki, [], number=4)
-    publish(crl_server, test_pki, [Revoked(0x1001)], number=8, delta_of=7)  # made over base 7: we have 4
+    publish(crl_server, test_pki.ca, [], number=4)
+    publish(crl_server, test_pki.ca, [Revoked(0x1001)], number=8, delta_of=7)  # made over base 7: we have 4
     client = await started(ocspd_client, test_pki)
 
     async def refused() -> bool:
@@ -241,7 +226,7 @@ async def test_a_crl_past_its_next_update_gives_try_later(
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
     soon = dt.datetime.fromtimestamp(int(time.time()) + 3, dt.UTC)
-    publish(crl_server, test_pki, [], number=1, next_update=soon)
+    publish(crl_server, test_pki.ca, [], number=1, next_update=soon)
     client = await started(ocspd_client, test_pki)
     response = verify_response(await _post(client, test_pki, "good"), test_pki)
     assert response.next_update_utc is not None and response.next_update_utc <= soon
@@ -254,7 +239,7 @@ async def test_a_crl_past_its_next_update_gives_try_later(
     readiness = await app_readiness(client.app)
     assert readiness.ready and readiness.degraded and "past its nextUpdate" in readiness.text()
     # a newer CRL published: answers again
-    publish(crl_server, test_pki, [], number=2)
+    publish(crl_server, test_pki.ca, [], number=2)
     await served_within(client, test_pki, "good", GOOD, limit=5)
 
 
@@ -262,7 +247,7 @@ async def test_a_stale_crl_keeps_serving_when_chosen_with_a_short_validity_and_a
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [], number=1, this_update=NOW - dt.timedelta(days=2), next_update=NOW)
+    publish(crl_server, test_pki.ca, [], number=1, this_update=NOW - dt.timedelta(days=2), next_update=NOW)
     client = await started(ocspd_client, test_pki, OCSPD_CRL_STALE="serve", OCSPD_CRL_RETRY="30s")
     response = verify_response(await _post(client, test_pki, "good"), test_pki)
     assert response.next_update_utc is not None
@@ -285,7 +270,7 @@ async def test_an_unchanged_crl_is_polled_with_conditional_requests(
     ocspd_client: AppClient, tmp_path: Path, crl_server: CrlServer
 ) -> None:
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [], number=1)
+    publish(crl_server, test_pki.ca, [], number=1)
     client = await started(ocspd_client, test_pki)
     await eventually(lambda: _later(fetches(client, "base", "not_modified") >= 3), timeout=5, what="three polls")
     assert crl_server.full_answers["ca.crl"] == 1
@@ -314,7 +299,7 @@ async def test_openssl_verifies_crl_derived_answers_within_the_crls_next_update(
     test_pki = crl_pki(tmp_path / "pki", crl_server)
     next_update = NOW + dt.timedelta(hours=2)  # before thisUpdate + validity (24h): the CRL's bound applies
     entries = [Revoked(REVOKED_SERIAL, F.key_compromise, AT), Revoked(0x1003, F.certificate_hold, AT)]
-    publish(crl_server, test_pki, entries, number=1, next_update=next_update)
+    publish(crl_server, test_pki.ca, entries, number=1, next_update=next_update)
     app = init_app(test_pki.config(**POLL))
     server = await ocspd_server(app)
 
@@ -346,7 +331,7 @@ async def test_a_reload_that_changes_crl_settings_needs_a_restart_and_keeps_serv
     from ocspd.exceptions import ConfigError
 
     test_pki = crl_pki(tmp_path / "pki", crl_server)
-    publish(crl_server, test_pki, [], number=1)
+    publish(crl_server, test_pki.ca, [], number=1)
     client = await started(ocspd_client, test_pki)
     url = crl_server.url("ca.crl")
     text = test_pki.config_path.read_text()
