@@ -36,7 +36,7 @@ from cryptography import x509
 
 from ocspd import crl
 from ocspd.config import CrlConfig, IssuerConfig
-from ocspd.crlfetch import CrlFetcher, CrlFetchFailed, Fetched, Validators
+from ocspd.crlfetch import CrlFetcher, CrlFetchFailed, Fetched, Validators, is_url
 from ocspd.exceptions import ConfigError, SourceUnavailable
 from ocspd.logs import event
 from ocspd.status import CertStatus
@@ -45,6 +45,7 @@ log = logging.getLogger("ocspd.crl")
 
 # Fetch again this long before a CRL's nextUpdate (CAs publish the next one ahead of it).
 NEXT_UPDATE_LEAD = 60.0
+FILE_POLL = 1.0  # a CRL file is stat'ed this often (read only when it changed)
 MIN_DELAY = 0.1  # [crl] poll and retry have no minimum: this keeps a typo from spinning
 
 
@@ -127,7 +128,14 @@ class CrlState:
         raise SourceUnavailable(f"the CRL in force for issuer {self.issuer.id} is past its nextUpdate")
 
     def delay(self, now: float, config: CrlConfig) -> float:
-        """Seconds until the next round: ``poll``, shortly before nextUpdate, ``retry`` while failing or stale."""
+        """Seconds until the next round: ``poll``, shortly before nextUpdate, ``retry`` while failing or
+        stale; at most FILE_POLL when every location is a file (a stat tells a change: watched like
+        index.txt)."""
+        delay = self._delay(now, config)
+        locations = self.issuer.crl + self.delta_locations()
+        return min(delay, FILE_POLL) if not any(is_url(location) for location in locations) else delay
+
+    def _delay(self, now: float, config: CrlConfig) -> float:
         poll, retry = config.poll.total_seconds(), config.retry.total_seconds()
         if self.base is None or self.last_error or self.stale(now):
             return max(MIN_DELAY, min(poll, retry))

@@ -1,7 +1,8 @@
 """The README's `openssl ca` CRL recipe ("Serving a CA that publishes CRLs"), run as written with
 OpenSSL's own CA (issue 15): `openssl ca -gencrl` publishes a CRL to a directory, ocspd serves it
 (`openssl ocsp` verifies "good"), the recipe's `openssl ca -revoke` and the next `-gencrl` make it
-"revoked" with the reason, within one poll.
+"revoked" with the reason, within a second (a CRL file is watched like index.txt, with the
+default [crl] settings).
 
 Substituted: /srv/ca and /srv/crl by directories of the test, /etc/ocspd by the test PKI's
 directory; the CA's ca.cnf (not part of the recipe: every `openssl ca` CA has its own) is a
@@ -43,7 +44,7 @@ def _shell(script: str, cwd: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-async def test_the_readme_openssl_ca_crl_recipe_serves_a_revocation_within_one_poll(
+async def test_the_readme_openssl_ca_crl_recipe_serves_a_revocation_within_a_second(
     ocspd_server: Any, tmp_path: Path
 ) -> None:
     test_pki = build_pki(tmp_path / "etc")
@@ -65,7 +66,7 @@ async def test_the_readme_openssl_ca_crl_recipe_serves_a_revocation_within_one_p
     issuer = issuer.replace("/srv/crl", str(crl_dir)).replace("/etc/ocspd", str(test_pki.directory))
     issuer = issuer.replace("responder.key", test_pki.key_path.name)
     config_path = tmp_path / "ocspd.toml"
-    config_path.write_text('[server]\nlisten = ["127.0.0.1:0"]\n[crl]\npoll = "300ms"\n\n' + issuer)
+    config_path.write_text('[server]\nlisten = ["127.0.0.1:0"]\n\n' + issuer)  # [crl] as by default
     app = init_app(load_config(config_path, environ={}))
     server = await ocspd_server(app)
 
@@ -79,7 +80,7 @@ async def test_the_readme_openssl_ca_crl_recipe_serves_a_revocation_within_one_p
     assert_verified(code, output, test_pki.leaf_paths["revoked"], "good")
 
     _shell(recipe, ca_dir)  # the recipe as written: revoke, and publish the next CRL
-    await eventually(lambda: in_force(0x1001), timeout=5, what="the CRL with the revocation in force")
+    await eventually(lambda: in_force(0x1001), timeout=2.5, what="the CRL with the revocation in force")
     await asyncio.sleep(0)
     code, output = await openssl_ocsp(test_pki, url, "revoked", extra=("-no_nonce",))
     assert_verified(code, output, test_pki.leaf_paths["revoked"], "revoked")
