@@ -73,12 +73,16 @@ async def shared_round(
         state.validators = {loc: _validators(v) for loc, v in row.validators.items()}
     before = None if full else state.pair()
     result = await sync(state, fetcher, count)
-    if state.hollow and any(o is Outcome.APPLIED for o in result.outcomes.values()):
-        # Something changed, and this replica lacks the entries of what did not: all of them, once more.
-        state.validators.clear()
+    fetched = {kind for kind, outcome in result.outcomes.items() if outcome is Outcome.APPLIED}
+    if state.hollow and fetched and fetched != set(result.outcomes):
+        # Something changed, and this replica lacks the entries of the CRL that did not: that one in full.
+        for kind in set(result.outcomes) - fetched:
+            for location in state.issuer.crl if kind is Kind.BASE else state.delta_locations():
+                state.validators.pop(location, None)
         result = await sync(state, fetcher, count)
+        fetched.update(kind for kind, outcome in result.outcomes.items() if outcome is Outcome.APPLIED)
     after = state.pair()
-    if state.hollow and after is not None and all(o is Outcome.APPLIED for o in result.outcomes.values()):
+    if state.hollow and after is not None and fetched >= set(result.outcomes):
         state.hollow = False
     applied = after is not None and after != before and not state.hollow
     if applied and after is not None:

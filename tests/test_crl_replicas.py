@@ -132,8 +132,12 @@ async def test_when_the_applying_replica_stops_another_takes_over_and_applies_th
     assert len(holding) == 1, [c.app[CRLS]["test-ca"].hollow for c in clients]
     await holding[0].close()
     (survivor,) = [c for c in clients if c is not holding[0]]
+    full_answers = dict(crl_server.full_answers)
     publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
     await becomes(survivor, test_pki, test_pki.leaves["good"].cert, revoked(F.superseded, AT))
+    # the new delta, and the unchanged base it lacked the entries of: each downloaded once
+    assert crl_server.full_answers["delta.crl"] - full_answers["delta.crl"] == 1
+    assert crl_server.full_answers["ca.crl"] - full_answers["ca.crl"] == 1
     await stays(survivor, test_pki, test_pki.leaves["revoked"].cert, revoked(F.key_compromise, REVOKED_AT))
     [(new_applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
     assert new_applier != applier
