@@ -19,8 +19,9 @@ import contextlib
 import datetime as dt
 import logging
 import random
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +32,13 @@ from ocspd.cache import Entry
 from ocspd.config import Config, IssuerConfig
 from ocspd.crlfetch import CrlFetcher, FetchLimits
 from ocspd.crlsource import CrlState
-from ocspd.exceptions import ConfigError, SourceUnavailable, StoreError
+from ocspd.exceptions import ConfigError, KeyUnavailable, SourceUnavailable, StoreError
 from ocspd.health import Readiness, readiness
+from ocspd.hsm import Token, Tokens
 from ocspd.index import IndexFile
 from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
-from ocspd.responder import Responder
+from ocspd.responder import Issuer, Responder
 from ocspd.signer import Signer, load_signers
 from ocspd.sources import CrlSource, IndexSource, StatusSource
 from ocspd.store import DueRow, Listener, Store
@@ -53,6 +55,7 @@ CRLS = web.AppKey("crls", dict[str, CrlState])
 HANDLERS = web.AppKey("handlers", OcspHandlers)
 STORE = web.AppKey("store", Store)
 LISTENER = web.AppKey("listener", Listener)
+TOKENS = web.AppKey("tokens", Tokens)
 
 # How often index.txt files are checked for changes (SPEC: "about a second").
 INDEX_POLL_SECONDS = 0.5
@@ -69,16 +72,23 @@ def init_app(
     refresh: RefreshSettings | None = None,
     heartbeat: float = 5.0,
     metrics: Metrics | None = None,
+    tokens: Tokens | None = None,
 ) -> web.Application:
     """Build the OCSP application for ``config``.
 
     Keys are loaded here (a bad key is a ConfigError before anything
     listens); index files are loaded and watched, and the database pool and
     listener run, in the app's cleanup_ctx. ``signers`` lets tests wrap the
-    real signers (e.g. to count signatures).
+    real signers (e.g. to count signatures), and ``tokens`` the PKCS#11 tokens
+    their keys are in (the app closes them).
     """
+    tokens = tokens if tokens is not None else Tokens(config.pkcs11.sessions)
     if signers is None:
-        signers = load_signers(config)
+        try:
+            signers = load_signers(config, tokens)
+        except BaseException:
+            tokens.close()
+            raise
     metrics = metrics if metrics is not None else Metrics()
     index_files = {issuer.id: IndexFile(issuer.index) for issuer in config.issuers if issuer.index is not None}
     sources: dict[str, StatusSource] = {}
@@ -122,6 +132,8 @@ def init_app(
     app[METRICS] = metrics
     app[INDEX_FILES] = index_files
     app[CRLS] = crls
+    app[TOKENS] = tokens
+    app.cleanup_ctx.append(_tokens)
     app.cleanup_ctx.append(_index_watchers(index_poll))
     app.cleanup_ctx.append(_gauges)
     if store is not None:
@@ -169,10 +181,23 @@ def reload_app(app: web.Application, config: Config) -> list[str]:
     needs_restart = [name for name, differs in restart_only.items() if differs]
     if needs_restart:
         raise ConfigError(f"changes to {', '.join(needs_restart)} need a restart", file=config.source)
-    signers = load_signers(config)
-    changed = app[RESPONDER].reload(config, signers)
+    tokens, responder = app[TOKENS], app[RESPONDER]
+    try:
+        signers = load_signers(config, tokens)
+    except BaseException:
+        _release_tokens(tokens, responder.issuers.values())  # what the failed attempt opened
+        raise
+    changed = responder.reload(config, signers)
     app[HANDLERS].forget_requests()  # what a raw request means may have changed with the config
+    _release_tokens(tokens, responder.issuers.values())
     return changed
+
+
+def _release_tokens(tokens: Tokens, issuers: Iterable[Issuer]) -> None:
+    """Close the tokens no signer in use needs, in a thread, after their signatures in flight."""
+    unused = tokens.retain(k for k in (i.signer.token_key for i in issuers) if k is not None)
+    for token in unused:
+        threading.Thread(target=token.close, args=(False,), name="ocspd-hsm-close", daemon=True).start()
 
 
 def _sources_of(issuer: IssuerConfig) -> tuple[object, ...]:
@@ -262,9 +287,30 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _tokens(app: web.Application) -> AsyncIterator[None]:
+    """Watch the PKCS#11 tokens (reopened with backoff after a failure, probed while idle); close them at the end."""
+    tokens, metrics = app[TOKENS], app[METRICS]
+
+    def reopened(token: Token, ok: bool) -> None:
+        metrics.hsm_reopens.labels(token.name, "ok" if ok else "failed").inc()
+
+    for token in tokens:
+        for result in ("ok", "failed"):
+            metrics.hsm_reopens.labels(token.name, result)  # present (at 0) before the first
+    probe = app[RESPONDER].config.pkcs11.probe.total_seconds()
+    task = asyncio.create_task(tokens.watch(reopened, probe), name="ocspd-hsm")
+    try:
+        yield
+    finally:
+        await _cancel([task])
+        await asyncio.get_running_loop().run_in_executor(None, tokens.close)
+
+
 def update_gauges(app: web.Application) -> None:
-    """Bring the memory-tier and listener gauges up to date."""
+    """Bring the memory-tier, listener and token gauges up to date."""
     responder, metrics = app[RESPONDER], app[METRICS]
+    for token in app[TOKENS]:
+        metrics.hsm_token_up.labels(token.name).set(1 if token.up else 0)
     metrics.flush()
     metrics.memory_entries.set(len(responder.memory))
     metrics.memory_bytes.set(responder.memory.bytes)
@@ -319,9 +365,10 @@ async def _gauges(app: web.Application) -> AsyncIterator[None]:
 
 
 def app_readiness(app: web.Application) -> asyncio.Future[Readiness]:
-    """Readiness of one OCSP app (keys, index files, database, listener)."""
+    """Readiness of one OCSP app (keys, index files, database, listener, PKCS#11 tokens)."""
     update_gauges(app)
-    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER), app[CRLS]))
+    tokens = app[TOKENS]
+    return asyncio.ensure_future(readiness(app[INDEX_FILES], app.get(STORE), app.get(LISTENER), app[CRLS], [*tokens]))
 
 
 # -- the database: pool, LISTEN and the shared refresh -------------------------------------
@@ -392,8 +439,8 @@ def database_context(
 async def refresh_loop(store: Store, responder: Responder, issuers: list[str], settings: RefreshSettings) -> None:
     """Re-sign stored responses before their refresh point, sharing the rows between replicas."""
 
-    def sign(row: DueRow) -> Entry:
-        return responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+    async def sign(row: DueRow) -> Entry:
+        return await responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
 
     while True:
         done = 0
@@ -401,6 +448,8 @@ async def refresh_loop(store: Store, responder: Responder, issuers: list[str], s
             signers = {issuer_id: responder.issuers[issuer_id].signer.fingerprint for issuer_id in issuers}
             done = await store.refresh_due(signers, sign, lead=settings.lead, limit=settings.batch)
         except SourceUnavailable as exc:
+            event(replication_log, "refresh_skipped", logging.DEBUG, reason=str(exc))
+        except KeyUnavailable as exc:  # a token is down (logged once by ocspd/hsm.py): the rows wait
             event(replication_log, "refresh_skipped", logging.DEBUG, reason=str(exc))
         except StoreError as exc:
             event(replication_log, "refresh_failed", logging.ERROR, error=str(exc))

@@ -18,6 +18,7 @@ from ocspd import __version__, commands, crlcommands, daemon, importer, logs
 from ocspd.commands import UsageError
 from ocspd.config import IssuerConfig, credential_outside_the_service, dump_config, format_duration, load_config
 from ocspd.exceptions import ConfigError, OcspdError, StoreError
+from ocspd.pkcs11uri import Pkcs11Uri
 from ocspd.store.values import database_roles
 
 log = logging.getLogger("ocspd")
@@ -162,18 +163,27 @@ def _setup_logging() -> None:
 
 def _check_config(path: Path | None) -> int:
     config = load_config(path)
+    from ocspd.hsm import Tokens
     from ocspd.signer import Signer, load_signer
 
     # Keys and certificates are part of the config. An issuer whose passphrase is a systemd
-    # credential only the running service can read is checked as far as that allows.
+    # credential only the running service can read is checked as far as that allows. A key
+    # in a PKCS#11 token signs a test message, in a session closed again.
     signers: dict[str, Signer | None] = {}
-    for index, issuer in enumerate(config.issuers):
-        passphrase = issuer.key_passphrase_file
-        if passphrase is not None and credential_outside_the_service(passphrase):
-            _check_without_passphrase(issuer, index, config.source)
-            signers[issuer.id] = None
-        else:
-            signers[issuer.id] = load_signer(issuer, f"issuers[{index}]", config.source)
+    tokens = Tokens(1)
+    try:
+        for index, issuer in enumerate(config.issuers):
+            passphrase = issuer.key_passphrase_file
+            if passphrase is not None and credential_outside_the_service(passphrase):
+                _check_without_passphrase(issuer, index, config.source)
+                signers[issuer.id] = None
+            elif _service_only_pin(issuer) is not None:
+                signers[issuer.id] = None  # the token cannot be logged in to here
+            else:
+                where = f"issuers[{index}]"
+                signers[issuer.id] = load_signer(issuer, where, config.source, tokens, config.pkcs11.module)
+    finally:
+        tokens.close()
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(dump_config(config), end="")
@@ -189,6 +199,14 @@ def _check_config(path: Path | None) -> int:
             print(f"# database {line}", file=sys.stderr)
     for issuer in config.issuers:
         signer = signers[issuer.id]
+        pin = _service_only_pin(issuer)
+        if signer is None and pin is not None:
+            print(
+                f"# issuer {issuer.id}: token key not checked: its PIN is a systemd credential only the "
+                f"running service can read ({pin}); it is checked at `systemctl start ocspd`",
+                file=sys.stderr,
+            )
+            continue
         if signer is None:
             print(
                 f"# issuer {issuer.id}: key not checked: its passphrase is a systemd credential only the "
@@ -200,6 +218,14 @@ def _check_config(path: Path | None) -> int:
         delegated = "delegated responder" if signer.responder_cert is not None else "CA key"
         print(f"# issuer {issuer.id}: {signer.key_type}, signed by the {delegated}", file=sys.stderr)
     return 0
+
+
+def _service_only_pin(issuer: IssuerConfig) -> str | None:
+    """The PIN file of a token key, when it is a systemd credential this process cannot read."""
+    if not isinstance(issuer.responder_key, Pkcs11Uri):
+        return None
+    pin = issuer.pkcs11_pin_file or issuer.responder_key.pin_source
+    return str(pin) if pin is not None and credential_outside_the_service(Path(pin)) else None
 
 
 def _check_without_passphrase(issuer: IssuerConfig, index: int, source: str) -> None:

@@ -257,10 +257,12 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
     from ocspd import crlshared, crlsource
+    from ocspd.hsm import Tokens
     from ocspd.responder import Responder
     from ocspd.signer import load_signers
 
-    signers = load_signers(config)
+    tokens = Tokens(config.pkcs11.sessions)
+    signers = load_signers(config, tokens)
     store = _store(config)
 
     async def work(store: Store) -> None:
@@ -284,14 +286,13 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
                 while batch := await store.responses.presign_batch(
                     issuer_id, hash_alg, fingerprint, after, PRESIGN_BATCH
                 ):
+                    # All of a batch at once: a token key signs in every session of its token.
+                    entries = await asyncio.gather(
+                        *(responder.sign_stored(issuer_id, row.serial, hash_alg, row.status) for row in batch)
+                    )
                     items = [
-                        SignedResponse(
-                            row.serial,
-                            hash_alg,
-                            responder.sign_stored(issuer_id, row.serial, hash_alg, row.status),
-                            row.status.version,
-                        )
-                        for row in batch
+                        SignedResponse(row.serial, hash_alg, entry, row.status.version)
+                        for row, entry in zip(batch, entries, strict=True)
                     ]
                     written += await store.responses.store_many(issuer_id, fingerprint, items)
                     done += len(batch)
@@ -304,5 +305,8 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
                     )
                 print(f"presigned issuer={issuer_id} hash={hash_alg} stored={written}", file=sys.stderr, flush=True)
 
-    asyncio.run(_with_store(config, work, store))
+    try:
+        asyncio.run(_with_store(config, work, store))
+    finally:
+        tokens.close()
     return 0

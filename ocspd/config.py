@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from ocspd.exceptions import ConfigError
+from ocspd.pkcs11uri import Pkcs11Uri, Pkcs11UriError, is_pkcs11_uri, resolve_pin_source
+from ocspd.pkcs11uri import parse as parse_pkcs11_uri
 
 Nonce = Literal["echo", "ignore"]
 UnknownSerial = Literal["unknown", "revoked", "unauthorized"]
@@ -151,14 +153,32 @@ class CrlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Pkcs11Config:
+    """``[pkcs11]``: responder keys in a PKCS#11 token (issue 16).
+
+    ``module``: the PKCS#11 library of keys whose URI has no module-path and
+    whose issuer has no ``pkcs11_module``. ``sessions``: signing sessions
+    (and threads) per token. ``probe``: how often an idle token is checked.
+    """
+
+    module: str = ""
+    sessions: int = 2
+    probe: dt.timedelta = dt.timedelta(seconds=10)
+
+
+@dataclass(frozen=True, slots=True)
 class IssuerConfig:
     """One ``[[issuers]]`` entry; paths are absolute (relative ones resolved against the config dir)."""
 
     id: str
     ca_cert: Path
-    responder_key: Path
-    responder_cert: Path | None = None
+    # A key file, or a key in a PKCS#11 token (RFC 7512 URI); the certificate
+    # likewise (type=cert), or None when the CA's own key signs.
+    responder_key: Path | Pkcs11Uri
+    responder_cert: Path | Pkcs11Uri | None = None
     key_passphrase_file: Path | None = None
+    pkcs11_module: str | None = None  # the PKCS#11 library (None: the URI's module-path, or [pkcs11] module)
+    pkcs11_pin_file: Path | None = None  # the token's user PIN (None: the URI's pin-source, if any)
     index: Path | None = None
     unknown_serial: UnknownSerial = "unknown"
     responder_id: ResponderId = "key"
@@ -183,6 +203,7 @@ class Config:
     responses: ResponsesConfig = ResponsesConfig()
     log: LogConfig = LogConfig()
     crl: CrlConfig = CrlConfig()
+    pkcs11: Pkcs11Config = Pkcs11Config()
     issuers: tuple[IssuerConfig, ...] = ()
     source: str = ""
     warnings: tuple[str, ...] = ()
@@ -384,12 +405,14 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
             "requests": (_bool, None)},
     "crl": {"poll": (_duration, None), "retry": (_duration, None), "timeout": (_duration, None),
             "max_bytes": (_size, 1), "max_redirects": (_int, 0), "stale": (_enum(get_args(CrlStale)), None)},
+    "pkcs11": {"module": (_str, None), "sessions": (_int, 1), "probe": (_duration, None)},
     "issuers": {"id": (_str, None), "ca_cert": (_str, None), "responder_key": (_str, None),
                 "responder_cert": (_str, None), "key_passphrase_file": (_str, None), "index": (_str, None),
                 "unknown_serial": (_enum(get_args(UnknownSerial)), None),
                 "responder_id": (_enum(get_args(ResponderId)), None), "crl": (_locations, None),
                 "delta_crl": (_locations, None), "crl_signer": (_str, None),
-                "crl_unlisted": (_enum(get_args(CrlUnlisted)), None)},
+                "crl_unlisted": (_enum(get_args(CrlUnlisted)), None), "pkcs11_module": (_str, None),
+                "pkcs11_pin_file": (_str, None)},
 }  # fmt: skip
 _ISSUER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 # CA/Browser Forum Baseline Requirements bound OCSP validity; a private PKI may
@@ -529,6 +552,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     for key in ("poll", "retry", "timeout"):
         if getattr(crl, key) <= dt.timedelta(0):
             raise _error("must be greater than 0", where("crl", key), source)
+    pkcs11 = Pkcs11Config(**_convert("pkcs11", raw["pkcs11"], source))
+    if pkcs11.probe <= dt.timedelta(0):
+        raise _error("must be greater than 0", where("pkcs11", "probe"), source)
     warnings = []
     if not _CABF_MIN <= validity <= _CABF_MAX:
         warnings.append(
@@ -543,13 +569,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         responses=responses,
         log=LogConfig(**_convert("log", raw["log"], source)),
         crl=crl,
-        issuers=_load_issuers(doc.get("issuers"), source, cfg_path.absolute().parent, database is not None),
+        pkcs11=pkcs11,
+        issuers=_load_issuers(
+            doc.get("issuers"), source, cfg_path.absolute().parent, database is not None, pkcs11.module
+        ),
         source=source,
         warnings=tuple(warnings),
     )
 
 
-def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tuple[IssuerConfig, ...]:
+def _load_issuers(
+    value: object, source: str, base: Path, have_db: bool, pkcs11_module: str = ""
+) -> tuple[IssuerConfig, ...]:
     if value is None or value == []:
         raise _error("no [[issuers]] configured; at least one is required", "issuers", source)
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
@@ -571,12 +602,19 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
         if ident in seen:
             raise _error(f"duplicate issuer id {_show(ident)} (also issuers[{seen[ident]}])", f"{name}.id", source)
         seen[ident] = i
-        for key in ("ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index", "crl_signer"):
+        _pkcs11_keys(values, name, source, base, pkcs11_module)
+        for key in (
+            "ca_cert", "responder_cert", "responder_key", "key_passphrase_file", "index", "crl_signer",
+            "pkcs11_pin_file",
+        ):  # fmt: skip
+            if isinstance(values.get(key), Pkcs11Uri):
+                continue
             if values.get(key):  # "" means "not set", as in the SPEC example
                 values[key] = base / values[key]  # an absolute path replaces base
-                if key == "key_passphrase_file" and credential_outside_the_service(values[key]):
+                if key in ("key_passphrase_file", "pkcs11_pin_file") and credential_outside_the_service(values[key]):
                     continue  # only the running service has it: the signer reads it there
-                _check_file(values[key], key in ("responder_key", "key_passphrase_file"), f"{name}.{key}", source)
+                private = key in ("responder_key", "key_passphrase_file", "pkcs11_pin_file")
+                _check_file(values[key], private, f"{name}.{key}", source)
             elif key in ("ca_cert", "responder_key"):
                 raise _error("required: a file path", f"{name}.{key}", source)
             else:
@@ -584,6 +622,8 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
         for key in ("crl", "delta_crl"):
             if key in values:  # a file path is relative to the config's directory, as every path here
                 values[key] = tuple(loc if _SCHEME.match(loc) else str(base / loc) for loc in values[key])
+        if isinstance(values.get("responder_cert"), Pkcs11Uri) and not isinstance(values["responder_key"], Pkcs11Uri):
+            raise _error("a certificate in a token needs its key there too", f"{name}.responder_cert", source)
         _check_crl_policy(values, name, source, have_db)
         if values["index"] is None and not have_db and not values.get("crl"):
             message = f"issuer {_show(ident)} has no status source: set index or crl, or configure [database]"
@@ -593,6 +633,46 @@ def _load_issuers(value: object, source: str, base: Path, have_db: bool) -> tupl
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def _pkcs11_keys(values: dict[str, Any], name: str, source: str, base: Path, default_module: str) -> None:
+    """Parse PKCS#11 URIs in responder_key/responder_cert, and check what a token key needs."""
+    for key in ("responder_key", "responder_cert"):
+        text = values.get(key)
+        if not isinstance(text, str) or not is_pkcs11_uri(text):
+            continue
+        try:
+            uri = resolve_pin_source(parse_pkcs11_uri(text), base)
+        except Pkcs11UriError as exc:
+            raise _error(f"bad PKCS#11 URI: {exc}", f"{name}.{key}", source) from None
+        wanted = "private" if key == "responder_key" else "cert"
+        if uri.type not in (None, wanted):
+            raise _error(f"type={uri.type}: {key} needs type={wanted}", f"{name}.{key}", source)
+        values[key] = uri
+    uris = [v for v in (values.get("responder_key"), values.get("responder_cert")) if isinstance(v, Pkcs11Uri)]
+    if not uris:
+        for key in ("pkcs11_module", "pkcs11_pin_file"):
+            if values.get(key):
+                raise _error(
+                    'only for a key in a PKCS#11 token (responder_key = "pkcs11:...")', f"{name}.{key}", source
+                )
+        values["pkcs11_module"] = None  # "" (as check-config prints it) means not set
+        return
+    if values.get("key_passphrase_file") and isinstance(values.get("responder_key"), Pkcs11Uri):
+        raise _error(
+            "a token key has a PIN, not a passphrase: use pkcs11_pin_file", f"{name}.key_passphrase_file", source
+        )
+    if not (values.get("pkcs11_module") or all(u.module_path for u in uris) or default_module):
+        message = 'no PKCS#11 module: set pkcs11_module (or [pkcs11] module), e.g. "/usr/lib/softhsm/libsofthsm2.so"'
+        raise _error(message, f"{name}.pkcs11_module", source)
+    values["pkcs11_module"] = values.get("pkcs11_module") or None
+    key_uri = values.get("responder_key")
+    if isinstance(key_uri, Pkcs11Uri) and key_uri.pin_source is not None:
+        if values.get("pkcs11_pin_file"):
+            raise _error("the URI has a pin-source already", f"{name}.pkcs11_pin_file", source)
+        pin = Path(key_uri.pin_source)
+        if not credential_outside_the_service(pin):
+            _check_file(pin, True, f"{name}.responder_key (pin-source)", source)
 
 
 def _is_url(location: str) -> bool:

@@ -81,3 +81,7 @@ class StoreError(OcspdError):
 
 class RuleViolation(StoreError):
     """A write the revocation rules refuse (SQLSTATE 23R01, ocspd/sql/migrations/0003): the message says which."""
+
+
+class KeyUnavailable(TryLater):
+    """The responder key cannot sign at the moment (its HSM token is unavailable): answer from the tiers or tryLater."""

@@ -4,13 +4,15 @@ Keys are loaded before anything listens, so what remains to check is the
 status sources: every index file loaded, the database reachable. A replica
 whose LISTEN connection is down still answers correctly (from PostgreSQL,
 without its memory tier), so it is ready but *degraded*; so is one whose
-read_dsn is out of the read set (its reads go to the primary).
+read_dsn is out of the read set (its reads go to the primary), and so is
+one whose PKCS#11 token is down (stored answers are served, misses are
+tryLater, until the token is reopened).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +20,7 @@ from ocspd.crlsource import CrlState, describe
 from ocspd.exceptions import OcspdError
 
 if TYPE_CHECKING:  # the web layer imports Readiness without the store's driver
+    from ocspd.hsm import Token
     from ocspd.index import IndexFile
     from ocspd.store import Listener, Store
 
@@ -40,9 +43,17 @@ async def readiness(
     store: Store | None,
     listener: Listener | None,
     crls: Mapping[str, CrlState] | None = None,
+    tokens: Sequence[Token] = (),
 ) -> Readiness:
-    """Check the status sources of one OCSP app."""
+    """Check the status sources and PKCS#11 tokens of one OCSP app."""
     ready, degraded, checks = True, False, ["keys: loaded"]
+    for token in tokens:
+        # Stored answers are still served while a token is down; misses are tryLater.
+        if token.up:
+            checks.append(f"token {token.name}: up ({token.size} sessions)")
+        else:
+            degraded = True
+            checks.append(f"token {token.name}: down ({token.failure}); misses are tryLater until it is reopened")
     now = time.time()
     for state in (crls or {}).values():
         # Without a CRL in force nothing can be answered; one past its nextUpdate or

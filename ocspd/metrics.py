@@ -286,6 +286,20 @@ class Metrics:
             'Answers signed from a CRL past its nextUpdate ([crl] stale = "serve"; otherwise they are tryLater)',
             registry=r,
         )
+        self.hsm_token_up = Gauge(
+            "ocspd_hsm_token_up",
+            "1 while a PKCS#11 token holding responder keys signs, 0 while it is unavailable (misses are then "
+            "answered from the stored responses or tryLater, and the token is reopened with backoff)",
+            ["token"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.hsm_reopens = Counter(
+            "ocspd_hsm_reopens",
+            "Attempts to reopen a PKCS#11 token that failed, by result (ok, failed)",
+            ["token", "result"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "ocspd_build_info",
             "Always 1; the version label says which ocspd runs",

@@ -20,7 +20,7 @@ from typing import NamedTuple
 from ocspd.cache import Entry, Flight, MemoryTier, Singleflight, Window
 from ocspd.config import Config, IssuerConfig
 from ocspd.crlsource import CrlState
-from ocspd.exceptions import MalformedRequest, Overloaded, TryLater, Unauthorized
+from ocspd.exceptions import KeyUnavailable, MalformedRequest, Overloaded, TryLater, Unauthorized
 from ocspd.logs import event
 from ocspd.metrics import Metrics
 from ocspd.protocol import HASH_NAMES, CertId, OcspRequest
@@ -253,13 +253,23 @@ class Responder:
                 else:
                     if issuer.needs_channel:
                         self.metrics.postgres_miss.n += 1
-                    entry, tier = self.sign_entry(issuer, certid, lookup.status), SIGNED
+                    try:
+                        entry, tier = await self.sign_entry(issuer, certid, lookup.status), SIGNED
+                    except KeyUnavailable:
+                        # The token is down: a stored answer due for refresh is still
+                        # valid until its nextUpdate, and better than tryLater.
+                        if stored is None or self.clock() >= stored.next_update or flight.stale:
+                            raise
+                        self.metrics.postgres_hit.n += 1
+                        return stored, POSTGRES
+                    if flight.stale:
+                        continue  # invalidated while a token key signed: the status may have changed
                     # Off the request path; the database keeps it only while the
                     # status is still the version it was signed from (SPEC §3.2).
                     issuer.source.write_back(
                         issuer_id, certid.serial, certid.hash_name, entry, lookup.status.version, signer.fingerprint
                     )
-                # Nothing since the flight.stale check awaited: an invalidation
+                # Nothing since the last flight.stale check awaited: an invalidation
                 # arriving from here on finds the entry in memory and drops it.
                 if self.memory_trusted(issuer):
                     self.memory.put(key, entry)
@@ -279,18 +289,22 @@ class Responder:
                 lookup = await issuer.source.fetch(issuer.config.id, certid.serial, certid.hash_name, "")
                 answers.append(self._answer(issuer, lookup.status))
             produced_at, this_update, next_update, window = self._window(issuers)
-            der = self._sign(issuers[0], certids, answers, produced_at, this_update, next_update, nonce)
+            der = await self._sign(issuers[0], certids, answers, produced_at, this_update, next_update, nonce)
             status = SERVED[answers[0].status] if len(answers) == 1 else Served.MIXED
             return Entry(der, status, window)
 
-    def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
-        """Sign a cacheable (nonce-free, one-CertID) response for this status."""
+    async def sign_entry(self, issuer: Issuer, certid: CertId, status: CertStatus) -> Entry:
+        """Sign a cacheable (nonce-free, one-CertID) response for this status.
+
+        A key file signs without suspending; a token key's signature is awaited
+        in its session threads (KeyUnavailable, a TryLater, while it is down).
+        """
         answer = self._answer(issuer, status)
         produced_at, this_update, next_update, window = self._window((issuer,))
-        der = self._sign(issuer, (certid,), (answer,), produced_at, this_update, next_update, None)
+        der = await self._sign(issuer, (certid,), (answer,), produced_at, this_update, next_update, None)
         return Entry(der, SERVED[answer.status], window)
 
-    def _sign(
+    async def _sign(
         self,
         issuer: Issuer,
         certids: tuple[CertId, ...],
@@ -303,7 +317,9 @@ class Responder:
         counter, seconds, errors = self._signed[issuer.config.id]
         started = time.perf_counter()
         try:
-            der = issuer.signer.sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
+            der = await issuer.signer.sign_async(
+                certids, answers, this_update, next_update, nonce, produced_at=produced_at
+            )
         except Exception:
             errors.inc()
             raise
@@ -311,11 +327,11 @@ class Responder:
         counter.n += 1
         return der
 
-    def sign_stored(self, issuer_id: str, serial: int, hash_name: str, status: CertStatus) -> Entry:
+    async def sign_stored(self, issuer_id: str, serial: int, hash_name: str, status: CertStatus) -> Entry:
         """Sign the response for a stored row (refresh, presign): the CertID is rebuilt."""
         issuer = self.issuers[issuer_id]
         name_hash, key_hash = issuer.signer.certid_hashes[hash_name]
-        return self.sign_entry(issuer, CertId(hash_name, name_hash, key_hash, serial), status)
+        return await self.sign_entry(issuer, CertId(hash_name, name_hash, key_hash, serial), status)
 
     def _signing_slot(self, inline: bool) -> _Slot:
         """A slot under max_inflight_signatures, or Overloaded (tryLater); ``inline``: see _Slot."""

@@ -24,9 +24,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
 from ocspd import der
 from ocspd.config import Config, IssuerConfig
-from ocspd.exceptions import ConfigError
+from ocspd.exceptions import ConfigError, KeyUnavailable
+from ocspd.hsm import HsmError, TokenId, TokenKey, Tokens, ecdsa_hash
 from ocspd.logs import event
 from ocspd.memo import Memo
+from ocspd.pkcs11uri import Pkcs11Uri
 from ocspd.protocol import HASH_NAMES, CertId
 from ocspd.status import REASON_BY_FLAG, Status, served_reason
 
@@ -62,7 +64,7 @@ class Signer:
         self,
         issuer_id: str,
         ca_cert: x509.Certificate,
-        key: PrivateKey,
+        key: PrivateKey | TokenKey,
         responder_cert: x509.Certificate | None,
         responder_id: str = "key",
     ) -> None:
@@ -75,14 +77,18 @@ class Signer:
         # Names the key (through its certificate) that signs: stored responses
         # made with another key are not served after a key rollover.
         self.fingerprint = hashlib.sha256(self._signing_cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
+        # A key in a token signs in its sessions' threads (ocspd/hsm.py): sign_async awaits it.
+        self.token_key = key if isinstance(key, TokenKey) else None
+        public = key.public_key()
         self._hash: hashes.HashAlgorithm | None
-        if isinstance(key, ed25519.Ed25519PrivateKey):
+        if isinstance(public, ed25519.Ed25519PublicKey):
             self._hash, self.key_type = None, "ed25519"
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            self.key_type = f"ecdsa-{key.curve.name}"
-            self._hash = hashes.SHA384() if key.curve.key_size > 256 else hashes.SHA256()
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            self.key_type = f"ecdsa-{public.curve.name}"
+            self._hash = ecdsa_hash(public.curve)
         else:
-            self._hash, self.key_type = hashes.SHA256(), f"rsa-{key.key_size}"
+            self._hash, self.key_type = hashes.SHA256(), f"rsa-{public.key_size}"
+        self._rsa = isinstance(public, rsa.RSAPublicKey)
         self._sign_data = self._signing_function()
         # CertID hashes of this issuer for every algorithm, computed once so
         # the request path only compares bytes (RFC 6960 §4.1.1).
@@ -99,7 +105,7 @@ class Signer:
             self._responder_id = der.explicit(1, self._signing_cert.subject.public_bytes())
         algorithm = der.oid(_SIGNATURE_OIDS[self._signature_algorithm()])
         # RFC 4055: RSA PKCS#1 v1.5 identifiers carry NULL parameters; ECDSA and Ed25519 none.
-        self._signature_id = der.sequence(algorithm, der.NULL if isinstance(key, rsa.RSAPrivateKey) else b"")
+        self._signature_id = der.sequence(algorithm, der.NULL if self._rsa else b"")
         # (hash, issuer name hash, issuer key hash) -> the CertID's fields before
         # the serial. Bounded: only CertIDs that matched one of our issuers get here.
         self._certid_prefixes: dict[tuple[str, bytes, bytes], bytes] = {}
@@ -138,6 +144,36 @@ class Signer:
         compares both), at a fraction of their cost: what every response of
         this signer shares is encoded once, the rest spliced in (ocspd/der.py).
         """
+        tbs = self._tbs(certids, answers, this_update, next_update, nonce, produced_at)
+        return self._response(tbs, self._sign_data(tbs))
+
+    async def sign_async(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None = None,
+        *,
+        produced_at: dt.datetime,
+    ) -> bytes:
+        """``sign``, with a token key's signature awaited in its session threads (KeyUnavailable
+        while the token is down); a key file signs inline, as ``sign``."""
+        if self.token_key is None:
+            return self.sign(certids, answers, this_update, next_update, nonce, produced_at=produced_at)
+        tbs = self._tbs(certids, answers, this_update, next_update, nonce, produced_at)
+        return self._response(tbs, await self.token_key.sign_async(tbs))
+
+    def _tbs(
+        self,
+        certids: Sequence[CertId],
+        answers: Sequence[Answer],
+        this_update: dt.datetime,
+        next_update: dt.datetime,
+        nonce: bytes | None,
+        produced_at: dt.datetime,
+    ) -> bytes:
+        """The ResponseData to sign."""
         if len(certids) != len(answers) or not certids:
             raise ValueError("certids and answers must be non-empty and of equal length")
         times = self._time_pairs[(this_update, next_update)]
@@ -151,13 +187,15 @@ class Signer:
             extensions.append(der.sequence(_NONCE_OID, der.octet_string(der.octet_string(nonce))))
         if extended_revoke:
             extensions.append(der.sequence(_EXTENDED_REVOKE_OID, der.octet_string(der.NULL)))
-        tbs = der.sequence(
+        return der.sequence(
             self._responder_id,
             self._times[produced_at],  # producedAt
             der.sequence(*singles),
             der.explicit(1, der.sequence(*extensions)) if extensions else b"",
         )
-        signature = self._sign_data(tbs)
+
+    def _response(self, tbs: bytes, signature: bytes) -> bytes:
+        """The OCSPResponse of a signed ResponseData."""
         bits = b"\x03" + der.length(len(signature) + 1) + b"\x00"  # BIT STRING, no unused bits
         basic_len = len(tbs) + len(self._signature_id) + len(bits) + len(signature) + len(self._certs_der)
         basic_header = b"\x30" + der.length(basic_len)
@@ -201,7 +239,7 @@ class Signer:
     def _signing_function(self) -> Callable[[bytes], bytes]:
         """The key's sign() with its algorithm objects made once (ECDSA() alone was ~4 µs a call)."""
         key = self._key
-        if isinstance(key, ed25519.Ed25519PrivateKey):
+        if isinstance(key, TokenKey | ed25519.Ed25519PrivateKey):
             return key.sign
         hash_algorithm = self._hash
         assert hash_algorithm is not None
@@ -214,7 +252,7 @@ class Signer:
     def _signature_algorithm(self) -> str:
         if self._hash is None:
             return "ed25519"
-        family = "ecdsa" if isinstance(self._key, ec.EllipticCurvePrivateKey) else "rsa"
+        family = "rsa" if self._rsa else "ecdsa"
         return f"{self._hash.name}_{family}"
 
 
@@ -241,18 +279,75 @@ _EXTENDED_REVOKE_OID = der.oid(EXTENDED_REVOKE_OID.dotted_string)
 _BASIC_OID = der.oid("1.3.6.1.5.5.7.48.1.1")
 
 
-def load_signers(config: Config) -> dict[str, Signer]:
-    """Load and check every issuer's keys; ConfigError names the bad key."""
-    return {issuer.id: load_signer(issuer, f"issuers[{i}]", config.source) for i, issuer in enumerate(config.issuers)}
+def load_signers(config: Config, tokens: Tokens | None = None) -> dict[str, Signer]:
+    """Load and check every issuer's keys; ConfigError names the bad key.
+
+    Keys in PKCS#11 tokens are opened in ``tokens`` (the caller's, closed by it;
+    without one, a set of tokens kept open as long as the signers are used).
+    """
+    if tokens is None and any(isinstance(i.responder_key, Pkcs11Uri) for i in config.issuers):
+        tokens = Tokens(config.pkcs11.sessions)
+    return {
+        issuer.id: load_signer(issuer, f"issuers[{i}]", config.source, tokens, config.pkcs11.module)
+        for i, issuer in enumerate(config.issuers)
+    }
 
 
-def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
+def check_signers(config: Config) -> dict[str, Signer]:
+    """``load_signers`` to check the keys only: tokens are closed again (the signers cannot sign with them)."""
+    tokens = Tokens(1)
+    try:
+        return load_signers(config, tokens)
+    finally:
+        tokens.close()
+
+
+def token_id(issuer: IssuerConfig, uri: Pkcs11Uri, default_module: str) -> TokenId:
+    """Which token of which module holds ``uri``'s object, and where its PIN is."""
+    pin_file = issuer.pkcs11_pin_file
+    module = issuer.pkcs11_module or uri.module_path or default_module
+    return TokenId(
+        module, uri.token, uri.serial, uri.manufacturer, uri.model,
+        str(pin_file) if pin_file is not None else uri.pin_source,
+    )  # fmt: skip
+
+
+def load_signer(
+    issuer: IssuerConfig, where: str, source: str, tokens: Tokens | None = None, default_module: str = ""
+) -> Signer:
     """Load one issuer's CA certificate, responder certificate and key."""
 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, key=f"{where}.{key}", file=source)
 
     ca_cert = _load_cert(issuer.ca_cert, f"{where}.ca_cert", source)
+    key: Any
+    if isinstance(issuer.responder_key, Pkcs11Uri):
+        uri = issuer.responder_key
+        if tokens is None:
+            tokens = Tokens(1)
+        try:
+            responder_cert = (
+                x509.load_der_x509_certificate(
+                    tokens.certificate(token_id(issuer, issuer.responder_cert, default_module), issuer.responder_cert)
+                )
+                if isinstance(issuer.responder_cert, Pkcs11Uri)
+                else _load_cert(issuer.responder_cert, f"{where}.responder_cert", source)
+                if issuer.responder_cert is not None
+                else None
+            )
+            signing_cert = responder_cert or ca_cert
+            _check_key_type(signing_cert.public_key(), fail)
+            key = tokens.key(token_id(issuer, uri, default_module), uri, signing_cert.public_key())
+            _check_token_key(key, signing_cert)
+        except (HsmError, KeyUnavailable) as exc:
+            raise fail("responder_key", f"issuer {issuer.id}: {uri}: {exc}") from None
+        except ValueError:
+            raise fail(
+                "responder_cert", f"issuer {issuer.id}: {issuer.responder_cert} is not a DER certificate"
+            ) from None
+        return _checked_signer(issuer, ca_cert, key, responder_cert, fail)
+    assert not isinstance(issuer.responder_cert, Pkcs11Uri)  # config: a token certificate needs a token key
     responder_cert = (
         _load_cert(issuer.responder_cert, f"{where}.responder_cert", source)
         if issuer.responder_cert is not None
@@ -269,7 +364,7 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
     except OSError as exc:
         raise fail("responder_key", f"cannot read {issuer.responder_key}: {exc.strerror}") from None
     try:
-        key: Any = (
+        key = (
             serialization.load_pem_private_key(data, passphrase)
             if b"-----BEGIN" in data
             else serialization.load_der_private_key(data, passphrase)
@@ -279,19 +374,50 @@ def load_signer(issuer: IssuerConfig, where: str, source: str) -> Signer:
         raise fail("responder_key", f"{issuer.responder_key}: key encryption does not match ({hint})") from None
     except ValueError:
         raise fail("responder_key", f"{issuer.responder_key}: not a private key, or wrong passphrase") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise fail("responder_key", f"unsupported curve {key.curve.name} (use P-256 or P-384)")
-    elif isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < 2048:
-            raise fail("responder_key", f"RSA key of {key.key_size} bits is too small (use 2048 or more)")
-    elif not isinstance(key, ed25519.Ed25519PrivateKey):
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise fail("responder_key", f"unsupported key type {type(key).__name__} (use RSA, P-256, P-384, Ed25519)")
 
+    _check_key_type(key.public_key(), fail)
     signing_cert = responder_cert or ca_cert
     signing_key_name = "responder_cert" if responder_cert is not None else "ca_cert"
     if _spki(key.public_key()) != _spki(signing_cert.public_key()):
         raise fail("responder_key", f"{issuer.responder_key} does not match {signing_key_name}")
+    return _checked_signer(issuer, ca_cert, key, responder_cert, fail)
+
+
+def _check_key_type(public: Any, fail: Callable[[str, str], ConfigError]) -> None:
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in ("secp256r1", "secp384r1"):
+        raise fail("responder_key", f"unsupported curve {public.curve.name} (use P-256 or P-384)")
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
+        raise fail("responder_key", f"RSA key of {public.key_size} bits is too small (use 2048 or more)")
+
+
+def _check_token_key(key: TokenKey, cert: x509.Certificate) -> None:
+    """Sign a test message in the token and verify it with the certificate's key: they must be a pair."""
+    message = b"ocspd: does this token key match its certificate?"
+    signature = key.sign(message)
+    public: Any = cert.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, message, ec.ECDSA(ecdsa_hash(public.curve)))
+        else:
+            public.verify(signature, message)
+    except InvalidSignature:
+        raise HsmError("the token key does not match the certificate it signs for (a test signature failed)") from None
+
+
+def _checked_signer(
+    issuer: IssuerConfig,
+    ca_cert: x509.Certificate,
+    key: PrivateKey | TokenKey,
+    responder_cert: x509.Certificate | None,
+    fail: Callable[[str, str], ConfigError],
+) -> Signer:
+    """The checks every key passes (key files and token keys alike): delegation, EKU, expiry."""
+    signing_cert = responder_cert or ca_cert
+    signing_key_name = "responder_cert" if responder_cert is not None else "ca_cert"
     if responder_cert is not None:
         try:
             responder_cert.verify_directly_issued_by(ca_cert)

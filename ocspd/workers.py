@@ -32,7 +32,7 @@ from ocspd.logs import event
 from ocspd.metrics import mark_process_dead, multiprocess_exposition
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
 from ocspd.server import ignore_stop_signals, summary
-from ocspd.signer import load_signers
+from ocspd.signer import check_signers
 from ocspd.web.admin import init_admin_app
 
 log = logging.getLogger("ocspd.workers")
@@ -73,7 +73,7 @@ class Supervisor:
 
     async def _main(self) -> None:
         # Keys are checked here once, so that a bad one fails before any worker starts.
-        summary(self.config, load_signers(self.config))
+        summary(self.config, check_signers(self.config))
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -179,7 +179,7 @@ class Supervisor:
         self.notifier.reloading()
         try:
             config = load_config(self.config_path)
-            load_signers(config)
+            check_signers(config)
             if config.server.workers != self.config.server.workers or config.admin != self.config.admin:
                 raise OcspdError("changes to server.workers or [admin] need a restart")
         except OcspdError as exc:

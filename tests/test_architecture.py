@@ -19,10 +19,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ocspd"
 # module (or package prefix) → ocspd modules it must not import (prefixes too).
 FORBIDDEN = {
     "ocspd.web": ("ocspd.app", "ocspd.daemon", "ocspd.server", "ocspd.workers", "ocspd.cli", "ocspd.commands",
-                  "ocspd.store", "ocspd.signer", "ocspd.index", "ocspd.sources", "ocspd.importer"),
-    "ocspd.responder": ("ocspd.web", "ocspd.app", "ocspd.store", "ocspd.index", "ocspd.daemon", "ocspd.server"),
+                  "ocspd.store", "ocspd.signer", "ocspd.hsm", "ocspd.index", "ocspd.sources", "ocspd.importer"),
+    "ocspd.responder": ("ocspd.web", "ocspd.app", "ocspd.store", "ocspd.index", "ocspd.daemon", "ocspd.server",
+                        "ocspd.hsm"),
     "ocspd.store": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.signer", "ocspd.index", "ocspd.server"),
     "ocspd.signer": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources"),
+    "ocspd.hsm": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources",
+                  "ocspd.signer", "ocspd.config"),
     "ocspd.protocol": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.signer", "ocspd.cache"),
     "ocspd.status": ("ocspd.",),
     "ocspd.der": ("ocspd.",),
@@ -30,6 +33,7 @@ FORBIDDEN = {
 # Third-party modules only some rooms may import.
 ONLY_IN = {
     "psycopg": ("ocspd.store",),  # only the store talks to the database driver
+    "pkcs11": ("ocspd.hsm",),  # only the signer's token half touches PKCS#11 (and loads it only when used)
 }
 
 
@@ -117,4 +121,5 @@ def test_the_rules_see_the_imports() -> None:
     assert "ocspd.responder" in _ocspd_imports("ocspd.web.handlers")
     assert "ocspd.app" in _ocspd_imports("ocspd.server")
     assert "psycopg" in _imports("ocspd.store.connector")
+    assert "pkcs11" in _imports("ocspd.hsm")
     assert len(_modules()) > 40

@@ -288,7 +288,17 @@ async def exposed_families(
         return "\nocspd_read_target_in_use{" in text and "\nocspd_crl_number{" in text
 
     await eventually(scraped_with_the_read_target, what="the read target's gauges on /metrics")
-    return {family.name: {sample.name for sample in family.samples} for family in text_string_to_metric_families(text)}
+    return {
+        family.name: {sample.name for sample in family.samples} or _names_of_samples(family.name, family.type)
+        for family in text_string_to_metric_families(text)
+    }
+
+
+def _names_of_samples(name: str, kind: str) -> set[str]:
+    """The sample names of a labelled family without a series yet (its HELP and TYPE are on /metrics):
+    the PKCS#11 token metrics of an app whose keys are files, say."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(kind, ("",))
+    return {name + suffix for suffix in suffixes}
 
 
 async def test_the_rules_and_the_dashboard_name_only_metrics_ocspd_exposes(

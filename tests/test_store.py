@@ -138,7 +138,8 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
         certificates = query(pg_dsn, "SELECT serial, version FROM ocspd_certificates")
         good = [(int(s, 16), CertStatus(Status.GOOD, version=v)) for s, v in certificates]
         batch = [
-            SignedResponse(n, "sha1", responder.sign_stored("test-ca", n, "sha1", st), st.version) for n, st in good
+            SignedResponse(n, "sha1", await responder.sign_stored("test-ca", n, "sha1", st), st.version)
+            for n, st in good
         ]
         signer = responder.issuers["test-ca"].signer.fingerprint
         assert await store.responses.store_many("test-ca", signer, batch) == len(batch)
@@ -148,9 +149,9 @@ async def test_refresh_resigns_each_due_row_once_across_two_replicas(db_pki: Tes
 
     signed: Counter[tuple[int, str]] = Counter()
 
-    def sign(row: DueRow) -> Any:
+    async def sign(row: DueRow) -> Any:
         signed[(row.serial, row.hash_alg)] += 1
-        return responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
+        return await responder.sign_stored(row.issuer_id, row.serial, row.hash_alg, row.status)
 
     async def replica() -> int:
         replica_store = Store(pg_dsn)

@@ -126,7 +126,7 @@ class Store:
             await readset.watch(self.read_target, self.connector, self.reader)
 
     async def refresh_due(
-        self, signers: Mapping[str, str], sign: Callable[[DueRow], Entry], *, lead: dt.timedelta, limit: int
+        self, signers: Mapping[str, str], sign: Callable[[DueRow], Awaitable[Entry]], *, lead: dt.timedelta, limit: int
     ) -> int:
         """Re-sign up to ``limit`` stored responses due within ``lead`` (``Responses.refresh_due``)."""
         return await self.responses.refresh_due(signers, sign, lead=lead, limit=limit)
