@@ -22,6 +22,7 @@ does (the store returns new bytes, the signer returns new bytes).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import gc
 import linecache
@@ -71,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         issuer = responder.issuers[bench_pki.issuer_id]
         serials = [secrets.randbits(args.serial_bits) | (1 << (args.serial_bits - 2)) for _ in range(n)]
         log(f"signing {n:,} responses ({args.key_type})")
-        signed: list[Entry] = []
-        for i, serial in enumerate(serials):
-            certid = CertId("sha1", bench_pki.name_hash, bench_pki.key_hash, serial)
-            # Status versions come from a database sequence: one per certificate.
-            signed.append(responder.sign_entry(issuer, certid, CertStatus(Status.GOOD, version=1_000_000 + i)))
+
+        async def sign_all() -> list[Entry]:
+            signed = []
+            for i, serial in enumerate(serials):
+                certid = CertId("sha1", bench_pki.name_hash, bench_pki.key_hash, serial)
+                # Status versions come from a database sequence: one per certificate.
+                status = CertStatus(Status.GOOD, version=1_000_000 + i)
+                signed.append(await responder.sign_entry(issuer, certid, status))
+            return signed
+
+        signed = asyncio.run(sign_all())
         der_lengths = [len(e.der) for e in signed]
         avg_der = statistics.mean(der_lengths)
         issuer_id = bench_pki.issuer_id
