@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.helpers import (
     build_pki,
     eventually,
     openssl_ocsp,
+    readme_block,
     request_der,
     run,
     status_of,
@@ -40,6 +42,7 @@ from tests.serving import Served, start_serve, wait_http
 from tests.softhsm import MODULE, USER_PIN, SoftHsm, key_uri, skip_without_softhsm
 
 Status = ocsp.OCSPCertStatus
+README_SECTION = "## Keys in an HSM (PKCS#11)"
 
 
 @pytest.fixture
@@ -114,6 +117,41 @@ async def test_openssl_verifies_responses_signed_in_the_token(
         await served.stop()
     assert "token_down" not in serve_log(test_pki)
     assert_no_pin_logged(serve_log(test_pki))
+
+
+# -- the README's walk-through --------------------------------------------------------------------------------------
+
+
+async def test_the_readme_softhsm_walk_through_runs_as_written_and_serves(tmp_path: Path) -> None:
+    skip_without_softhsm()
+    test_pki = build_pki(tmp_path / "pki")
+    key = test_pki.key_path.rename(test_pki.directory / "responder.key")
+    recipe = readme_block(README_SECTION, "sh")
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    done = subprocess.run(
+        ["sh", "-e", "-c", recipe], cwd=test_pki.directory, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not key.exists(), "the recipe removes the key file"
+    issuer = readme_block(README_SECTION, "toml", after="and in the issuer's table")
+    text = test_pki.config_path.read_text()
+    assert f'responder_key = "{test_pki.key_path.name}"\n' in text
+    test_pki.config_path.write_text(text.replace(f'responder_key = "{test_pki.key_path.name}"\n', issuer))
+    hsm_env = {"SOFTHSM2_CONF": str(test_pki.directory / "softhsm2.conf")}
+    result = run("check-config", "--config", str(test_pki.config_path), env=hsm_env)
+    assert result.returncode == 0, result.stderr
+    assert "# issuer test-ca: ecdsa-secp256r1, signed by the delegated responder" in result.stderr
+    served = await start_serve(test_pki, {**hsm_env, "OCSPD_LOG_LEVEL": "debug"})
+    try:
+        await wait_http(f"http://127.0.0.1:{served.admin}/livez")
+        for name in ("good", "revoked"):
+            code, output = await openssl_ocsp(test_pki, served.url, name)
+            assert_verified(code, output, test_pki.leaf_paths[name], name)
+    finally:
+        assert await served.stop() == 0
+    pin = (test_pki.directory / "token.pin").read_text().strip()
+    log = serve_log(test_pki)
+    assert pin not in log + result.stdout + result.stderr and log.strip()
 
 
 # -- start-up refuses what cannot sign ------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tests.helpers import TestPki, assert_one_line_error, build_pki, run
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "ocspd.service"
 PASSPHRASE_DROP_IN = ROOT / "systemd" / "passphrase.conf"
+PKCS11_DROP_IN = ROOT / "systemd" / "pkcs11.conf"
 EXAMPLE_CONFIG = ROOT / "systemd" / "ocspd.toml"
 SYSUSERS = ROOT / "systemd" / "ocspd.sysusers.conf"
 TMPFILES = ROOT / "systemd" / "ocspd.tmpfiles.conf"
@@ -211,11 +212,12 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 @needs_analyze
-def test_systemd_analyze_verify_with_the_passphrase_drop_in(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drop_in", [PASSPHRASE_DROP_IN, PKCS11_DROP_IN], ids=lambda p: p.name)
+def test_systemd_analyze_verify_with_a_drop_in(tmp_path: Path, drop_in: Path) -> None:
     # verify reads drop-ins from <unit>.d/ beside a unit given by path, as systemd does in /etc/systemd/system.
     unit = _verifiable_copy(tmp_path)
     (tmp_path / f"{UNIT.name}.d").mkdir()
-    shutil.copy(PASSPHRASE_DROP_IN, tmp_path / f"{UNIT.name}.d" / PASSPHRASE_DROP_IN.name)
+    shutil.copy(drop_in, tmp_path / f"{UNIT.name}.d" / drop_in.name)
     returncode, findings = _verify_findings(unit)
     assert findings == []
     assert returncode == 0
