@@ -609,6 +609,12 @@ def _load_issuers(
         ):  # fmt: skip
             if isinstance(values.get(key), Pkcs11Uri):
                 continue
+            if isinstance(values.get(key), str) and is_pkcs11_uri(values[key]):  # not echoed: it may hold a PIN
+                raise _error(
+                    "a PKCS#11 URI is not a file here (responder_key and responder_cert take one)",
+                    f"{name}.{key}",
+                    source,
+                )
             if values.get(key):  # "" means "not set", as in the SPEC example
                 values[key] = base / values[key]  # an absolute path replaces base
                 if key in ("key_passphrase_file", "pkcs11_pin_file") and credential_outside_the_service(values[key]):

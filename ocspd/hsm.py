@@ -114,6 +114,21 @@ def read_pin(path: str | None, describe: str) -> str | None:
         raise HsmError(f"the PIN file {path} is not UTF-8 text") from None
 
 
+# python-pkcs11 initialises a module without CKF_OS_LOCKING_OK (C_Initialize(NULL)): the
+# module may then assume that no two threads call it at once, yet the binding releases
+# the GIL in its calls (SoftHSM2 crashed, two threads signing at once). So each module
+# is called by one thread at a time in this process, whatever token or session: its
+# signing threads wait for each other here, never the event loop. Process-wide, as the
+# module's own state is (python-pkcs11 also loads a module once per process).
+_MODULE_LOCKS: dict[str, threading.RLock] = {}
+_MODULE_LOCKS_GUARD = threading.Lock()
+
+
+def _module_lock(module: str) -> threading.RLock:
+    with _MODULE_LOCKS_GUARD:
+        return _MODULE_LOCKS.setdefault(module, threading.RLock())
+
+
 class Token:
     """One open token: its sessions (one logged in), its signing threads, and whether it is up."""
 
@@ -125,6 +140,7 @@ class Token:
         self.failure = ""  # why it is down
         self.executor = ThreadPoolExecutor(sessions, thread_name_prefix="ocspd-hsm")
         self._lock = threading.Lock()
+        self._calls = _module_lock(ident.module)
         self._generation = 0
         self._sessions: list[_Session] = []
         self._idle: queue.SimpleQueue[_Session] = queue.SimpleQueue()
@@ -140,7 +156,7 @@ class Token:
         every session of the module in this process ends, so only when none is in use.
         """
         pkcs11 = _pkcs11()
-        with self._lock:
+        with self._calls, self._lock:
             self._close_sessions()
             try:
                 lib = pkcs11.lib(self.ident.module)
@@ -223,7 +239,7 @@ class Token:
     def close(self, cancel: bool = True) -> None:
         """Close the sessions (blocking); ``cancel=False`` lets the signatures queued finish first."""
         self.executor.shutdown(wait=True, cancel_futures=cancel)
-        with self._lock:
+        with self._calls, self._lock:
             self.up = False
             self._close_sessions()
 
@@ -236,10 +252,12 @@ class Token:
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[_Session]:
-        """A free session, for one thread at a time (PKCS#11 sessions are not shared between threads)."""
+        """A free session, for one thread at a time, and the module to itself while it is used
+        (``_module_lock``)."""
         session = self._idle.get()
         try:
-            yield session
+            with self._calls:
+                yield session
         finally:
             if session.generation == self._generation:
                 self._idle.put(session)

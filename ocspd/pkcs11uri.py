@@ -63,7 +63,7 @@ class Pkcs11Uri:
 
 
 def is_pkcs11_uri(value: str) -> bool:
-    return value[:7].lower() == "pkcs11:"
+    return value.lstrip()[:7].lower() == "pkcs11:"
 
 
 def _value(raw: str, what: str) -> bytes:
@@ -76,6 +76,7 @@ def parse(text: str) -> Pkcs11Uri:
     """Parse a PKCS#11 URI; Pkcs11UriError names what is wrong (never the PIN)."""
     if not is_pkcs11_uri(text):
         raise Pkcs11UriError("not a pkcs11: URI")
+    text = text.strip()
     path, _, query = text[7:].partition("?")
     fields: dict[str, str | bytes] = {}
     for part, known, kind in ((path, _PATH_ATTRIBUTES, "path"), (query, _QUERY_ATTRIBUTES, "query")):
@@ -83,8 +84,10 @@ def parse(text: str) -> Pkcs11Uri:
         for item in part.split(separator) if part else ():
             name, equals, raw = item.partition("=")
             name = name.lower()
-            if not equals:
-                raise Pkcs11UriError(f"attribute {name!r} without a value")
+            if not equals:  # a query item is not echoed: it could be a PIN typed there
+                raise Pkcs11UriError(
+                    f"attribute {name!r} without a value" if kind == "path" else "a query item without ="
+                )
             if name not in known:
                 if name.startswith("x-"):
                     continue  # RFC 7512 §2.3: vendor attributes; ignored
@@ -111,7 +114,12 @@ def parse(text: str) -> Pkcs11Uri:
         raise Pkcs11UriError("names no object: add object=<label> or id=<hex>")
     pin_source = fields.get("pin-source")
     if isinstance(pin_source, str) and pin_source.startswith("file:"):
-        pin_source = unquote_to_bytes(pin_source[5:].removeprefix("//")).decode()
+        pin_source = pin_source[5:]  # percent-decoded with the rest already
+        if pin_source.startswith("//"):  # file://host/path: only this host
+            host, slash, rest = pin_source[2:].partition("/")
+            if host not in ("", "localhost"):
+                raise Pkcs11UriError(f"pin-source=file://{host}/...: only a local file (file:/path)")
+            pin_source = slash + rest
     if isinstance(pin_source, str) and pin_source.startswith("|"):
         raise Pkcs11UriError("pin-source=|command is not supported: use a file")
 

@@ -14,10 +14,12 @@ import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ocspd import pki
@@ -25,7 +27,7 @@ from ocspd.app import RESPONDER, TOKENS
 from ocspd.hsm import Tokens
 from ocspd.protocol import CertId
 from ocspd.signer import Answer, Signer, load_signers
-from tests.conftest import AppClient
+from tests.conftest import AppClient, add_status_rows
 from tests.helpers import (
     TestPki,
     assert_one_line_error,
@@ -33,6 +35,7 @@ from tests.helpers import (
     build_pki,
     eventually,
     openssl_ocsp,
+    query,
     readme_block,
     request_der,
     run,
@@ -54,10 +57,19 @@ def softhsm(tmp_path: Path) -> SoftHsm:
 
 
 def token_pki(
-    directory: Path, hsm: SoftHsm, key_type: pki.KeyType = "p256", *, label: str = "responder", extra: str = ""
+    directory: Path,
+    hsm: SoftHsm,
+    key_type: pki.KeyType = "p256",
+    *,
+    label: str = "responder",
+    extra: str = "",
+    database: str | None = None,
 ) -> TestPki:
-    """A test PKI whose delegated responder key is in ``hsm`` (and not on disk)."""
-    test_pki = build_pki(directory, key_type=key_type)
+    """A test PKI whose delegated responder key is in ``hsm`` (and not on disk); its status from
+    ``database`` (with the good and the revoked certificate) when given."""
+    test_pki = build_pki(directory, key_type=key_type, database=database)
+    if database is not None:
+        add_status_rows(database)
     assert test_pki.responder is not None
     hsm.import_key(test_pki.responder.key, label, "01")
     test_pki.key_path.unlink()
@@ -293,6 +305,62 @@ async def test_the_probe_notices_an_idle_token_going_away(tmp_path: Path, sofths
     finally:
         assert await served.stop() == 0
     assert_no_pin_logged(serve_log(test_pki))
+
+
+# -- with PostgreSQL: presign through the token, stored answers while it is down -------------------------------
+
+
+async def test_presign_signs_through_the_token_and_a_down_token_still_serves_stored_answers(
+    tmp_path: Path, softhsm: SoftHsm, pg_dsn: str
+) -> None:
+    test_pki = token_pki(tmp_path / "pki", softhsm, database=pg_dsn)
+    query(
+        pg_dsn,
+        "INSERT INTO ocspd_certificates (issuer_id, serial) SELECT 'test-ca', to_hex(g) FROM generate_series(1, 300) g",
+    )
+    env = {**softhsm.env, "OCSPD_PKCS11_SESSIONS": "3"}
+    result = run("presign", "--config", str(test_pki.config_path), "--issuer", "test-ca", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "presigned issuer=test-ca hash=sha1 stored=302" in result.stderr
+    assert "presigned issuer=test-ca hash=sha256 stored=302" in result.stderr
+    assert USER_PIN not in result.stderr
+    assert test_pki.responder is not None
+    public_key: Any = test_pki.responder.cert.public_key()
+    for (der,) in query(pg_dsn, "SELECT der FROM ocspd_responses ORDER BY random() LIMIT 20"):
+        response = ocsp.load_der_ocsp_response(bytes(der))
+        assert response.signature_hash_algorithm is not None
+        public_key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm))
+    # Every stored answer due for refresh, and the token gone: a replica serves them while they are
+    # valid (nothing to sign), and gives tryLater only where there is no stored answer.
+    query(pg_dsn, "UPDATE ocspd_responses SET refresh_at = now() - interval '1 hour'")
+    served = await serving(test_pki, softhsm)
+    try:
+        softhsm.take_away()
+        async with aiohttp.ClientSession() as session:
+            good = await post(session, served.url, request_der(test_pki.leaves["good"].cert, test_pki.ca.cert))
+            assert good.certificate_status is Status.GOOD
+            unissued = request_der(test_pki.leaves["unissued"].cert, test_pki.ca.cert)  # never presigned
+            assert (await post(session, served.url, unissued)).response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    finally:
+        assert await served.stop() == 0
+    log = serve_log(test_pki)
+    assert "Traceback" not in log and "event=token_down" in log, log
+    assert_no_pin_logged(log)
+
+
+def test_check_config_leaves_a_key_whose_pin_is_a_service_credential_unchecked(
+    tmp_path: Path, softhsm: SoftHsm
+) -> None:
+    test_pki = token_pki(tmp_path / "pki", softhsm)
+    text = test_pki.config_path.read_text()
+    credential = "/run/credentials/ocspd.service/token-pin"
+    test_pki.config_path.write_text(
+        text.replace(f'pkcs11_pin_file = "{softhsm.pin_file}"', f'pkcs11_pin_file = "{credential}"')
+    )
+    result = run("check-config", "--config", str(test_pki.config_path), env=softhsm.env)
+    assert result.returncode == 0, result.stderr
+    unchecked = "# issuer test-ca: token key not checked: its PIN is a systemd credential only the running service"
+    assert f"{unchecked} can read ({credential})" in result.stderr
 
 
 # -- rollover -----------------------------------------------------------------------------------------------------
