@@ -256,9 +256,11 @@ class Responder:
                     try:
                         entry, tier = await self.sign_entry(issuer, certid, lookup.status), SIGNED
                     except KeyUnavailable:
+                        if flight.stale:
+                            continue  # the stored answer may be older than the change: read again
                         # The token is down: a stored answer due for refresh is still
                         # valid until its nextUpdate, and better than tryLater.
-                        if stored is None or self.clock() >= stored.next_update or flight.stale:
+                        if stored is None or self.clock() >= stored.next_update:
                             raise
                         self.metrics.postgres_hit.n += 1
                         return stored, POSTGRES

@@ -99,3 +99,17 @@ def test_scale_and_run_all(tmp_path: Path, pg_server: PgServer) -> None:
     )  # fmt: skip
     data = run_script("run_all", tmp_path, "--only", "memory", "--entries", "200", result="all")
     assert data["details"]["scripts"]["memory"]["exit_status"] == 0  # type: ignore[index]
+
+
+def test_hsm(tmp_path: Path, pg_server: PgServer) -> None:
+    from tests.softhsm import skip_without_softhsm
+
+    skip_without_softhsm()
+    # One session: SoftHSM2, initialised by python-pkcs11 without locking, is not safe with concurrent
+    # sessions (the default 2 can fail or hang a signature), and this test only checks that the script runs.
+    data = run_script(
+        "hsm", tmp_path, "--key-types", "p256", "--duration", "1", "--runs", "1", "--rows", "50",
+        "--sign-seconds", "0.1", "--connections", "4", "--sessions", "1", "--timeout", "30", "--dsn", pg_server.dsn,
+    )  # fmt: skip
+    assert data["details"]["key_types"] == ["p256"]  # type: ignore[index]
+    assert {r["mode"] for r in data["details"]["per_key"]["p256"]["sign"]} == {"file", "token"}  # type: ignore[index]
