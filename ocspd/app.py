@@ -82,7 +82,7 @@ def init_app(
     real signers (e.g. to count signatures), and ``tokens`` the PKCS#11 tokens
     their keys are in (the app closes them).
     """
-    tokens = tokens if tokens is not None else Tokens(config.pkcs11.sessions)
+    tokens = tokens if tokens is not None else Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
     if signers is None:
         try:
             signers = load_signers(config, tokens)

@@ -261,7 +261,7 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     from ocspd.responder import Responder
     from ocspd.signer import load_signers
 
-    tokens = Tokens(config.pkcs11.sessions)
+    tokens = Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
     signers = load_signers(config, tokens)
     store = _store(config)
 

@@ -159,11 +159,13 @@ class Pkcs11Config:
     ``module``: the PKCS#11 library of keys whose URI has no module-path and
     whose issuer has no ``pkcs11_module``. ``sessions``: signing sessions
     (and threads) per token. ``probe``: how often an idle token is checked.
+    ``timeout``: a signature taking longer marks its token down.
     """
 
     module: str = ""
     sessions: int = 2
     probe: dt.timedelta = dt.timedelta(seconds=10)
+    timeout: dt.timedelta = dt.timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,7 +407,8 @@ _KEYS: dict[str, dict[str, tuple[Converter, int | None]]] = {
             "requests": (_bool, None)},
     "crl": {"poll": (_duration, None), "retry": (_duration, None), "timeout": (_duration, None),
             "max_bytes": (_size, 1), "max_redirects": (_int, 0), "stale": (_enum(get_args(CrlStale)), None)},
-    "pkcs11": {"module": (_str, None), "sessions": (_int, 1), "probe": (_duration, None)},
+    "pkcs11": {"module": (_str, None), "sessions": (_int, 1), "probe": (_duration, None),
+               "timeout": (_duration, None)},
     "issuers": {"id": (_str, None), "ca_cert": (_str, None), "responder_key": (_str, None),
                 "responder_cert": (_str, None), "key_passphrase_file": (_str, None), "index": (_str, None),
                 "unknown_serial": (_enum(get_args(UnknownSerial)), None),
@@ -553,8 +556,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         if getattr(crl, key) <= dt.timedelta(0):
             raise _error("must be greater than 0", where("crl", key), source)
     pkcs11 = Pkcs11Config(**_convert("pkcs11", raw["pkcs11"], source))
-    if pkcs11.probe <= dt.timedelta(0):
-        raise _error("must be greater than 0", where("pkcs11", "probe"), source)
+    for key in ("probe", "timeout"):
+        if getattr(pkcs11, key) <= dt.timedelta(0):
+            raise _error("must be greater than 0", where("pkcs11", key), source)
     warnings = []
     if not _CABF_MIN <= validity <= _CABF_MAX:
         warnings.append(

@@ -132,10 +132,11 @@ def _module_lock(module: str) -> threading.RLock:
 class Token:
     """One open token: its sessions (one logged in), its signing threads, and whether it is up."""
 
-    def __init__(self, ident: TokenId, sessions: int) -> None:
+    def __init__(self, ident: TokenId, sessions: int, timeout: float = 5.0) -> None:
         self.ident = ident
         self.name = ident.describe()
         self.size = sessions
+        self.timeout = timeout  # a signature (or probe) taking longer marks the token down
         self.up = False
         self.failure = ""  # why it is down
         self.executor = ThreadPoolExecutor(sessions, thread_name_prefix="ocspd-hsm")
@@ -156,7 +157,9 @@ class Token:
         every session of the module in this process ends, so only when none is in use.
         """
         pkcs11 = _pkcs11()
-        with self._calls, self._lock:
+        # The module's lock for the calls; self._lock only for the state (``stalled`` takes it
+        # on the event loop, which must not wait for the module).
+        with self._calls:
             self._close_sessions()
             try:
                 lib = pkcs11.lib(self.ident.module)
@@ -197,10 +200,11 @@ class Token:
             with contextlib.suppress(queue.Empty):
                 while True:
                     self._idle.get_nowait()
-            self._generation = generation
+            with self._lock:
+                self._generation = generation
+                self.up, self.failure = True, ""
             for session in opened:
                 self._idle.put(session)
-            self.up, self.failure = True, ""
 
     @staticmethod
     def _login(pkcs11: Any, token: Any, pin: str | None) -> Any:
@@ -239,8 +243,9 @@ class Token:
     def close(self, cancel: bool = True) -> None:
         """Close the sessions (blocking); ``cancel=False`` lets the signatures queued finish first."""
         self.executor.shutdown(wait=True, cancel_futures=cancel)
-        with self._calls, self._lock:
-            self.up = False
+        with self._calls:
+            with self._lock:
+                self.up = False
             self._close_sessions()
 
     def object_value(self, uri: Pkcs11Uri, object_class: str, attribute: Any = None) -> Any:
@@ -299,6 +304,12 @@ class Token:
                 self._failed(session.generation, _cause(exc))
                 raise KeyUnavailable(f"token {self.name} failed: {_cause(exc)}") from None
 
+    def stalled(self) -> None:
+        """A call into the token has not returned within ``timeout``: down (it cannot be cancelled;
+        signatures are tryLater at once instead of queueing behind it, and ``watch`` reopens the
+        token once the module answers again)."""
+        self._failed(self._generation, f"no answer within {self.timeout:g}s")
+
     def _failed(self, generation: int, cause: str) -> None:
         with self._lock:
             if generation != self._generation or not self.up:
@@ -345,9 +356,17 @@ class TokenKey:
         return self._finish(self.token.sign(self._ref, self._mechanism, self._prepare(data)))
 
     async def sign_async(self, data: bytes) -> bytes:
-        if not self.token.up:
-            raise KeyUnavailable(f"token {self.token.name} unavailable: {self.token.failure}")
-        return await asyncio.get_running_loop().run_in_executor(self.token.executor, self.sign, data)
+        """``sign`` in one of the token's threads; KeyUnavailable while the token is down, or when
+        the signature takes longer than the token's timeout (the token is then down)."""
+        token = self.token
+        if not token.up:
+            raise KeyUnavailable(f"token {token.name} unavailable: {token.failure}")
+        signing = asyncio.get_running_loop().run_in_executor(token.executor, self.sign, data)
+        try:
+            return await asyncio.wait_for(signing, token.timeout)
+        except TimeoutError:
+            token.stalled()
+            raise KeyUnavailable(f"token {token.name}: no signature within {token.timeout:g}s") from None
 
 
 def ecdsa_hash(curve: ec.EllipticCurve) -> hashes.HashAlgorithm:
@@ -369,8 +388,9 @@ def _ecdsa_der(raw: bytes) -> bytes:
 class Tokens:
     """The tokens this process has open, by TokenId: one login per token, shared by its keys."""
 
-    def __init__(self, sessions: int = 2) -> None:
+    def __init__(self, sessions: int = 2, timeout: float = 5.0) -> None:
         self.sessions = sessions
+        self.timeout = timeout
         self._tokens: dict[TokenId, Token] = {}
 
     def __iter__(self) -> Iterator[Token]:
@@ -381,7 +401,7 @@ class Tokens:
         token = self._tokens.get(ident)
         if token is None or not token.up:
             if token is None:
-                token = Token(ident, self.sessions)
+                token = Token(ident, self.sessions, self.timeout)
             try:
                 token.open()
             except BaseException:
@@ -439,7 +459,12 @@ class Tokens:
                     delays.pop(ident, None)
                     next_try.pop(ident, None)
                     if probing:
-                        await loop.run_in_executor(token.executor, self._probe, token)
+                        try:
+                            await asyncio.wait_for(
+                                loop.run_in_executor(token.executor, self._probe, token), token.timeout
+                            )
+                        except TimeoutError:
+                            token.stalled()
                     continue
                 if now < next_try.get(ident, 0.0):
                     continue

@@ -286,7 +286,7 @@ def load_signers(config: Config, tokens: Tokens | None = None) -> dict[str, Sign
     without one, a set of tokens kept open as long as the signers are used).
     """
     if tokens is None and any(isinstance(i.responder_key, Pkcs11Uri) for i in config.issuers):
-        tokens = Tokens(config.pkcs11.sessions)
+        tokens = Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
     return {
         issuer.id: load_signer(issuer, f"issuers[{i}]", config.source, tokens, config.pkcs11.module)
         for i, issuer in enumerate(config.issuers)

@@ -24,8 +24,8 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from ocspd.app import RESPONDER, TOKENS
-from ocspd.hsm import Tokens
-from ocspd.protocol import CertId
+from ocspd.hsm import Tokens, _module_lock
+from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer, load_signers
 from tests.conftest import AppClient, add_status_rows
 from tests.helpers import (
@@ -45,6 +45,7 @@ from tests.serving import Served, start_serve, wait_http
 from tests.softhsm import MODULE, USER_PIN, SoftHsm, key_uri, skip_without_softhsm
 
 Status = ocsp.OCSPCertStatus
+TRY_LATER_BODY = bytes(TRY_LATER)
 README_SECTION = "## Keys in an HSM (PKCS#11)"
 
 
@@ -62,6 +63,7 @@ def token_pki(
     key_type: pki.KeyType = "p256",
     *,
     label: str = "responder",
+    ident: str = "01",
     extra: str = "",
     database: str | None = None,
 ) -> TestPki:
@@ -71,7 +73,7 @@ def token_pki(
     if database is not None:
         add_status_rows(database)
     assert test_pki.responder is not None
-    hsm.import_key(test_pki.responder.key, label, "01")
+    hsm.import_key(test_pki.responder.key, label, ident)
     test_pki.key_path.unlink()
     text = test_pki.config_path.read_text()
     token_lines = (
@@ -464,7 +466,7 @@ async def test_an_invalidation_while_a_token_key_signs_is_not_lost(
     tmp_path: Path, process_hsm: SoftHsm, ocspd_client: AppClient
 ) -> None:
     label = f"responder-{tmp_path.name}"[:60]  # one token for the process: a key of its own
-    test_pki = token_pki(tmp_path / "pki", process_hsm, label=label)
+    test_pki = token_pki(tmp_path / "pki", process_hsm, label=label, ident=os.urandom(8).hex())
     config = test_pki.config()
     tokens = Tokens(config.pkcs11.sessions)
     signers = {k: GatedSigner(v) for k, v in load_signers(config, tokens).items()}
@@ -488,3 +490,35 @@ async def test_an_invalidation_while_a_token_key_signs_is_not_lost(
     gated.gate = None
     assert await in_flight is Status.REVOKED  # signed again, from the status after the change
     assert await status_of(client, der, test_pki) is Status.REVOKED  # and so is what memory keeps
+
+
+async def test_a_token_call_that_does_not_return_gives_trylater_and_the_token_recovers(
+    tmp_path: Path, process_hsm: SoftHsm, ocspd_client: AppClient
+) -> None:
+    label = f"responder-{tmp_path.name}"[:60]
+    test_pki = token_pki(tmp_path / "pki", process_hsm, label=label, ident=os.urandom(8).hex())
+    client = await ocspd_client(test_pki, env={"OCSPD_PKCS11_TIMEOUT": "300ms", "OCSPD_PKCS11_SESSIONS": "1"})
+    (token,) = client.app[TOKENS]
+    requests = [request_der(test_pki.leaves[name].cert, test_pki.ca.cert) for name in ("good", "revoked", "unissued")]
+    # A module that stops answering, as a hung network HSM does: its calls block (ocspd/hsm.py
+    # makes every call under the module's lock; holding it here is the hang).
+    stuck = _module_lock(MODULE)
+    stuck.acquire()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await status_of(client, requests[0], test_pki) == TRY_LATER_BODY
+        assert loop.time() - started < 3, "tryLater after the timeout, not when the module answers"
+        assert not token.up and "no answer within 0.3s" in token.failure
+        started = loop.time()
+        assert await status_of(client, requests[1], test_pki) == TRY_LATER_BODY  # at once, not queued
+        assert loop.time() - started < 0.25
+    finally:
+        stuck.release()
+
+    async def signs_again() -> bool:
+        return await status_of(client, requests[2], test_pki) is Status.UNKNOWN
+
+    await eventually(signs_again, timeout=15, what="a miss signed once the module answers again")
+    assert token.up
+    assert await status_of(client, requests[0], test_pki) is Status.GOOD
