@@ -149,7 +149,7 @@ class Token:
         # One signature per key in use, to probe the token while it is idle (Tokens.retain prunes it).
         self.probes: dict[KeyRef, Callable[[], object]] = {}
 
-    def open(self, reinitialize: bool = False) -> None:
+    def open(self, reinitialize: bool = False, timeout: float | None = None) -> None:
         """Open (or reopen) the sessions and log in; HsmError says why not (blocking).
 
         ``reinitialize``: finalize and initialize the module first (C_Finalize, C_Initialize),
@@ -159,7 +159,7 @@ class Token:
         pkcs11 = _pkcs11()
         # The module's lock for the calls; self._lock only for the state (``stalled`` takes it
         # on the event loop, which must not wait for the module).
-        with self._calls:
+        with self._module(timeout):  # timeout: see _session
             self._close_sessions()
             try:
                 lib = pkcs11.lib(self.ident.module)
@@ -251,17 +251,34 @@ class Token:
     def object_value(self, uri: Pkcs11Uri, object_class: str, attribute: Any = None) -> Any:
         """Find an object (blocking: at start-up, on reload), in a free session: the object,
         or the value of one of its attributes."""
-        with self._session() as session:
+        with self._session(self.timeout) as session:
             found = self._find(session, uri.object, uri.id, object_class, uri)
             return found if attribute is None else found[attribute]
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[_Session]:
-        """A free session, for one thread at a time, and the module to itself while it is used
-        (``_module_lock``)."""
-        session = self._idle.get()
+    def _module(self, timeout: float | None = None) -> Iterator[None]:
+        """The module to this thread (``_module_lock``); HsmError past ``timeout`` (None: wait)."""
+        if not self._calls.acquire(timeout=-1 if timeout is None else timeout):
+            raise HsmError(f"token {self.name}: its module has not answered for {timeout:g}s")
         try:
-            with self._calls:
+            yield
+        finally:
+            self._calls.release()
+
+    @contextlib.contextmanager
+    def _session(self, timeout: float | None = None) -> Iterator[_Session]:
+        """A free session, for one thread at a time, and the module to itself while it is used.
+
+        ``timeout``: for the callers on the event loop (loading keys at start-up and on SIGHUP),
+        which must not wait for a hung module: HsmError past it. Signatures wait (in their
+        threads; ``TokenKey.sign_async`` times out the wait).
+        """
+        try:
+            session = self._idle.get(timeout=timeout)
+        except queue.Empty:
+            raise HsmError(f"token {self.name}: no free session within {timeout:g}s") from None
+        try:
+            with self._module(timeout):
                 yield session
         finally:
             if session.generation == self._generation:
@@ -403,7 +420,7 @@ class Tokens:
             if token is None:
                 token = Token(ident, self.sessions, self.timeout)
             try:
-                token.open()
+                token.open(timeout=self.timeout)
             except BaseException:
                 if ident not in self._tokens:
                     token.close()

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ocspd import pki
-from ocspd.app import RESPONDER, TOKENS
+from ocspd.app import RESPONDER, TOKENS, reload_app
+from ocspd.exceptions import ConfigError
 from ocspd.hsm import Tokens, _module_lock
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer, load_signers
@@ -502,8 +504,16 @@ async def test_a_token_call_that_does_not_return_gives_trylater_and_the_token_re
     requests = [request_der(test_pki.leaves[name].cert, test_pki.ca.cert) for name in ("good", "revoked", "unissued")]
     # A module that stops answering, as a hung network HSM does: its calls block (ocspd/hsm.py
     # makes every call under the module's lock; holding it here is the hang).
-    stuck = _module_lock(MODULE)
-    stuck.acquire()
+    stuck, held, release = _module_lock(MODULE), threading.Event(), threading.Event()
+
+    def hang() -> None:
+        with stuck:
+            held.set()
+            release.wait(30)
+
+    hung = threading.Thread(target=hang)
+    hung.start()
+    held.wait(10)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -513,8 +523,14 @@ async def test_a_token_call_that_does_not_return_gives_trylater_and_the_token_re
         started = loop.time()
         assert await status_of(client, requests[1], test_pki) == TRY_LATER_BODY  # at once, not queued
         assert loop.time() - started < 0.25
+        # SIGHUP meanwhile is refused in about the timeout: the event loop (hits) never waits for the module.
+        started = loop.time()
+        with pytest.raises(ConfigError, match=r"has not answered for 0\.3s"):
+            reload_app(client.app, test_pki.config(OCSPD_PKCS11_TIMEOUT="300ms", OCSPD_PKCS11_SESSIONS="1"))
+        assert loop.time() - started < 3
     finally:
-        stuck.release()
+        release.set()
+        hung.join()
 
     async def signs_again() -> bool:
         return await status_of(client, requests[2], test_pki) is Status.UNKNOWN
