@@ -173,10 +173,11 @@ def sign_worker(spec_path: Path) -> int:
     a token that hangs cannot hang the bench): one SIGN_LINE per run on stdout."""
     from ocspd.config import load_config
     from ocspd.exceptions import KeyUnavailable
-    from ocspd.hsm import HsmError, Tokens
+    from ocspd.hsm import HsmError
     from ocspd.protocol import CertId
     from ocspd.signer import Answer, Signer, load_signers
     from ocspd.status import Status
+    from ocspd.tokens import Tokens
 
     spec = json.loads(spec_path.read_text())
     seconds, tasks = float(spec["sign_seconds"]), int(spec["tasks"])

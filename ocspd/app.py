@@ -34,7 +34,7 @@ from ocspd.crlfetch import CrlFetcher, FetchLimits
 from ocspd.crlsource import CrlState
 from ocspd.exceptions import ConfigError, KeyUnavailable, SourceUnavailable, StoreError
 from ocspd.health import Readiness, readiness
-from ocspd.hsm import Token, Tokens
+from ocspd.hsm import Token
 from ocspd.index import IndexFile
 from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
@@ -42,6 +42,7 @@ from ocspd.responder import Issuer, Responder
 from ocspd.signer import Signer, load_signers
 from ocspd.sources import CrlSource, IndexSource, StatusSource
 from ocspd.store import DueRow, Listener, Store
+from ocspd.tokens import Tokens
 from ocspd.web.handlers import OcspHandlers
 from ocspd.web.runner import OcspRunner
 

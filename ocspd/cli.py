@@ -163,8 +163,8 @@ def _setup_logging() -> None:
 
 def _check_config(path: Path | None) -> int:
     config = load_config(path)
-    from ocspd.hsm import Tokens
     from ocspd.signer import Signer, load_signer
+    from ocspd.tokens import Tokens
 
     # Keys and certificates are part of the config. An issuer whose passphrase is a systemd
     # credential only the running service can read is checked as far as that allows. A key

@@ -1,18 +1,19 @@
 """Responder keys in a PKCS#11 token (an HSM; SoftHSM2 in the tests), issue 16.
 
-Part of the signer's room: ocspd/signer.py is its only user, and nothing
-else touches the keys. One ``Token`` per token this process uses, shared
-by the issuers whose keys it holds: PKCS#11 logs an application in once
-per token, so the token's first session logs in with the PIN and the
-others share that login. Each session is used by one thread at a time, in
-a pool of as many threads as sessions (``[pkcs11] sessions``), so that
-signatures never block the event loop and bulk signing (presign, refresh)
-keeps every session busy.
+Part of the signer's room: ocspd/signer.py signs with a ``TokenKey``, and
+nothing else touches the keys (ocspd/tokens.py keeps the open tokens). One
+``Token`` per token this process uses, shared by the issuers whose keys it
+holds: PKCS#11 logs an application in once per token, so the token's first
+session logs in with the PIN and the others share that login. Each session
+is used by one thread at a time, in a pool of as many threads as sessions
+(``[pkcs11] sessions``), so that signatures never block the event loop; the
+module itself is called by one thread at a time (``_module_lock``).
 
-A token that fails (removed, HSM restarted, its files gone) is marked
-down: signatures raise KeyUnavailable (tryLater) at once, and ``watch``
-reopens it with backoff. python-pkcs11 is imported only when a key is in
-a token: the default install needs no PKCS#11 stack.
+A token that fails (removed, HSM restarted, its files gone, a call that
+does not return within ``[pkcs11] timeout``) is marked down: signatures
+raise KeyUnavailable (tryLater) at once, and ``Tokens.watch`` reopens it
+with backoff. python-pkcs11 is imported only when a key is in a token: the
+default install needs no PKCS#11 stack.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import itertools
 import logging
 import queue
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +39,6 @@ from ocspd.logs import event
 from ocspd.pkcs11uri import Pkcs11Uri
 
 log = logging.getLogger("ocspd.hsm")
-
-# Reopening a failed token: the first attempt at once, then doubling up to this.
-REOPEN_FIRST = 0.5
-REOPEN_MAX = 30.0
 
 
 class HsmError(OcspdError):
@@ -255,6 +251,10 @@ class Token:
             found = self._find(session, uri.object, uri.id, object_class, uri)
             return found if attribute is None else found[attribute]
 
+    def certificate_der(self, uri: Pkcs11Uri) -> bytes:
+        """The DER of the certificate object ``uri`` names (blocking)."""
+        return bytes(self.object_value(uri, "CERTIFICATE", _pkcs11().Attribute.VALUE))
+
     @contextlib.contextmanager
     def _module(self, timeout: float | None = None) -> Iterator[None]:
         """The module to this thread (``_module_lock``); HsmError past ``timeout`` (None: wait)."""
@@ -400,111 +400,3 @@ def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:
 def _ecdsa_der(raw: bytes) -> bytes:
     half = len(raw) // 2
     return der.sequence(der.integer(int.from_bytes(raw[:half])), der.integer(int.from_bytes(raw[half:])))
-
-
-class Tokens:
-    """The tokens this process has open, by TokenId: one login per token, shared by its keys."""
-
-    def __init__(self, sessions: int = 2, timeout: float = 5.0) -> None:
-        self.sessions = sessions
-        self.timeout = timeout
-        self._tokens: dict[TokenId, Token] = {}
-
-    def __iter__(self) -> Iterator[Token]:
-        return iter(list(self._tokens.values()))
-
-    def token(self, ident: TokenId) -> Token:
-        """The open token (opened now if new; blocking); HsmError if it cannot be used."""
-        token = self._tokens.get(ident)
-        if token is None or not token.up:
-            if token is None:
-                token = Token(ident, self.sessions, self.timeout)
-            try:
-                token.open(timeout=self.timeout)
-            except BaseException:
-                if ident not in self._tokens:
-                    token.close()
-                raise
-            self._tokens[ident] = token
-        return token
-
-    def key(self, ident: TokenId, uri: Pkcs11Uri, public_key: Any) -> TokenKey:
-        """The key ``uri`` names, to sign for ``public_key``'s certificate (found now; blocking)."""
-        token = self.token(ident)
-        token.object_value(uri, "PRIVATE_KEY")
-        return TokenKey(token, uri, public_key)
-
-    def certificate(self, ident: TokenId, uri: Pkcs11Uri) -> bytes:
-        """The DER of the certificate object ``uri`` names."""
-        pkcs11 = _pkcs11()
-        return bytes(self.token(ident).object_value(uri, "CERTIFICATE", pkcs11.Attribute.VALUE))
-
-    def retain(self, keys: Iterable[TokenKey]) -> list[Token]:
-        """Keep only what these keys (the signers in use, after a reload) need: the probes of
-        other keys are dropped, and the tokens of none are returned, for the caller to close
-        once their signatures in flight are done (``Token.close``)."""
-        live: dict[Token, set[KeyRef]] = {}
-        for key in keys:
-            live.setdefault(key.token, set()).add(key.ref)
-        for token in self._tokens.values():
-            refs = live.get(token, set())
-            token.probes = {ref: probe for ref, probe in token.probes.items() if ref in refs}
-        unused = [ident for ident, token in self._tokens.items() if token not in live]
-        return [self._tokens.pop(ident) for ident in unused]
-
-    def close(self) -> None:
-        for token in self._tokens.values():
-            token.close()
-        self._tokens.clear()
-
-    async def watch(self, on_reopen: Callable[[Token, bool], None], probe: float) -> None:
-        """Reopen the tokens that failed, with backoff, and probe the others every ``probe`` seconds
-        (one signature per key: a token that fails it is marked down). ``on_reopen(token, ok)`` is
-        told every attempt to reopen."""
-        loop = asyncio.get_running_loop()
-        delays: dict[TokenId, float] = {}
-        next_try: dict[TokenId, float] = {}
-        next_probe = time.monotonic() + probe
-        while True:
-            now = time.monotonic()
-            probing = now >= next_probe
-            if probing:
-                next_probe = now + probe
-            for token in self:
-                ident = token.ident
-                if token.up:
-                    delays.pop(ident, None)
-                    next_try.pop(ident, None)
-                    if probing:
-                        try:
-                            await asyncio.wait_for(
-                                loop.run_in_executor(token.executor, self._probe, token), token.timeout
-                            )
-                        except TimeoutError:
-                            token.stalled()
-                    continue
-                if now < next_try.get(ident, 0.0):
-                    continue
-                # The module is started afresh when none of its tokens is up (see Token.open).
-                again = delays.get(ident) is not None and not any(t.up for t in self if t.ident.module == ident.module)
-                try:
-                    await loop.run_in_executor(None, token.open, again)
-                except HsmError as exc:
-                    delay = delays[ident] = min(REOPEN_MAX, delays.get(ident, REOPEN_FIRST / 2) * 2)
-                    next_try[ident] = time.monotonic() + delay
-                    token.failure = str(exc)
-                    on_reopen(token, False)
-                    event(log, "token_reopen_failed", logging.WARNING, token=token.name, cause=str(exc), retry=delay)
-                else:
-                    on_reopen(token, True)
-                    event(log, "token_reopened", token=token.name)
-            await asyncio.sleep(0.1 if any(not t.up for t in self) else min(probe, 1.0))
-
-    @staticmethod
-    def _probe(token: Token) -> None:
-        """One signature by each key in use: a failure marks the token down."""
-        for probe in list(token.probes.values()):
-            if not token.up:
-                return
-            with contextlib.suppress(KeyUnavailable):
-                probe()

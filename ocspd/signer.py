@@ -25,12 +25,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from ocspd import der
 from ocspd.config import Config, IssuerConfig
 from ocspd.exceptions import ConfigError, KeyUnavailable
-from ocspd.hsm import HsmError, TokenId, TokenKey, Tokens, ecdsa_hash
+from ocspd.hsm import HsmError, TokenId, TokenKey, ecdsa_hash
 from ocspd.logs import event
 from ocspd.memo import Memo
 from ocspd.pkcs11uri import Pkcs11Uri
 from ocspd.protocol import HASH_NAMES, CertId
 from ocspd.status import REASON_BY_FLAG, Status, served_reason
+from ocspd.tokens import Tokens
 
 log = logging.getLogger("ocspd.signer")
 
