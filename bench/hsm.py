@@ -174,8 +174,9 @@ def sign_worker(spec_path: Path) -> int:
     from ocspd.config import load_config
     from ocspd.exceptions import KeyUnavailable
     from ocspd.hsm import HsmError
+    from ocspd.keys import load_signers
     from ocspd.protocol import CertId
-    from ocspd.signer import Answer, Signer, load_signers
+    from ocspd.signer import Answer, Signer
     from ocspd.status import Status
     from ocspd.tokens import Tokens
 

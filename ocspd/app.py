@@ -36,10 +36,11 @@ from ocspd.exceptions import ConfigError, KeyUnavailable, SourceUnavailable, Sto
 from ocspd.health import Readiness, readiness
 from ocspd.hsm import Token
 from ocspd.index import IndexFile
+from ocspd.keys import load_signers
 from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
 from ocspd.responder import Issuer, Responder
-from ocspd.signer import Signer, load_signers
+from ocspd.signer import Signer
 from ocspd.sources import CrlSource, IndexSource, StatusSource
 from ocspd.store import DueRow, Listener, Store
 from ocspd.tokens import Tokens

@@ -163,7 +163,8 @@ def _setup_logging() -> None:
 
 def _check_config(path: Path | None) -> int:
     config = load_config(path)
-    from ocspd.signer import Signer, load_signer
+    from ocspd.keys import load_signer
+    from ocspd.signer import Signer
     from ocspd.tokens import Tokens
 
     # Keys and certificates are part of the config. An issuer whose passphrase is a systemd
@@ -234,7 +235,7 @@ def _check_without_passphrase(issuer: IssuerConfig, index: int, source: str) -> 
     The certificates load, and the key is encrypted: an unencrypted key with a
     key_passphrase_file would fail the service's start.
     """
-    from ocspd.signer import load_signer
+    from ocspd.keys import load_signer
 
     where = f"issuers[{index}]"
     try:

@@ -257,8 +257,8 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
     from ocspd import crlshared, crlsource
+    from ocspd.keys import load_signers
     from ocspd.responder import Responder
-    from ocspd.signer import load_signers
     from ocspd.tokens import Tokens
 
     tokens = Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())

@@ -28,11 +28,11 @@ from aiohttp import web
 from ocspd.config import Config, load_config
 from ocspd.exceptions import OcspdError
 from ocspd.health import Readiness
+from ocspd.keys import check_signers
 from ocspd.logs import event
 from ocspd.metrics import mark_process_dead, multiprocess_exposition
 from ocspd.sdnotify import Notifier, watchdog_interval, watchdog_loop
 from ocspd.server import ignore_stop_signals, summary
-from ocspd.signer import check_signers
 from ocspd.web.admin import init_admin_app
 
 log = logging.getLogger("ocspd.workers")

@@ -29,9 +29,10 @@ from cryptography.x509 import ocsp
 from ocspd import pki
 from ocspd.app import LISTENER
 from ocspd.config import Config, load_config
+from ocspd.keys import load_signers
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer as SignerAnswer
-from ocspd.signer import Signer, load_signers
+from ocspd.signer import Signer
 
 if TYPE_CHECKING:
     from tests.conftest import AppClient  # conftest imports this module

@@ -19,11 +19,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ocspd"
 # module (or package prefix) → ocspd modules it must not import (prefixes too).
 FORBIDDEN = {
     "ocspd.web": ("ocspd.app", "ocspd.daemon", "ocspd.server", "ocspd.workers", "ocspd.cli", "ocspd.commands",
-                  "ocspd.store", "ocspd.signer", "ocspd.hsm", "ocspd.tokens", "ocspd.index", "ocspd.sources", "ocspd.importer"),
+                  "ocspd.store", "ocspd.signer", "ocspd.keys", "ocspd.hsm", "ocspd.tokens", "ocspd.index",
+                  "ocspd.sources", "ocspd.importer"),
     "ocspd.responder": ("ocspd.web", "ocspd.app", "ocspd.store", "ocspd.index", "ocspd.daemon", "ocspd.server",
-                        "ocspd.hsm", "ocspd.tokens"),
+                        "ocspd.keys", "ocspd.hsm", "ocspd.tokens"),
+    "ocspd.keys": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources"),
     "ocspd.store": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.signer", "ocspd.index", "ocspd.server"),
-    "ocspd.signer": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources"),
+    "ocspd.signer": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources",
+                     "ocspd.keys", "ocspd.tokens"),
     "ocspd.hsm": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources",
                   "ocspd.signer", "ocspd.config", "ocspd.tokens"),
     "ocspd.tokens": ("ocspd.web", "ocspd.app", "ocspd.responder", "ocspd.store", "ocspd.cache", "ocspd.sources",

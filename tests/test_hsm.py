@@ -27,8 +27,9 @@ from ocspd import pki
 from ocspd.app import RESPONDER, TOKENS, reload_app
 from ocspd.exceptions import ConfigError
 from ocspd.hsm import _module_lock
+from ocspd.keys import load_signers
 from ocspd.protocol import TRY_LATER, CertId
-from ocspd.signer import Answer, Signer, load_signers
+from ocspd.signer import Answer, Signer
 from ocspd.tokens import Tokens
 from tests.conftest import AppClient, add_status_rows
 from tests.helpers import (

@@ -276,8 +276,8 @@ async def test_transaction_log_names_issuer_serial_status_and_tier(
 async def test_logs_never_contain_key_material(
     ocspd_client: AppClient, test_pki: TestPki, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from ocspd.keys import load_signers
     from ocspd.server import summary
-    from ocspd.signer import load_signers
 
     with caplog.at_level(logging.DEBUG):
         summary(test_pki.config(), load_signers(test_pki.config()))

@@ -18,9 +18,9 @@ from cryptography.x509 import ocsp
 
 from ocspd import pki
 from ocspd.config import load_config
+from ocspd.keys import load_signers
 from ocspd.logs import KeyValueFormatter
 from ocspd.server import summary
-from ocspd.signer import load_signers
 from tests.faults import PgProxy
 from tests.helpers import TestPki, build_pki, post_bytes, read_answer, request_der
 from tests.serving import NotifySocket, ask, start_serve, wait_http

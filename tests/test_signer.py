@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 
 from ocspd import der, pki
+from ocspd.keys import load_signers
 from ocspd.protocol import CertId
-from ocspd.signer import EXTENDED_REVOKE_OID, EXTENDED_REVOKE_TIME, Answer, Signer, load_signers
+from ocspd.signer import EXTENDED_REVOKE_OID, EXTENDED_REVOKE_TIME, Answer, Signer
 from ocspd.status import Status, served_reason
 from tests.helpers import TestPki, build_pki, verify_response
 

@@ -15,8 +15,8 @@ from cryptography.x509 import ocsp
 
 from ocspd import app as ocspd_app
 from ocspd.app import LISTENER, METRICS, RESPONDER, STORE, RefreshSettings, refresh_loop
+from ocspd.keys import load_signers
 from ocspd.responder import Responder
-from ocspd.signer import load_signers
 from ocspd.status import REASON_BY_NAME, REASONS, CertStatus, Status
 from ocspd.store import DueRow, SignedResponse, Store
 from ocspd.store.queries import migrations
