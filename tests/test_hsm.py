@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ocspd import pki
-from ocspd.app import RESPONDER, TOKENS, reload_app
+from ocspd.app import RESPONDER, TOKENS, RefreshSettings, reload_app
 from ocspd.exceptions import ConfigError
 from ocspd.hsm import _module_lock
 from ocspd.keys import load_signers
@@ -540,3 +540,35 @@ async def test_a_token_call_that_does_not_return_gives_trylater_and_the_token_re
     await eventually(signs_again, timeout=15, what="a miss signed once the module answers again")
     assert token.up
     assert await status_of(client, requests[0], test_pki) is Status.GOOD
+
+
+async def test_the_shared_refresh_re_signs_stored_answers_through_the_token(
+    tmp_path: Path, process_hsm: SoftHsm, ocspd_client: AppClient, pg_dsn: str
+) -> None:
+    label = f"responder-{tmp_path.name}"[:60]
+    test_pki = token_pki(tmp_path / "pki", process_hsm, label=label, ident=os.urandom(8).hex(), database=pg_dsn)
+    query(
+        pg_dsn,
+        "INSERT INTO ocspd_certificates (issuer_id, serial) SELECT 'test-ca', to_hex(g) FROM generate_series(1, 200) g",
+    )
+    result = run("presign", "--config", str(test_pki.config_path), "--issuer", "test-ca", env=process_hsm.env)
+    assert result.returncode == 0, result.stderr
+    query(pg_dsn, "UPDATE ocspd_responses SET this_update = this_update - interval '1 day'")  # all due, and seen anew
+    before = query(pg_dsn, "SELECT count(*) FROM ocspd_responses")[0][0]
+    assert before == 2 * 202
+    # With a lead longer than half the validity, every stored row is due at once.
+    client = await ocspd_client(test_pki, refresh=RefreshSettings(interval=0.05, lead=dt.timedelta(hours=13)))
+    assert client.app[RESPONDER].issuers["test-ca"].signer.token_key is not None
+
+    async def all_re_signed() -> bool:
+        return query(pg_dsn, "SELECT count(*) FROM ocspd_responses WHERE this_update < now() - interval '1 hour'") == [
+            (0,)
+        ]
+
+    await eventually(all_re_signed, timeout=30, what="every stored answer re-signed by the refresh")
+    assert test_pki.responder is not None
+    public_key: Any = test_pki.responder.cert.public_key()
+    for (der,) in query(pg_dsn, "SELECT der FROM ocspd_responses ORDER BY random() LIMIT 20"):
+        response = ocsp.load_der_ocsp_response(bytes(der))
+        assert response.signature_hash_algorithm is not None
+        public_key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm))
