@@ -172,6 +172,21 @@ async def test_the_readme_softhsm_walk_through_runs_as_written_and_serves(tmp_pa
     assert pin not in log + result.stdout + result.stderr and log.strip()
 
 
+async def test_each_worker_process_logs_in_to_the_token(tmp_path: Path, softhsm: SoftHsm) -> None:
+    test_pki = token_pki(tmp_path / "pki", softhsm)
+    served = await serving(test_pki, softhsm, OCSPD_SERVER_WORKERS="2")
+    try:
+        await wait_http(served.url)  # the workers listen after the supervisor's admin port
+        for name in ("good", "revoked", "good", "revoked"):  # fresh connections: either worker answers
+            code, output = await openssl_ocsp(test_pki, served.url, name)
+            assert_verified(code, output, test_pki.leaf_paths[name], name)
+    finally:
+        assert await served.stop() == 0
+    log = serve_log(test_pki)
+    assert log.count("event=worker_started") == 2 and "Traceback" not in log, log
+    assert_no_pin_logged(log)
+
+
 # -- start-up refuses what cannot sign ------------------------------------------------------------------------------
 
 
