@@ -18,6 +18,7 @@ notified for them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -63,11 +64,33 @@ async def shared_round(
 ) -> bool:
     """One round for one issuer; whether this replica claimed it (and fetched)."""
     lease = 2 * config.timeout.total_seconds() + LEASE_MARGIN
-    claimed = await rows.claim(state.issuer_id, me or replica_id(), lease=lease, grace=_grace(config), force=force)
-    row = await rows.in_force(state.issuer_id)
-    adopt(state, row)  # also for the claimer: a CRL older than the one in force is refused
-    if not claimed:
-        return False
+    me = me or replica_id()
+    claimed = await rows.claim(state.issuer_id, me, lease=lease, grace=_grace(config), force=force)
+    try:
+        row = await rows.in_force(state.issuer_id)
+        adopt(state, row)  # also for the claimer: a CRL older than the one in force is refused
+        if not claimed:
+            return False
+        await _claimed_round(state, fetcher, rows, config, count, row, clock)
+    except BaseException:
+        # Stopped (SIGTERM, shutdown) or failed mid-round: hand the round back rather than hold it for the lease.
+        if claimed:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(rows.release(state.issuer_id, me))
+        raise
+    return True
+
+
+async def _claimed_round(
+    state: CrlState,
+    fetcher: CrlFetcher,
+    rows: CrlRows,
+    config: CrlConfig,
+    count: Counter | None,
+    row: CrlRow | None,
+    clock: Callable[[], float],
+) -> None:
+    """The round of the replica that claimed it: fetch, merge what changed, record."""
     full = state.hollow or state.base is None
     if full and row is not None:
         state.validators = {loc: _validators(v) for loc, v in row.validators.items()}
@@ -98,7 +121,6 @@ async def shared_round(
         delay=state.delay(clock(), config),
         validators={loc: dataclasses.asdict(v) for loc, v in state.validators.items()},
     )
-    return True
 
 
 async def _merge(

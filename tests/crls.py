@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import time
@@ -112,6 +113,9 @@ class CrlServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._times: dict[str, str] = {}
+        # While set to an unset Event, requests wait for it (a fetch in progress, on demand).
+        self.stall: asyncio.Event | None = None
+        self.stalled = 0  # requests that waited
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -137,6 +141,9 @@ class CrlServer:
     async def _get(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         self.requests[path] = self.requests.get(path, 0) + 1
+        if self.stall is not None and not self.stall.is_set():
+            self.stalled += 1
+            await self.stall.wait()
         body = self.files.get(path)
         if body is None:
             return web.Response(status=404)

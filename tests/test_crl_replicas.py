@@ -144,6 +144,29 @@ async def test_when_the_applying_replica_stops_another_takes_over_and_applies_th
     assert not survivor.app[CRLS]["test-ca"].hollow  # it fetched the entries in full
 
 
+async def test_a_replica_stopped_in_the_middle_of_its_round_hands_the_round_back(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
+    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
+    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
+    clients = await replicas(ocspd_client, test_pki)
+    (holding,) = [c for c in clients if not c.app[CRLS]["test-ca"].hollow]  # the applier: it claims first
+    (survivor,) = [c for c in clients if c is not holding]
+    crl_server.stall = asyncio.Event()
+    publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
+
+    async def mid_round() -> bool:
+        return crl_server.stalled > 0
+
+    await eventually(mid_round, timeout=10, what="the applier's next round waiting for its fetch")
+    await holding.close()  # stopped with the round claimed: its lease (over a minute) must not hold the others
+    crl_server.stall.set()
+    await becomes(survivor, test_pki, test_pki.leaves["good"].cert, revoked(F.superseded, AT))
+    [(claimed_until_passed,)] = await sql(pg_dsn, "SELECT claimed_until < now() FROM ocspd_crl_sources")
+    assert claimed_until_passed
+
+
 @pytest.mark.parametrize("force", [False, True], ids=["round", "crl-sync"])
 async def test_the_last_applier_claims_a_due_round_first_and_another_only_once_it_is_overdue(
     pg_dsn: str, force: bool

@@ -211,6 +211,12 @@ WHERE issuer_id = %(issuer)s AND claimed_until < now()
                           OR next_fetch_at <= now() - make_interval(secs => %(grace)s))))
 RETURNING issuer_id;
 
+-- name: release_crl
+-- A replica stopping in the middle of its round hands it back: claimable again at
+-- once (by the others once it is overdue), not only when the lease runs out.
+UPDATE ocspd_crl_sources SET claimed_until = 'epoch'
+WHERE issuer_id = %(issuer)s AND applier = %(me)s AND claimed_until > now();
+
 -- name: crl_in_force
 SELECT base_number, base_this_update, base_next_update, base_entries, base_source,
        delta_number, delta_this_update, delta_next_update, delta_entries, delta_source,

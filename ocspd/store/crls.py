@@ -63,6 +63,10 @@ class CrlRows:
         params = {"issuer": issuer_id, "me": me, "lease": lease, "grace": grace, "force": force}
         return bool(await self._connector.query("claim_crl", params))
 
+    async def release(self, issuer_id: str, me: str) -> None:
+        """End replica ``me``'s claim of the issuer's round without a record (it is stopping)."""
+        await self._connector.query("release_crl", {"issuer": issuer_id, "me": me})
+
     async def in_force(self, issuer_id: str) -> CrlRow | None:
         rows = await self._connector.query("crl_in_force", {"issuer": issuer_id})
         if not rows:
