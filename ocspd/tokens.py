@@ -15,7 +15,7 @@ from typing import Any
 
 from ocspd.exceptions import KeyUnavailable
 from ocspd.hsm import HsmError, KeyRef, Token, TokenId, TokenKey
-from ocspd.logs import event
+from ocspd.logs import bug, event
 from ocspd.pkcs11uri import Pkcs11Uri
 
 log = logging.getLogger("ocspd.hsm")
@@ -104,6 +104,8 @@ class Tokens:
                             )
                         except TimeoutError:
                             token.stalled()
+                        except Exception:  # a bug: said, and the watch goes on
+                            bug(log, "token_probe_crashed", token=token.name)
                     continue
                 if now < next_try.get(ident, 0.0):
                     continue
@@ -111,7 +113,9 @@ class Tokens:
                 again = delays.get(ident) is not None and not any(t.up for t in self if t.ident.module == ident.module)
                 try:
                     await loop.run_in_executor(None, token.open, again)
-                except HsmError as exc:
+                except Exception as exc:  # HsmError; anything else is a bug, said, and retried the same way
+                    if not isinstance(exc, HsmError):
+                        bug(log, "token_reopen_crashed", token=token.name)
                     delay = delays[ident] = min(REOPEN_MAX, delays.get(ident, REOPEN_FIRST / 2) * 2)
                     next_try[ident] = time.monotonic() + delay
                     token.failure = str(exc)
