@@ -251,6 +251,14 @@ class Token:
             found = self._find(session, uri.object, uri.id, object_class, uri)
             return found if attribute is None else found[attribute]
 
+    def key_type(self, uri: Pkcs11Uri) -> str:
+        """The type of the private key ``uri`` names, as its certificate's key would be named:
+        "RSA", "EC" or "Ed25519" (or the token's CKK_ number)."""
+        pkcs11 = _pkcs11()
+        value = self.object_value(uri, "PRIVATE_KEY", pkcs11.Attribute.KEY_TYPE)
+        names = {pkcs11.KeyType.RSA: "RSA", pkcs11.KeyType.EC: "EC", pkcs11.KeyType.EC_EDWARDS: "Ed25519"}
+        return names.get(value, f"CKK {int(value):#x}")
+
     def certificate_der(self, uri: Pkcs11Uri) -> bytes:
         """The DER of the certificate object ``uri`` names (blocking)."""
         return bytes(self.object_value(uri, "CERTIFICATE", _pkcs11().Attribute.VALUE))

@@ -210,6 +210,12 @@ def _mismatched_key(test_pki: TestPki, hsm: SoftHsm) -> None:
     test_pki.config_path.write_text(text.replace("object=responder;", "object=other;"))
 
 
+def _key_of_another_type(test_pki: TestPki, hsm: SoftHsm) -> None:
+    hsm.import_key(pki.new_key("rsa2048"), "rsa", "03")  # the certificate's key is P-256
+    text = test_pki.config_path.read_text()
+    test_pki.config_path.write_text(text.replace("object=responder;", "object=rsa;"))
+
+
 def _pin_in_the_uri(test_pki: TestPki, hsm: SoftHsm) -> None:
     text = test_pki.config_path.read_text()
     test_pki.config_path.write_text(text.replace(";type=private", f";type=private?pin-value={USER_PIN}"))
@@ -220,6 +226,7 @@ REFUSALS = {
     "missing_object": (_missing_object, "no private key object=responder-2099 on token token=ocsp"),
     "missing_token": (_missing_token, "no token matching token=no-such-token"),
     "mismatched_key": (_mismatched_key, "does not match the certificate"),
+    "key_of_another_type": (_key_of_another_type, "the token key is RSA, the certificate's key EC: not a pair"),
     "pin_in_the_uri": (_pin_in_the_uri, "pin-value puts the PIN in the configuration"),
 }
 
