@@ -36,7 +36,7 @@ from ocspd.exceptions import ConfigError, KeyUnavailable, SourceUnavailable, Sto
 from ocspd.health import Readiness, readiness
 from ocspd.hsm import Token
 from ocspd.index import IndexFile
-from ocspd.keys import load_signers
+from ocspd.keys import load_signers, tokens_for
 from ocspd.logs import Throttle, bug, event
 from ocspd.metrics import Metrics
 from ocspd.responder import Issuer, Responder
@@ -84,7 +84,7 @@ def init_app(
     real signers (e.g. to count signatures), and ``tokens`` the PKCS#11 tokens
     their keys are in (the app closes them).
     """
-    tokens = tokens if tokens is not None else Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
+    tokens = tokens if tokens is not None else tokens_for(config)
     if signers is None:
         try:
             signers = load_signers(config, tokens)

@@ -257,11 +257,10 @@ def presign(config: Config, issuer_ids: Sequence[str]) -> int:
     for issuer_id in issuer_ids:
         database_issuer(config, issuer_id, "presign")
     from ocspd import crlshared, crlsource
-    from ocspd.keys import load_signers
+    from ocspd.keys import load_signers, tokens_for
     from ocspd.responder import Responder
-    from ocspd.tokens import Tokens
 
-    tokens = Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
+    tokens = tokens_for(config)
     signers = load_signers(config, tokens)
     store = _store(config)
 

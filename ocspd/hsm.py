@@ -141,7 +141,6 @@ class Token:
         self._generation = 0
         self._sessions: list[_Session] = []
         self._idle: queue.SimpleQueue[_Session] = queue.SimpleQueue()
-        self._token: Any = None
         # One signature per key in use, to probe the token while it is idle (Tokens.retain prunes it).
         self.probes: dict[KeyRef, Callable[[], object]] = {}
 
@@ -163,10 +162,11 @@ class Token:
                     lib.reinitialize()
             except pkcs11.PKCS11Error as exc:
                 raise HsmError(f"cannot load PKCS#11 module {self.ident.module}: {_cause(exc)}") from None
-            selector = dict(zip(("token_label", "token_serial"), (self.ident.token, self.ident.serial), strict=True))
+            picked = (("token_label", self.ident.token), ("token_serial", self.ident.serial))
+            selector = {name: value for name, value in picked if value is not None}
             try:
                 if self.ident.manufacturer is None and self.ident.model is None:
-                    token = lib.get_token(**{k: v for k, v in selector.items() if v is not None})
+                    token = lib.get_token(**selector)
                 else:
                     token = self._match(lib, selector)
             except pkcs11.NoSuchToken:
@@ -190,7 +190,6 @@ class Token:
             finally:
                 if len(opened) < self.size:
                     self._close(opened)
-            self._token = token
             self._sessions = opened
             # The same queue: threads waiting for a session of the old ones get a new one.
             with contextlib.suppress(queue.Empty):
@@ -213,10 +212,10 @@ class Token:
             # failure still hold the login, and the new ones share it.
             return token.open()
 
-    def _match(self, lib: Any, selector: dict[str, str | None]) -> Any:
+    def _match(self, lib: Any, selector: dict[str, str]) -> Any:
         found = [
             t
-            for t in lib.get_tokens(**{k: v for k, v in selector.items() if v is not None})
+            for t in lib.get_tokens(**selector)
             if self.ident.manufacturer in (None, t.manufacturer_id) and self.ident.model in (None, t.model)
         ]
         if not found:
@@ -251,13 +250,18 @@ class Token:
             found = self._find(session, uri.object, uri.id, object_class, uri)
             return found if attribute is None else found[attribute]
 
-    def key_type(self, uri: Pkcs11Uri) -> str:
-        """The type of the private key ``uri`` names, as its certificate's key would be named:
-        "RSA", "EC" or "Ed25519" (or the token's CKK_ number)."""
+    def check_key_type(self, uri: Pkcs11Uri, public_key: Any) -> None:
+        """HsmError unless the private key ``uri`` names is there and of the type of ``public_key``
+        (its certificate's): checked by CKA_KEY_TYPE before any signature, as a token may answer
+        a key of another type with CKR_GENERAL_ERROR, which would mark it down."""
         pkcs11 = _pkcs11()
         value = self.object_value(uri, "PRIVATE_KEY", pkcs11.Attribute.KEY_TYPE)
-        names = {pkcs11.KeyType.RSA: "RSA", pkcs11.KeyType.EC: "EC", pkcs11.KeyType.EC_EDWARDS: "Ed25519"}
-        return names.get(value, f"CKK {int(value):#x}")
+        types = ((rsa.RSAPublicKey, "RSA", "RSA"), (ec.EllipticCurvePublicKey, "EC", "EC"),
+                 (ed25519.Ed25519PublicKey, "EC_EDWARDS", "Ed25519"))  # fmt: skip
+        found = next((name for _, ckk, name in types if getattr(pkcs11.KeyType, ckk) == value), f"CKK {int(value):#x}")
+        wanted = next((name for kind, _, name in types if isinstance(public_key, kind)), type(public_key).__name__)
+        if found != wanted:
+            raise HsmError(f"the token key is {found}, the certificate's key {wanted}: not a pair")
 
     def certificate_der(self, uri: Pkcs11Uri) -> bytes:
         """The DER of the certificate object ``uri`` names (blocking)."""
@@ -313,11 +317,11 @@ class Token:
     def sign(self, ref: KeyRef, mechanism: Any, data: bytes) -> bytes:
         """Sign in one free session (blocking: runs in ``executor``); KeyUnavailable while down."""
         if not self.up:
-            raise KeyUnavailable(f"token {self.name} unavailable: {self.failure}")
+            raise self.unavailable()
         pkcs11 = _pkcs11()
         with self._session() as session:
             if not self.up:  # went down while this call waited for a session
-                raise KeyUnavailable(f"token {self.name} unavailable: {self.failure}")
+                raise self.unavailable()
             try:
                 key = session.keys.get(ref)
                 if key is None:
@@ -328,6 +332,10 @@ class Token:
             except (pkcs11.PKCS11Error, HsmError) as exc:
                 self._failed(session.generation, _cause(exc))
                 raise KeyUnavailable(f"token {self.name} failed: {_cause(exc)}") from None
+
+    def unavailable(self) -> KeyUnavailable:
+        """What a signature raises while the token is down."""
+        return KeyUnavailable(f"token {self.name} unavailable: {self.failure}")
 
     def stalled(self) -> None:
         """A call into the token has not returned within ``timeout``: down (it cannot be cancelled;
@@ -385,7 +393,7 @@ class TokenKey:
         the signature takes longer than the token's timeout (the token is then down)."""
         token = self.token
         if not token.up:
-            raise KeyUnavailable(f"token {token.name} unavailable: {token.failure}")
+            raise token.unavailable()
         signing = asyncio.get_running_loop().run_in_executor(token.executor, self.sign, data)
         try:
             return await asyncio.wait_for(signing, token.timeout)

@@ -28,6 +28,11 @@ from ocspd.tokens import Tokens
 log = logging.getLogger("ocspd.signer")
 
 
+def tokens_for(config: Config) -> Tokens:
+    """An empty set of tokens as ``[pkcs11]`` says (sessions, timeout), for the keys of ``config``."""
+    return Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
+
+
 def load_signers(config: Config, tokens: Tokens | None = None) -> dict[str, Signer]:
     """Load and check every issuer's keys; ConfigError names the bad key.
 
@@ -35,7 +40,7 @@ def load_signers(config: Config, tokens: Tokens | None = None) -> dict[str, Sign
     without one, a set of tokens kept open as long as the signers are used).
     """
     if tokens is None and any(isinstance(i.responder_key, Pkcs11Uri) for i in config.issuers):
-        tokens = Tokens(config.pkcs11.sessions, config.pkcs11.timeout.total_seconds())
+        tokens = tokens_for(config)
     return {
         issuer.id: load_signer(issuer, f"issuers[{i}]", config.source, tokens, config.pkcs11.module)
         for i, issuer in enumerate(config.issuers)

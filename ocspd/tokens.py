@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
 from ocspd.exceptions import KeyUnavailable
 from ocspd.hsm import HsmError, KeyRef, Token, TokenId, TokenKey
 from ocspd.logs import bug, event
@@ -25,14 +23,6 @@ log = logging.getLogger("ocspd.hsm")
 # Reopening a failed token: the first attempt at once, then doubling up to this.
 REOPEN_FIRST = 0.5
 REOPEN_MAX = 30.0
-
-
-# The names Token.key_type gives, by the type of the certificate's public key.
-_KEY_TYPES = (
-    (rsa.RSAPublicKey, "RSA"),
-    (ec.EllipticCurvePublicKey, "EC"),
-    (ed25519.Ed25519PublicKey, "Ed25519"),
-)
 
 
 class Tokens:
@@ -64,10 +54,7 @@ class Tokens:
     def key(self, ident: TokenId, uri: Pkcs11Uri, public_key: Any) -> TokenKey:
         """The key ``uri`` names, to sign for ``public_key``'s certificate (found now; blocking)."""
         token = self.token(ident)
-        found = token.key_type(uri)  # also: the object is there
-        wanted = next((name for kind, name in _KEY_TYPES if isinstance(public_key, kind)), type(public_key).__name__)
-        if found != wanted:
-            raise HsmError(f"the token key is {found}, the certificate's key {wanted}: not a pair")
+        token.check_key_type(uri, public_key)
         return TokenKey(token, uri, public_key)
 
     def certificate(self, ident: TokenId, uri: Pkcs11Uri) -> bytes:

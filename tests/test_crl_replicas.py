@@ -56,13 +56,28 @@ async def replicas(ocspd_client: AppClient, test_pki: TestPki, n: int = 2) -> li
     return clients
 
 
-async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetching_a_round(
+async def revoked_on_two_replicas(
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
-) -> None:
+) -> tuple[TestPki, list[TestClient[Any, Any]]]:
+    """Two replicas of an issuer whose base CRL revokes REVOKED_SERIAL (and whose delta lists nothing), in force."""
     test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
     publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
     publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
-    clients = await replicas(ocspd_client, test_pki)
+    return test_pki, await replicas(ocspd_client, test_pki)
+
+
+def applier_and_survivor(clients: list[TestClient[Any, Any]]) -> tuple[TestClient[Any, Any], TestClient[Any, Any]]:
+    """The replica that applies the rounds (its CRL state holds the entries; the other's is hollow), and the other."""
+    holding = [c for c in clients if not c.app[CRLS]["test-ca"].hollow]
+    assert len(holding) == 1, [c.app[CRLS]["test-ca"].hollow for c in clients]
+    (survivor,) = [c for c in clients if c is not holding[0]]
+    return holding[0], survivor
+
+
+async def test_two_replicas_learn_a_crl_revocation_through_notify_with_one_fetching_a_round(
+    ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
+) -> None:
+    test_pki, clients = await revoked_on_two_replicas(ocspd_client, tmp_path, pg_dsn, crl_server)
     leaf = test_pki.leaves
     for client in clients:
         await stays(client, test_pki, leaf["revoked"].cert, revoked(F.key_compromise, REVOKED_AT))
@@ -122,16 +137,10 @@ async def test_a_revocation_the_crl_drops_later_is_never_undone_in_the_table(
 async def test_when_the_applying_replica_stops_another_takes_over_and_applies_the_next_crl(
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
-    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
-    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
-    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
-    clients = await replicas(ocspd_client, test_pki)
+    test_pki, clients = await revoked_on_two_replicas(ocspd_client, tmp_path, pg_dsn, crl_server)
     [(applier,)] = await sql(pg_dsn, "SELECT applier FROM ocspd_crl_sources")
-    # which client is it? the one whose CRL state holds the entries (the others' are hollow)
-    holding = [c for c in clients if not c.app[CRLS]["test-ca"].hollow]
-    assert len(holding) == 1, [c.app[CRLS]["test-ca"].hollow for c in clients]
-    await holding[0].close()
-    (survivor,) = [c for c in clients if c is not holding[0]]
+    holding, survivor = applier_and_survivor(clients)
+    await holding.close()
     full_answers = dict(crl_server.full_answers)
     publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
     await becomes(survivor, test_pki, test_pki.leaves["good"].cert, revoked(F.superseded, AT))
@@ -147,12 +156,8 @@ async def test_when_the_applying_replica_stops_another_takes_over_and_applies_th
 async def test_a_replica_stopped_in_the_middle_of_its_round_hands_the_round_back(
     ocspd_client: AppClient, tmp_path: Path, pg_dsn: str, crl_server: CrlServer
 ) -> None:
-    test_pki = db_crl_pki(tmp_path / "pki", pg_dsn, crl_server)
-    publish(crl_server, test_pki.ca, [Revoked(REVOKED_SERIAL, F.key_compromise, REVOKED_AT)], number=1)
-    publish(crl_server, test_pki.ca, [], number=2, delta_of=1)
-    clients = await replicas(ocspd_client, test_pki)
-    (holding,) = [c for c in clients if not c.app[CRLS]["test-ca"].hollow]  # the applier: it claims first
-    (survivor,) = [c for c in clients if c is not holding]
+    test_pki, clients = await revoked_on_two_replicas(ocspd_client, tmp_path, pg_dsn, crl_server)
+    holding, survivor = applier_and_survivor(clients)  # the applier claims a due round first
     crl_server.stall = asyncio.Event()
     publish(crl_server, test_pki.ca, [Revoked(0x1001, F.superseded, AT)], number=3, delta_of=1)
 

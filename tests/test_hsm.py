@@ -27,10 +27,9 @@ from ocspd import pki
 from ocspd.app import RESPONDER, TOKENS, RefreshSettings, reload_app
 from ocspd.exceptions import ConfigError
 from ocspd.hsm import _module_lock
-from ocspd.keys import load_signers
+from ocspd.keys import load_signers, tokens_for
 from ocspd.protocol import TRY_LATER, CertId
 from ocspd.signer import Answer, Signer
-from ocspd.tokens import Tokens
 from tests.conftest import AppClient, add_status_rows
 from tests.helpers import (
     TestPki,
@@ -494,7 +493,7 @@ async def test_an_invalidation_while_a_token_key_signs_is_not_lost(
     label = f"responder-{tmp_path.name}"[:60]  # one token for the process: a key of its own
     test_pki = token_pki(tmp_path / "pki", process_hsm, label=label, ident=os.urandom(8).hex())
     config = test_pki.config()
-    tokens = Tokens(config.pkcs11.sessions)
+    tokens = tokens_for(config)
     signers = {k: GatedSigner(v) for k, v in load_signers(config, tokens).items()}
     gated = signers["test-ca"]
     assert gated.token_key is not None
